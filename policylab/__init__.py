@@ -1,0 +1,3 @@
+"""policylab: robot policies from demonstrations, improved with reinforcement learning."""
+
+__version__ = "0.1.0"
