@@ -1,0 +1,56 @@
+"""The dataset contract every task honours, and the batched DataLoader path.
+
+`__getitem__(i)` returns `{"obs": {key: (To, ...)}, "action": (T, Da)}` as float32 tensors, images
+`(To, C, H, W)` in [0, 1]. Datasets that can gather a whole batch at once also implement
+`__getitems__(idxs)` returning the batch dict `{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}`;
+`make_dataloader` then hands each DataLoader step one list of indices, so a step costs one gather
+per key instead of B Python calls and a collate.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from policylab.data.normalizer import LinearNormalizer
+
+
+class BaseDataset(Dataset, abc.ABC):
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, idx: int) -> dict: ...
+
+    @abc.abstractmethod
+    def get_normalizer(self) -> LinearNormalizer:
+        """A normalizer fitted on the training episodes only."""
+
+    @abc.abstractmethod
+    def get_validation_dataset(self) -> "BaseDataset":
+        """The same dataset over the held-out episodes."""
+
+    def get_all_actions(self) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not expose its actions")
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
+                    drop_last: bool = False, generator: torch.Generator | None = None,
+                    pin_memory: bool = False, persistent_workers: bool = False) -> DataLoader:
+    """A DataLoader; batched (one `__getitems__` per step) when the dataset supports it."""
+    batched = hasattr(dataset, "__getitems__")
+    index_sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_sampler=BatchSampler(index_sampler, batch_size, drop_last=drop_last),
+        collate_fn=_batch_as_is if batched else None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
+    )

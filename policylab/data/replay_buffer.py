@@ -1,0 +1,506 @@
+"""ReplayBuffer: episodes concatenated along time, in memory (numpy) or in a zarr store.
+
+Layout, the same as Diffusion Policy's so its published datasets open unchanged::
+
+    data/<key>          (N, ...)   every step of every episode, time-major
+    meta/episode_ends   (E,) int64 cumulative: episode i is data[ends[i-1]:ends[i]]
+
+The public names are Diffusion Policy's (`create_from_path`, `copy_from_path`, `add_episode`, ...)
+so ported code keeps working; the implementation is zarr 3. Stores are written in the zarr v2 format
+by default, so files also go back to Diffusion Policy's code (zarr 2); pass `zarr_format=3` for v3.
+
+`add_episode` is crash-safe: data arrays are grown and written first, `meta/episode_ends` last, and
+zarr 3 writes every chunk file atomically. A process killed mid-episode therefore leaves either
+no trace in `episode_ends` or a torn last entry that still holds the fill value 0; both are
+detected on open, and the partial episode is discarded with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from policylab.data.codecs import compressors_for_format, get_compressor, resolve_compressor
+
+log = logging.getLogger(__name__)
+
+EPISODE_ENDS = "episode_ends"
+
+
+class ReplayBufferError(ValueError):
+    """A store or an episode does not have the ReplayBuffer layout."""
+
+
+def get_optimal_chunks(shape, dtype, target_chunk_bytes: float = 2e6) -> tuple[int, ...]:
+    """Chunks along time only, about `target_chunk_bytes` each (whole rows per chunk)."""
+    row_bytes = np.dtype(dtype).itemsize * math.prod(shape[1:])
+    rows = int(max(1, min(max(shape[0], 1), target_chunk_bytes // max(row_bytes, 1))))
+    return (rows, *shape[1:])
+
+
+def open_store(path: str | os.PathLike, mode: str = "r"):
+    """A zarr store for a `.zarr` directory or a `.zip` file; `mode` is 'r', 'a' or 'w'."""
+    path = Path(path)
+    is_zip = path.suffix == ".zip" or path.is_file()
+    if mode == "r" and not path.exists():
+        raise FileNotFoundError(f"no ReplayBuffer store at {path}")
+    if is_zip:
+        return zarr.storage.ZipStore(path, mode=mode if mode != "a" else "a")
+    return zarr.storage.LocalStore(path, read_only=(mode == "r"))
+
+
+def _open_root(store, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(store, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
+        raise ReplayBufferError(f"{store} is not a zarr store with a root group: {err}") from err
+
+
+def _copy_raw(src_store, dst_store, prefix: str) -> None:
+    """Copy every key under `prefix` byte for byte: no decode, no re-encode (Jpeg2k stays as is)."""
+
+    async def run():
+        prototype = default_buffer_prototype()
+        async for key in src_store.list_prefix(prefix):
+            await dst_store.set(key, await src_store.get(key, prototype=prototype))
+
+    sync(run())
+
+
+class ReplayBuffer:
+    """Episodes of `{key: (L, ...)}` arrays, on a numpy dict or a zarr group."""
+
+    def __init__(self, root: zarr.Group | dict):
+        if isinstance(root, zarr.Group):
+            self._check_layout_zarr(root)
+        elif isinstance(root, Mapping):
+            root = {"data": dict(root.get("data", {})), "meta": dict(root.get("meta", {}))}
+            if EPISODE_ENDS not in root["meta"]:
+                raise ReplayBufferError("missing meta/episode_ends in the numpy root")
+        else:
+            raise TypeError(f"root must be a zarr.Group or a dict, got {type(root).__name__}")
+        self.root = root
+        self._validate()
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def create_empty_numpy(cls) -> "ReplayBuffer":
+        return cls({"data": {}, "meta": {EPISODE_ENDS: np.zeros((0,), dtype=np.int64)}})
+
+    @classmethod
+    def create_empty_zarr(cls, storage=None, root: zarr.Group | None = None, zarr_format: int = 2):
+        if root is None:
+            storage = zarr.storage.MemoryStore() if storage is None else storage
+            root = zarr.open_group(storage, mode="w", zarr_format=zarr_format)
+        cls._init_layout(root)
+        return cls(root)
+
+    @classmethod
+    def create_from_group(cls, group: zarr.Group) -> "ReplayBuffer":
+        if not list(group.group_keys()) and not list(group.array_keys()):
+            cls._init_layout(group)
+        return cls(group)
+
+    @classmethod
+    def create_from_path(cls, path, mode: str = "r", zarr_format: int = 2) -> "ReplayBuffer":
+        """Open a store on disk, in place (data stays on disk; for data larger than RAM).
+
+        mode 'r' reads; 'a' appends, creating the store if needed; 'w' starts an empty store.
+        """
+        path = Path(path)
+        if mode == "r" or (mode == "a" and path.exists()):
+            root = _open_root(open_store(path, mode), mode="r" if mode == "r" else "r+")
+            return cls(root)
+        if mode not in ("a", "w"):
+            raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
+        root = zarr.open_group(open_store(path, "w"), mode="w", zarr_format=zarr_format)
+        cls._init_layout(root)
+        return cls(root)
+
+    @classmethod
+    def copy_from_store(cls, src_store, store=None, keys=None, chunks=None, compressors=None,
+                        if_exists: str = "replace") -> "ReplayBuffer":
+        """Copy a store (or a subset of its data keys) into memory or into `store`.
+
+        store=None loads every array decoded into numpy (fastest access, raw-bytes memory).
+        With a store (e.g. `zarr.storage.MemoryStore()`), arrays whose chunks and compressor are
+        unchanged are copied byte for byte, so Jpeg2k images stay compressed in RAM.
+        """
+        src_root = _open_root(src_store, mode="r")
+        src_buffer = cls(src_root)
+        keys = list(src_root["data"].array_keys()) if keys is None else list(keys)
+        missing = sorted(set(keys) - set(src_root["data"].array_keys()))
+        if missing:
+            raise KeyError(f"keys {missing} not in the store; it has {sorted(src_root['data'].array_keys())}")
+        chunks, compressors = dict(chunks or {}), dict(compressors or {})
+        n_steps = src_buffer.n_steps
+        if store is None:
+            data = {key: cls._read_prefix(src_root["data"][key], n_steps) for key in keys}
+            meta = {key: np.asarray(arr[:]) for key, arr in src_root["meta"].arrays()}
+            meta[EPISODE_ENDS] = src_buffer.episode_ends
+            return cls({"data": data, "meta": meta})
+
+        fmt = src_root.metadata.zarr_format
+        root = zarr.open_group(store, mode="w" if if_exists == "replace" else "w-", zarr_format=fmt)
+        root.require_group("data")
+        _copy_raw(src_store, store, "meta/")
+        root.require_group("meta")
+        for key in keys:
+            src = src_root["data"][key]
+            same_chunks = chunks.get(key, src.chunks) == src.chunks
+            same_codec = key not in compressors or resolve_compressor(compressors[key]) == get_compressor(src)
+            if same_chunks and same_codec:
+                _copy_raw(src_store, store, f"data/{key}/")
+            else:
+                cls._write_array(root["data"], key, src[:n_steps], chunks.get(key, src.chunks),
+                                 compressors.get(key, get_compressor(src)))
+        return cls(zarr.open_group(store, mode="r+"))
+
+    @classmethod
+    def copy_from_path(cls, zarr_path, store=None, keys=None, chunks=None, compressors=None,
+                       if_exists: str = "replace") -> "ReplayBuffer":
+        """`copy_from_store` on a `.zarr` directory or `.zarr.zip` file."""
+        src = open_store(zarr_path, "r")
+        try:
+            return cls.copy_from_store(src, store=store, keys=keys, chunks=chunks,
+                                       compressors=compressors, if_exists=if_exists)
+        finally:
+            if isinstance(src, zarr.storage.ZipStore):
+                src.close()
+
+    # ---------------------------------------------------------------- saving
+    def save_to_store(self, store, chunks=None, compressors=None, zarr_format: int = 2):
+        """Write every array into an empty store (recompressing as asked)."""
+        chunks, compressors = dict(chunks or {}), dict(compressors or {})
+        root = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+        root.require_group("data")
+        root.require_group("meta")
+        meta = {key: np.asarray(value[:]) for key, value in self.meta.items()}
+        meta[EPISODE_ENDS] = self.episode_ends
+        for key, value in meta.items():
+            self._write_array(root["meta"], key, value, (max(1024, value.shape[0] if value.ndim else 1),)
+                              if key == EPISODE_ENDS else (value.shape or (1,)), "default")
+        for key, value in self.data.items():
+            default_codec = get_compressor(value) if self.backend == "zarr" else "default"
+            default_chunks = value.chunks if self.backend == "zarr" else None
+            self._write_array(root["data"], key, value[: self.n_steps],
+                              chunks.get(key, default_chunks), compressors.get(key, default_codec))
+        return store
+
+    def save_to_path(self, zarr_path, chunks=None, compressors=None, zarr_format: int = 2):
+        """Write to a `.zarr` directory or a `.zip` file atomically (temp file, then rename)."""
+        path = Path(zarr_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+        store = open_store(tmp, "w") if path.suffix != ".zip" else zarr.storage.ZipStore(tmp, mode="w")
+        self.save_to_store(store, chunks=chunks, compressors=compressors, zarr_format=zarr_format)
+        if isinstance(store, zarr.storage.ZipStore):
+            store.close()
+        if path.exists():
+            # Move the old copy aside first: os.replace cannot overwrite a non-empty directory.
+            os.replace(path, tmp.parent / "previous")
+        os.replace(tmp, path)
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+        return path
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def backend(self) -> str:
+        return "zarr" if isinstance(self.root, zarr.Group) else "numpy"
+
+    @property
+    def data(self):
+        return self.root["data"]
+
+    @property
+    def meta(self):
+        return self.root["meta"]
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """(E,) int64, cumulative."""
+        return np.asarray(self.meta[EPISODE_ENDS][: self._n_episodes], dtype=np.int64)
+
+    @property
+    def n_episodes(self) -> int:
+        return self._n_episodes
+
+    @property
+    def n_steps(self) -> int:
+        return self._n_steps
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(self.episode_ends, prepend=0)
+
+    def keys(self):
+        return self.data.keys() if self.backend == "numpy" else list(self.data.array_keys())
+
+    def values(self):
+        return [self[key] for key in self.keys()]
+
+    def items(self):
+        return [(key, self[key]) for key in self.keys()]
+
+    def __getitem__(self, key: str):
+        return self.data[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.items())
+        return f"ReplayBuffer({self.backend}, {self.n_episodes} episodes, {self.n_steps} steps; {fields})"
+
+    # ---------------------------------------------------------------- episodes
+    def add_episode(self, data: Mapping[str, np.ndarray], chunks=None, compressors=None) -> None:
+        """Append one episode `{key: (L, ...)}`; atomic on zarr (data first, episode_ends last).
+
+        chunks / compressors: per-key dicts (or one value for every key) used when a key's array
+        is created; compressors are names ('default', 'disk', 'image', 'none') or codecs.
+        """
+        episode = {key: np.asarray(value) for key, value in data.items()}
+        length = self._check_episode(episode)
+        start, stop = self.n_steps, self.n_steps + length
+        for key, value in episode.items():
+            if key not in self:
+                self._create_array(key, value, self._per_key(chunks, key), self._per_key(compressors, key, "default"))
+            arr = self.data[key]
+            self._resize(key, (stop, *arr.shape[1:]))
+            self.data[key][start:stop] = value
+        self._append_episode_end(stop)
+
+    def extend(self, data: Mapping[str, np.ndarray]) -> None:
+        self.add_episode(data)
+
+    def drop_episode(self) -> None:
+        """Remove the last episode."""
+        if self.n_episodes == 0:
+            raise IndexError("drop_episode on an empty ReplayBuffer")
+        ends = self.episode_ends[:-1]
+        new_n = int(ends[-1]) if len(ends) else 0
+        # episode_ends first: a crash in between leaves surplus data, which opening truncates.
+        self._set_episode_ends(ends)
+        for key in self.keys():
+            self._resize(key, (new_n, *self.data[key].shape[1:]))
+
+    def pop_episode(self) -> dict[str, np.ndarray]:
+        episode = self.get_episode(self.n_episodes - 1, copy=True)
+        self.drop_episode()
+        return episode
+
+    def get_episode_slice(self, idx: int) -> slice:
+        idx = range(self.n_episodes)[idx]
+        ends = self.episode_ends
+        return slice(int(ends[idx - 1]) if idx > 0 else 0, int(ends[idx]))
+
+    def get_episode(self, idx: int, copy: bool = False) -> dict[str, np.ndarray]:
+        return self.get_steps_slice(self.get_episode_slice(idx).start, self.get_episode_slice(idx).stop, copy=copy)
+
+    def get_steps_slice(self, start: int, stop: int, step=None, copy: bool = False) -> dict[str, np.ndarray]:
+        sl = slice(start, stop, step)
+        out = {}
+        for key, arr in self.items():
+            value = arr[sl]
+            out[key] = value.copy() if copy and self.backend == "numpy" else value
+        return out
+
+    def update_meta(self, values: Mapping[str, np.ndarray]) -> None:
+        for key, value in values.items():
+            if key == EPISODE_ENDS:
+                raise ValueError("episode_ends is managed by add_episode / drop_episode")
+            value = np.asarray(value)
+            if self.backend == "numpy":
+                self.meta[key] = value
+            else:
+                if key in self.meta:
+                    del self.meta[key]
+                self._write_array(self.meta, key, value, value.shape or (1,), "default")
+
+    # ---------------------------------------------------------------- chunks / compressors
+    def get_chunks(self) -> dict[str, tuple[int, ...]]:
+        self._require_zarr("get_chunks")
+        return {key: arr.chunks for key, arr in self.items()}
+
+    def set_chunks(self, chunks: Mapping[str, tuple[int, ...]]) -> None:
+        self._require_zarr("set_chunks")
+        for key, value in chunks.items():
+            if tuple(value) != self.data[key].chunks:
+                self._rewrite(key, tuple(value), get_compressor(self.data[key]))
+
+    def get_compressors(self) -> dict:
+        self._require_zarr("get_compressors")
+        return {key: get_compressor(arr) for key, arr in self.items()}
+
+    def set_compressors(self, compressors: Mapping) -> None:
+        self._require_zarr("set_compressors")
+        for key, value in compressors.items():
+            if resolve_compressor(value) != get_compressor(self.data[key]):
+                self._rewrite(key, self.data[key].chunks, value)
+
+    # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _init_layout(root: zarr.Group) -> None:
+        root.require_group("data")
+        meta = root.require_group("meta")
+        if EPISODE_ENDS not in meta:
+            meta.create_array(EPISODE_ENDS, shape=(0,), chunks=(1024,), dtype=np.int64, fill_value=0,
+                              compressors=compressors_for_format("default", root.metadata.zarr_format))
+
+    @staticmethod
+    def _check_layout_zarr(root: zarr.Group) -> None:
+        groups = set(root.group_keys())
+        if "meta" not in groups or EPISODE_ENDS not in root["meta"]:
+            raise ReplayBufferError(
+                f"store {root.store} has no meta/episode_ends: a ReplayBuffer store holds "
+                "data/<key> arrays and meta/episode_ends (cumulative episode end indices)")
+        if "data" not in groups:
+            raise ReplayBufferError(f"store {root.store} has no data group")
+
+    def _validate(self) -> None:
+        ends = np.asarray(self.meta[EPISODE_ENDS][:], dtype=np.int64)
+        n_torn = len(ends) - len(np.trim_zeros(ends, "b"))
+        if n_torn and self.backend == "zarr":
+            # Fill values: episode_ends was resized but its chunk never written (a crash).
+            log.warning("discarding %d torn entries at the end of meta/episode_ends (interrupted write)", n_torn)
+            ends = ends[: len(ends) - n_torn]
+        steps = np.diff(ends, prepend=0)
+        bad = np.flatnonzero(steps <= 0)
+        if len(bad):
+            i = int(bad[0])
+            prev = int(ends[i - 1]) if i > 0 else 0
+            raise ReplayBufferError(
+                f"meta/episode_ends must be strictly increasing: episode_ends[{i}] = {int(ends[i])} "
+                f"after {prev}")
+        n_steps = int(ends[-1]) if len(ends) else 0
+        lengths = {key: arr.shape[0] for key, arr in self._raw_items()}
+        for key, length in lengths.items():
+            if length < n_steps:
+                raise ReplayBufferError(
+                    f"data/{key} has {length} steps but meta/episode_ends ends at {n_steps}")
+        self._n_episodes, self._n_steps = len(ends), n_steps
+        if len(ends) != self.meta[EPISODE_ENDS].shape[0] or any(n > n_steps for n in lengths.values()):
+            log.warning("store has data past the last complete episode (interrupted add_episode); "
+                        "it is ignored%s", " and truncated" if self._writable() else "")
+            if self._writable():
+                for key in lengths:
+                    self._resize(key, (n_steps, *self.data[key].shape[1:]))
+                self._set_episode_ends(ends)
+
+    def _raw_items(self):
+        if self.backend == "numpy":
+            return self.data.items()
+        return self.data.arrays()
+
+    def _writable(self) -> bool:
+        return self.backend == "numpy" or not self.root.store.read_only
+
+    def _check_episode(self, episode: dict[str, np.ndarray]) -> int:
+        if not episode:
+            raise ReplayBufferError("add_episode got no arrays")
+        lengths = {key: (v.shape[0] if v.ndim else None) for key, v in episode.items()}
+        if len(set(lengths.values())) != 1 or None in lengths.values():
+            raise ReplayBufferError(f"episode arrays must share their first (time) dimension; got lengths {lengths}")
+        length = next(iter(lengths.values()))
+        if length == 0:
+            raise ReplayBufferError(f"episode is empty (0 steps) for keys {sorted(episode)}")
+        if self.n_episodes > 0:
+            stored, given = set(self.keys()), set(episode)
+            if stored != given:
+                raise ReplayBufferError(
+                    f"episode keys {sorted(given)} differ from the buffer's {sorted(stored)}: "
+                    f"missing {sorted(stored - given)}, unexpected {sorted(given - stored)}")
+        for key, value in episode.items():
+            if key in self and tuple(self.data[key].shape[1:]) != value.shape[1:]:
+                raise ReplayBufferError(
+                    f"key {key!r}: episode has per-step shape {value.shape[1:]} but the buffer holds "
+                    f"{tuple(self.data[key].shape[1:])}")
+        return length
+
+    @staticmethod
+    def _per_key(option, key: str, default=None):
+        if isinstance(option, Mapping):
+            return option.get(key, default)
+        return default if option is None else option
+
+    def _create_array(self, key: str, value: np.ndarray, chunks, compressor) -> None:
+        if self.backend == "numpy":
+            self.data[key] = np.zeros((0, *value.shape[1:]), dtype=value.dtype)
+            return
+        self._write_array(self.data, key, np.zeros((0, *value.shape[1:]), dtype=value.dtype),
+                          chunks or get_optimal_chunks(value.shape, value.dtype), compressor)
+
+    @staticmethod
+    def _write_array(group: zarr.Group, key: str, value, chunks, compressor) -> None:
+        fmt = group.metadata.zarr_format
+        chunks = tuple(chunks) if chunks is not None else get_optimal_chunks(value.shape, value.dtype)
+        arr = group.create_array(key, shape=value.shape, chunks=chunks, dtype=value.dtype, fill_value=0,
+                                 compressors=compressors_for_format(compressor, fmt, key), overwrite=True)
+        if value.shape[0]:
+            arr[:] = value
+
+    def _resize(self, key: str, shape: tuple[int, ...]) -> None:
+        arr = self.data[key]
+        if self.backend == "zarr":
+            arr.resize(shape)
+            return
+        try:
+            # In place (realloc) when the array owns its buffer, as Diffusion Policy's numpy backend.
+            arr.resize(shape, refcheck=False)
+        except ValueError:
+            resized = np.zeros(shape, dtype=arr.dtype)
+            n = min(shape[0], arr.shape[0])
+            resized[:n] = arr[:n]
+            self.data[key] = resized
+
+    def _append_episode_end(self, stop: int) -> None:
+        ends = self.meta[EPISODE_ENDS]
+        n = self._n_episodes
+        if self.backend == "numpy":
+            self.meta[EPISODE_ENDS] = np.append(np.asarray(ends[:n]), np.int64(stop))
+        else:
+            ends.resize((n + 1,))
+            ends[n] = stop
+        self._n_episodes, self._n_steps = n + 1, stop
+
+    def _set_episode_ends(self, ends: np.ndarray) -> None:
+        ends = np.asarray(ends, dtype=np.int64)
+        if self.backend == "numpy":
+            self.meta[EPISODE_ENDS] = ends.copy()
+        else:
+            arr = self.meta[EPISODE_ENDS]
+            # Zero the dropped entries before shrinking: a chunk keeps values past the array's end,
+            # and a later torn append must read the fill value 0 there, never a stale end.
+            arr[len(ends):] = 0
+            arr.resize((len(ends),))
+        self._n_episodes, self._n_steps = len(ends), int(ends[-1]) if len(ends) else 0
+
+    def _rewrite(self, key: str, chunks, compressor) -> None:
+        value = self.data[key][:]
+        self._write_array(self.data, key, value, chunks, compressor)
+
+    def _require_zarr(self, name: str) -> None:
+        if self.backend != "zarr":
+            raise TypeError(f"{name} needs the zarr backend; this ReplayBuffer is numpy")
+
+    @staticmethod
+    def _read_prefix(arr, n_steps: int) -> np.ndarray:
+        """Decode `arr[:n_steps]` into one preallocated array (peak memory = the array itself)."""
+        out = np.empty((n_steps, *arr.shape[1:]), dtype=arr.dtype)
+        step = max(arr.chunks[0], 1) * max(1, 64 // max(arr.chunks[0], 1))
+        for start in range(0, n_steps, step):
+            out[start:start + step] = arr[start:min(start + step, n_steps)]
+        return out
