@@ -172,5 +172,13 @@ class PushTSim:
         return GOAL_GEOM.intersection(block).area / GOAL_GEOM.area
 
     def clone(self) -> "PushTSim":
-        """A deep copy, contact caches included, that continues exactly like this world."""
-        return copy.deepcopy(self)
+        """A deep copy (contact caches included) that continues like this world, to ~1e-13 px.
+
+        pymunk's pickling restores a body's position before its centre of gravity, which leaves
+        chipmunk's internal CoG position stale (the block jumps by R(theta)(0, 45) on the next
+        step); setting the pose again rebuilds it.
+        """
+        other = copy.deepcopy(self)
+        other.block.angle = self.block.angle
+        other.block.position = self.block.position
+        return other
