@@ -185,12 +185,13 @@ class ReplayBuffer:
         root = zarr.open_group(store, mode="w", zarr_format=zarr_format)
         root.require_group("data")
         root.require_group("meta")
-        meta = {key: np.asarray(value[:]) for key, value in self.meta.items()}
+        meta_items = self.meta.items() if self.backend == "numpy" else self.meta.arrays()
+        meta = {key: np.asarray(value[:]) for key, value in meta_items}
         meta[EPISODE_ENDS] = self.episode_ends
         for key, value in meta.items():
             self._write_array(root["meta"], key, value, (max(1024, value.shape[0] if value.ndim else 1),)
                               if key == EPISODE_ENDS else (value.shape or (1,)), "default")
-        for key, value in self.data.items():
+        for key, value in self.items():
             default_codec = get_compressor(value) if self.backend == "zarr" else "default"
             default_chunks = value.chunks if self.backend == "zarr" else None
             self._write_array(root["data"], key, value[: self.n_steps],

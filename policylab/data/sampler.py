@@ -157,4 +157,4 @@ class SequenceSampler:
             return arr[index]
         # zarr: read each distinct step once, then expand (windows of a batch overlap).
         unique, inverse = np.unique(index, return_inverse=True)
-        return np.asarray(arr.get_coordinate_selection(unique))[inverse.reshape(index.shape)]
+        return np.asarray(arr.get_orthogonal_selection((unique,)))[inverse.reshape(index.shape)]

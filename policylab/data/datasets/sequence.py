@@ -58,12 +58,14 @@ class SequenceDataset(BaseDataset):
     Args:
         zarr_path: a `.zarr` directory or `.zarr.zip` file (or pass `replay_buffer`).
         horizon: T, the action window; n_obs_steps: To, the observation window (its first To steps).
-        pad_before / pad_after: default To-1 and Ta-1 = T-To (Diffusion Policy's choice).
+        n_action_steps: Ta, the executed actions (default T-To+1, every action after the first obs).
+        pad_before / pad_after: default To-1 and Ta-1 (Diffusion Policy's choice).
         val_ratio, seed: episodes held out by `get_val_mask`; max_train_episodes: downsample.
     """
 
     def __init__(self, shape_meta, horizon: int, n_obs_steps: int, zarr_path: str | None = None,
-                 replay_buffer: ReplayBuffer | None = None, pad_before: int | None = None,
+                 replay_buffer: ReplayBuffer | None = None, n_action_steps: int | None = None,
+                 pad_before: int | None = None,
                  pad_after: int | None = None, val_ratio: float = 0.0, max_train_episodes: int | None = None,
                  seed: int = 42):
         self.shape_meta = parse_shape_meta(shape_meta)
@@ -86,7 +88,8 @@ class SequenceDataset(BaseDataset):
         # Observation keys only need their first To frames: the rest are never decoded.
         first_k = {k: n_obs_steps for k in obs_zarr_keys if k != self.action_zarr_key}
         self.pad_before = n_obs_steps - 1 if pad_before is None else pad_before
-        self.pad_after = horizon - n_obs_steps if pad_after is None else pad_after
+        n_action_steps = horizon - n_obs_steps + 1 if n_action_steps is None else n_action_steps
+        self.pad_after = n_action_steps - 1 if pad_after is None else pad_after
         self._sampler_args = dict(sequence_length=horizon, pad_before=self.pad_before,
                                   pad_after=self.pad_after, keys=zarr_keys, key_first_k=first_k)
         self.sampler = SequenceSampler(replay_buffer, episode_mask=self.train_mask, **self._sampler_args)

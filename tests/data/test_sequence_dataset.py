@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from policylab.data.datasets.base import make_dataloader
+from policylab.data.datasets.sequence import SequenceDataset
+from policylab.data.replay_buffer import ReplayBuffer
+from tests.data.zarr_v2_fixtures import pusht_like_arrays, write_v2_store
+
+LENGTHS = [20, 25, 18, 30, 22]
+IMAGE_META = {
+    "obs": {"image": {"shape": [3, 16, 16], "type": "rgb", "zarr_key": "img"},
+            "agent_pos": {"shape": [2], "type": "low_dim", "zarr_key": "state", "index": [0, 2]}},
+    "action": {"shape": [2]},
+}
+KEYPOINT_META = {
+    "obs": {"keypoint": {"shape": [18], "type": "low_dim"},
+            "agent_pos": {"shape": [2], "zarr_key": "state", "index": [0, 2]}},
+    "action": {"shape": [2]},
+}
+
+
+@pytest.fixture(scope="module")
+def pusht_path(tmp_path_factory):
+    arrays = pusht_like_arrays(LENGTHS, image_size=16)
+    path = tmp_path_factory.mktemp("pusht") / "pusht.zarr"
+    write_v2_store(path, arrays, np.cumsum(LENGTHS), chunks={"img": (1, 16, 16, 3)})
+    return path, arrays
+
+
+def test_contract_shapes_and_ranges(pusht_path):
+    path, arrays = pusht_path
+    ds = SequenceDataset(IMAGE_META, horizon=16, n_obs_steps=2, zarr_path=path)
+    item = ds[0]
+    assert item["obs"]["image"].shape == (2, 3, 16, 16) and item["obs"]["image"].dtype == torch.float32
+    assert item["obs"]["agent_pos"].shape == (2, 2) and item["action"].shape == (16, 2)
+    assert 0 <= item["obs"]["image"].min() and item["obs"]["image"].max() <= 1
+    # window 0 starts one step before episode 0: frame 0 repeated
+    np.testing.assert_array_equal(item["obs"]["agent_pos"].numpy(), arrays["state"][[0, 0], :2])
+    np.testing.assert_allclose(item["obs"]["image"][1].numpy(), arrays["img"][0].transpose(2, 0, 1) / 255, rtol=1e-6)
+    np.testing.assert_array_equal(item["action"].numpy(), arrays["action"][[0] + list(range(15))])
+    assert len(ds) == sum(LENGTHS)  # pad_before 1, pad_after T-To: one window per step
+    dp = SequenceDataset(IMAGE_META, horizon=16, n_obs_steps=2, n_action_steps=8, zarr_path=path)
+    assert len(dp) == sum(length - 7 for length in LENGTHS)  # Diffusion Policy's PushT: L - 7
+
+
+def test_batch_path_equals_item_path(pusht_path):
+    ds = SequenceDataset(KEYPOINT_META, horizon=8, n_obs_steps=3, zarr_path=pusht_path[0])
+    idxs = [0, 5, len(ds) - 1, 7]
+    batch = ds.__getitems__(idxs)
+    for row, i in enumerate(idxs):
+        item = ds[i]
+        torch.testing.assert_close(batch["action"][row], item["action"], rtol=0, atol=0)
+        for key in item["obs"]:
+            torch.testing.assert_close(batch["obs"][key][row], item["obs"][key], rtol=0, atol=0)
+    assert batch["obs"]["keypoint"].shape == (4, 3, 18)
+
+
+def test_normalizer_sees_training_episodes_only():
+    rb = ReplayBuffer.create_empty_numpy()
+    for e, length in enumerate(LENGTHS):
+        rb.add_episode({"state": np.full((length, 5), e, np.float32), "keypoint": np.zeros((length, 9, 2), np.float32),
+                        "action": np.full((length, 2), 100.0 * e, np.float32)})
+    ds = SequenceDataset(KEYPOINT_META, horizon=4, n_obs_steps=2, replay_buffer=rb, val_ratio=0.4, seed=0)
+    train_eps = np.flatnonzero(ds.train_mask)
+    val_eps = np.flatnonzero(ds.val_mask)
+    assert len(val_eps) == 2 and not set(train_eps) & set(val_eps)
+    stats = ds.get_normalizer()["action"].get_input_stats()
+    assert stats["max"][0].item() == 100.0 * train_eps.max() and stats["min"][0].item() == 100.0 * train_eps.min()
+    val = ds.get_validation_dataset()
+    seen = {int(val[i]["obs"]["agent_pos"][0, 0]) for i in range(len(val))}
+    assert seen == set(val_eps.tolist())
+    seen_train = {int(ds[i]["obs"]["agent_pos"][0, 0]) for i in range(len(ds))}
+    assert seen_train == set(train_eps.tolist())
+
+
+def test_max_train_episodes_does_not_leak_into_validation():
+    rb = ReplayBuffer.create_empty_numpy()
+    for e in range(10):
+        rb.add_episode({"state": np.full((6, 5), e, np.float32), "keypoint": np.zeros((6, 9, 2), np.float32),
+                        "action": np.zeros((6, 2), np.float32)})
+    ds = SequenceDataset(KEYPOINT_META, horizon=4, n_obs_steps=2, replay_buffer=rb, val_ratio=0.2,
+                         max_train_episodes=3)
+    assert ds.train_mask.sum() == 3 and ds.val_mask.sum() == 2
+    assert len(ds.get_validation_dataset()) == 2 * (6 - 4 + 1 + 1 + 2)
+
+
+def test_dataloader_batches_with_workers(pusht_path):
+    ds = SequenceDataset(IMAGE_META, horizon=8, n_obs_steps=2, zarr_path=pusht_path[0])
+    for workers in (0, 2):
+        loader = make_dataloader(ds, batch_size=16, shuffle=True, num_workers=workers,
+                                 generator=torch.Generator().manual_seed(0))
+        batches = list(loader)
+        assert sum(b["action"].shape[0] for b in batches) == len(ds)
+        assert batches[0]["obs"]["image"].shape == (16, 2, 3, 16, 16)
+
+
+def test_shape_meta_errors_name_the_key(pusht_path):
+    bad = {"obs": {"agent_pos": {"shape": [3], "zarr_key": "state", "index": [0, 2]}}, "action": {"shape": [2]}}
+    with pytest.raises(ValueError, match=r"shape_meta.obs.agent_pos: expected shape \[3\]"):
+        SequenceDataset(bad, horizon=4, n_obs_steps=2, zarr_path=pusht_path[0])
+    bad = {"obs": {"cam": {"shape": [3, 16, 16], "type": "depth"}}, "action": {"shape": [2]}}
+    with pytest.raises(ValueError, match="shape_meta.obs.cam.type"):
+        SequenceDataset(bad, horizon=4, n_obs_steps=2, zarr_path=pusht_path[0])
+    with pytest.raises(KeyError, match="nope"):
+        SequenceDataset({"obs": {"nope": {"shape": [2]}}, "action": {"shape": [2]}}, horizon=4, n_obs_steps=2,
+                        zarr_path=pusht_path[0])
