@@ -6,7 +6,6 @@ A minGPT-style decoder over the `T` action tokens that cross-attends to a condit
 `_dummy_variable` (which DP adds only to find the module's device).
 """
 
-from typing import Optional
 
 import torch
 from torch import nn
@@ -52,7 +51,7 @@ class TransformerForDiffusion(nn.Module):
         input_dim: int,
         output_dim: int,
         horizon: int,
-        n_obs_steps: Optional[int] = None,
+        n_obs_steps: int | None = None,
         cond_dim: int = 0,
         n_layer: int = 12,
         n_head: int = 12,
@@ -61,14 +60,16 @@ class TransformerForDiffusion(nn.Module):
         p_drop_attn: float = 0.1,
         causal_attn: bool = False,
         time_as_cond: bool = True,
-        obs_as_cond: Optional[bool] = None,
+        obs_as_cond: bool | None = None,
         n_cond_layers: int = 0,
     ):
         super().__init__()
         n_obs_steps = horizon if n_obs_steps is None else n_obs_steps
         obs_as_cond = cond_dim > 0 if obs_as_cond is None else obs_as_cond
         if obs_as_cond != (cond_dim > 0):
-            raise ValueError(f"obs_as_cond={obs_as_cond} needs cond_dim > 0 iff True, got {cond_dim}")
+            raise ValueError(
+                f"obs_as_cond={obs_as_cond} contradicts cond_dim={cond_dim} (obs need cond_dim > 0)"
+            )
         if obs_as_cond and not time_as_cond:
             raise ValueError("obs_as_cond requires time_as_cond (obs tokens join the time token)")
 
@@ -180,7 +181,7 @@ class TransformerForDiffusion(nn.Module):
         ]
 
     def forward(
-        self, sample: torch.Tensor, timestep: Timestep, cond: Optional[torch.Tensor] = None
+        self, sample: torch.Tensor, timestep: Timestep, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`sample: (B, T, input_dim)`, `timestep: (B,)` or scalar, `cond: (B, To, cond_dim)`
         (required iff `obs_as_cond`) -> `(B, T, output_dim)`."""
@@ -206,7 +207,7 @@ class TransformerForDiffusion(nn.Module):
             )
         return self.head(self.ln_f(x))
 
-    def _check_inputs(self, sample: torch.Tensor, cond: Optional[torch.Tensor]) -> None:
+    def _check_inputs(self, sample: torch.Tensor, cond: torch.Tensor | None) -> None:
         if sample.ndim != 3 or sample.shape[1:] != (self.horizon, self.input_dim):
             raise ValueError(
                 f"sample must be (B, {self.horizon}, {self.input_dim}), got {tuple(sample.shape)}"

@@ -7,13 +7,14 @@ live: the local-condition feature of the up path is actually used (in DP it neve
 final Conv1dBlock uses `n_groups` instead of a hard-coded 8 (identical for every DP config).
 """
 
+import itertools
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-Timestep = Union[torch.Tensor, float, int]
+Timestep = torch.Tensor | float | int
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -98,9 +99,9 @@ class ConditionalResidualBlock1D(nn.Module):
         cond_channels = 2 * out_channels if cond_predict_scale else out_channels
         # The Linear sits at index 1 so the key is `cond_encoder.1.weight`, as in DP.
         self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, cond_channels))
-        self.residual_conv = (
-            nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-        )
+        self.residual_conv = nn.Identity()
+        if in_channels != out_channels:
+            self.residual_conv = nn.Conv1d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         out = self.blocks[0](x)
@@ -128,8 +129,8 @@ class ConditionalUnet1D(nn.Module):
     def __init__(
         self,
         input_dim: int,
-        local_cond_dim: Optional[int] = None,
-        global_cond_dim: Optional[int] = None,
+        local_cond_dim: int | None = None,
+        global_cond_dim: int | None = None,
         diffusion_step_embed_dim: int = 256,
         down_dims: Sequence[int] = (256, 512, 1024),
         kernel_size: int = 5,
@@ -158,7 +159,7 @@ class ConditionalUnet1D(nn.Module):
             )
 
         all_dims = [input_dim, *down_dims]
-        in_out = list(zip(all_dims[:-1], all_dims[1:]))
+        in_out = list(itertools.pairwise(all_dims))
 
         # Two encoders of the local condition: one feature joins the first down level, the
         # other the end of the up path, both at full length with down_dims[0] channels.
@@ -202,8 +203,8 @@ class ConditionalUnet1D(nn.Module):
         self,
         sample: torch.Tensor,
         timestep: Timestep,
-        local_cond: Optional[torch.Tensor] = None,
-        global_cond: Optional[torch.Tensor] = None,
+        local_cond: torch.Tensor | None = None,
+        global_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`sample: (B, T, Da)`, `timestep: (B,)` or scalar, `local_cond: (B, T, Dl)`,
         `global_cond: (B, Dg)` -> `(B, T, Da)`."""
@@ -247,7 +248,7 @@ class ConditionalUnet1D(nn.Module):
         return x.transpose(1, 2)
 
     def _encode_condition(
-        self, sample: torch.Tensor, timestep: Timestep, global_cond: Optional[torch.Tensor]
+        self, sample: torch.Tensor, timestep: Timestep, global_cond: torch.Tensor | None
     ) -> torch.Tensor:
         """-> `(B, dsed + Dg)`: the step embedding, with the global condition appended."""
         timesteps = torch.as_tensor(timestep, device=sample.device)
@@ -263,8 +264,8 @@ class ConditionalUnet1D(nn.Module):
     def _check_inputs(
         self,
         sample: torch.Tensor,
-        local_cond: Optional[torch.Tensor],
-        global_cond: Optional[torch.Tensor],
+        local_cond: torch.Tensor | None,
+        global_cond: torch.Tensor | None,
     ) -> None:
         if sample.ndim != 3 or sample.shape[-1] != self.input_dim:
             raise ValueError(f"sample must be (B, T, {self.input_dim}), got {tuple(sample.shape)}")

@@ -6,7 +6,6 @@ random crop samples offsets in `[0, H - h)`, so it never touches the bottom or r
 every offset in `[0, H - h]` is possible.
 """
 
-from typing import Optional
 
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from torch import nn
 def center_crop_offsets(size: tuple[int, int], crop_shape: tuple[int, int]) -> tuple[int, int]:
     """Top-left corner of the centered crop, rounded like torchvision's `center_crop`."""
     (H, W), (h, w) = size, crop_shape
-    return int(round((H - h) / 2.0)), int(round((W - w) / 2.0))
+    return round((H - h) / 2.0), round((W - w) / 2.0)
 
 
 def center_crop(images: torch.Tensor, crop_shape: tuple[int, int]) -> torch.Tensor:
@@ -26,7 +25,7 @@ def center_crop(images: torch.Tensor, crop_shape: tuple[int, int]) -> torch.Tens
 
 
 def random_crop(images: torch.Tensor, crop_shape: tuple[int, int],
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """`(B, C, H, W)` -> `(B, C, h, w)`, an independent uniformly placed window per image."""
     B, _, H, W = images.shape
     h, w = crop_shape
@@ -51,7 +50,9 @@ class ImageCrop(nn.Module):
                  random_crop: bool = True):
         super().__init__()
         if crop_shape[0] > input_shape[0] or crop_shape[1] > input_shape[1]:
-            raise ValueError(f"crop {tuple(crop_shape)} is larger than the image {tuple(input_shape)}")
+            raise ValueError(
+                f"crop {tuple(crop_shape)} is larger than the image {tuple(input_shape)}"
+            )
         self.input_shape = tuple(input_shape)
         self.crop_shape = tuple(crop_shape)
         self.random_crop = random_crop
@@ -62,4 +63,5 @@ class ImageCrop(nn.Module):
         return center_crop(images, self.crop_shape)
 
     def extra_repr(self) -> str:
-        return f"input_shape={self.input_shape}, crop_shape={self.crop_shape}, random_crop={self.random_crop}"
+        return (f"input_shape={self.input_shape}, crop_shape={self.crop_shape}, "
+                f"random_crop={self.random_crop}")

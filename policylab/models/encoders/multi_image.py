@@ -1,6 +1,6 @@
 """Observation encoder over any number of cameras and low-dim keys, driven by `shape_meta`."""
 
-from typing import Mapping, Optional, Union
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 HW = tuple[int, int]
-PerKey = Union[HW, Mapping[str, HW], None]
+PerKey = HW | Mapping[str, HW] | None
 
 
 class Resize(nn.Module):
@@ -43,7 +43,7 @@ class Normalize(nn.Module):
         return (images - self.mean) / self.std
 
 
-def _for_key(value: PerKey, key: str) -> Optional[HW]:
+def _for_key(value: PerKey, key: str) -> HW | None:
     if isinstance(value, Mapping):
         return tuple(value[key])
     return None if value is None else tuple(value)
@@ -68,7 +68,7 @@ class MultiImageObsEncoder(nn.Module):
         self,
         shape_meta: Mapping,
         rgb_model_name: str = "resnet18",
-        pretrained_weights: Optional[PathLike] = None,
+        pretrained_weights: PathLike | None = None,
         resize_shape: PerKey = None,
         crop_shape: PerKey = None,
         random_crop: bool = True,

@@ -6,12 +6,12 @@ loads with `load_state_dict`, without torchvision installed. Nothing is ever dow
 """
 
 import os
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # Diffusion Policy (and robomimic) use GroupNorm with one group per 16 channels.
 CHANNELS_PER_GROUP = 16
@@ -34,7 +34,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None):
+                 downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -57,7 +57,7 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None):
+                 downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -84,7 +84,7 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: type[nn.Module], layers: tuple[int, int, int, int],
-                 num_classes: Optional[int] = None):
+                 num_classes: int | None = None):
         super().__init__()
         self.inplanes = STEM_CHANNELS
         self.conv1 = nn.Conv2d(3, STEM_CHANNELS, kernel_size=7, stride=2, padding=3, bias=False)
@@ -158,8 +158,8 @@ def load_weights_file(path: PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _build(block: type[nn.Module], layers: tuple[int, int, int, int], weights: Optional[PathLike],
-           use_group_norm: bool, num_classes: Optional[int]) -> ResNet:
+def _build(block: type[nn.Module], layers: tuple[int, int, int, int], weights: PathLike | None,
+           use_group_norm: bool, num_classes: int | None) -> ResNet:
     model = ResNet(block, layers, num_classes=num_classes)
     if weights is not None:
         state = load_weights_file(weights)
@@ -171,20 +171,20 @@ def _build(block: type[nn.Module], layers: tuple[int, int, int, int], weights: O
     return model
 
 
-def resnet18(weights: Optional[PathLike] = None, use_group_norm: bool = False,
-             num_classes: Optional[int] = None) -> ResNet:
+def resnet18(weights: PathLike | None = None, use_group_norm: bool = False,
+             num_classes: int | None = None) -> ResNet:
     """ResNet-18 (11,689,512 parameters with a 1000-way fc, 11,176,512 without)."""
     return _build(BasicBlock, (2, 2, 2, 2), weights, use_group_norm, num_classes)
 
 
-def resnet34(weights: Optional[PathLike] = None, use_group_norm: bool = False,
-             num_classes: Optional[int] = None) -> ResNet:
+def resnet34(weights: PathLike | None = None, use_group_norm: bool = False,
+             num_classes: int | None = None) -> ResNet:
     """ResNet-34 (21,797,672 parameters with a 1000-way fc)."""
     return _build(BasicBlock, (3, 4, 6, 3), weights, use_group_norm, num_classes)
 
 
-def resnet50(weights: Optional[PathLike] = None, use_group_norm: bool = False,
-             num_classes: Optional[int] = None) -> ResNet:
+def resnet50(weights: PathLike | None = None, use_group_norm: bool = False,
+             num_classes: int | None = None) -> ResNet:
     """ResNet-50 (25,557,032 parameters with a 1000-way fc)."""
     return _build(Bottleneck, (3, 4, 6, 3), weights, use_group_norm, num_classes)
 
@@ -238,7 +238,7 @@ class ResNetImageEncoder(nn.Module):
       trunk's channels (512 for ResNet-18/34, 2048 for ResNet-50); `feature_dim` is unused.
     """
 
-    def __init__(self, name: str = "resnet18", weights: Optional[PathLike] = None,
+    def __init__(self, name: str = "resnet18", weights: PathLike | None = None,
                  use_group_norm: bool = True, pool: str = "spatial_softmax",
                  num_keypoints: int = 32, feature_dim: int = 64):
         super().__init__()
