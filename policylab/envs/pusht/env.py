@@ -128,7 +128,9 @@ class PushTEnv(gym.Env):
         self.sim.set_state(state, legacy=self.legacy)
         self.latest_action = None
         self._frame = None
-        return self._get_obs(), self._get_info(n_contacts=0)
+        # DP counts the contacts of the state-setting physics step too (e.g. a block spawned
+        # into a wall); its reset info then reports them.
+        return self._get_obs(), self._get_info(self.sim.n_contacts())
 
     def step(self, action):
         n_contacts = 0

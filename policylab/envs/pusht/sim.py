@@ -129,6 +129,7 @@ class PushTSim:
         of gravity, so the block origin then moves away from the requested xy (DP's old data).
         """
         state = [float(v) for v in state]
+        self.contacts["points"] = 0
         self.agent.position = state[:2]
         if legacy:
             self.block.position = state[2:4]
@@ -154,7 +155,11 @@ class PushTSim:
             acc_y = K_P * (ay - py) + K_V * (0 - vy)
             self.agent.velocity = (vx + acc_x * dt, vy + acc_y * dt)
             self.space.step(dt)
-        return int(math.ceil(self.contacts["points"] / n_sub))
+        return self.n_contacts()
+
+    def n_contacts(self) -> int:
+        """Contact points counted since the last `step` began, per substep, rounded up (DP)."""
+        return int(math.ceil(self.contacts["points"] / (SIM_HZ // CONTROL_HZ)))
 
     @property
     def state(self) -> np.ndarray:

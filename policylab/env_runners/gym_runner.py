@@ -1,0 +1,181 @@
+"""A vectorized gymnasium runner: DP's PushT runner made task-agnostic.
+
+Every episode is one seed: train seeds `train_start_seed + i` (i < n_train), then test seeds
+`test_start_seed + i` (i < n_test). Seeds are run in chunks of `n_envs` parallel envs, each
+`MultiStepWrapper(VideoRecordingWrapper(gym.make(env_id, **env_kwargs)))`; the last chunk is
+padded with repeats of its last seed, whose results are dropped. An episode's score is its max
+inner reward (DP's `sim_max_reward`); it succeeded if any inner step's info says `is_success`
+(or, for envs without that key, if its max reward reached `success_reward`).
+"""
+
+import functools
+import os
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tqdm
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
+from gymnasium.vector.vector_env import AutoresetMode
+
+from policylab.env_runners.base import EnvRunner
+from policylab.envs.wrappers import MultiStepWrapper, VideoRecordingWrapper
+
+SPLITS = ("train", "test")
+
+
+def make_env(env_id: str, env_kwargs: dict, n_obs_steps: int, n_action_steps: int,
+             max_steps: int, fps: int, crf: int, steps_per_render: int,
+             reward_agg_method: str) -> gym.Env:
+    """Build one wrapped env; module-level so that it pickles into worker processes.
+
+    env_id may be "module:id" (gymnasium imports the module first, e.g.
+    "policylab.envs.pusht:policylab/PushT-v0"), which is what spawned workers need.
+    """
+    env = gym.make(env_id, **(env_kwargs or {}))
+    env = VideoRecordingWrapper(env, fps=fps, steps_per_render=steps_per_render, crf=crf)
+    return MultiStepWrapper(env, n_obs_steps, n_action_steps, max_episode_steps=max_steps,
+                            reward_agg_method=reward_agg_method)
+
+
+class _SyncVectorEnv(SyncVectorEnv):
+    """SyncVectorEnv that, like AsyncVectorEnv's worker, lets finished sub-envs be stepped.
+
+    With autoreset disabled, gymnasium's sync version asserts that a finished env is reset
+    first; ours are `MultiStepWrapper`s, whose steps after the end are no-ops.
+    """
+
+    def step(self, actions):
+        self._autoreset_envs[:] = False
+        return super().step(actions)
+
+
+class GymEnvRunner(EnvRunner):
+    """Evaluate a policy on seeded episodes of a gymnasium env, with videos.
+
+    Args:
+        output_dir: run directory; videos go to `<output_dir>/media/`.
+        env_id, env_kwargs: what `gymnasium.make` gets.
+        n_obs_steps, n_action_steps: To and Ta of the policy.
+        max_steps: time limit in inner env steps.
+        n_train, n_test: number of episodes per split; train_start_seed, test_start_seed: seeds.
+        n_envs: parallel envs; None = min(n_train + n_test, CPU count).
+        n_train_vis, n_test_vis: the first k episodes of each split are recorded.
+        fps, crf, steps_per_render: video settings.
+        vector_env: "async" (one process per env) or "sync" (in process; tests, debugging).
+        reward_agg_method: see `MultiStepWrapper` (does not change scores).
+        success_reward: success threshold on the max reward, for envs without `is_success`.
+        context: multiprocessing start method for "async" (None = platform default).
+        tqdm_interval_sec: progress-bar refresh interval.
+        device: where observations go when the policy has no `device` attribute.
+    """
+
+    def __init__(self, output_dir: str, env_id: str, env_kwargs: dict | None = None,
+                 n_obs_steps: int = 2, n_action_steps: int = 8, max_steps: int = 300,
+                 n_train: int = 6, n_test: int = 50, train_start_seed: int = 0,
+                 test_start_seed: int = 100000, n_envs: int | None = None,
+                 n_train_vis: int = 2, n_test_vis: int = 4, fps: int = 10, crf: int = 22,
+                 steps_per_render: int = 1, vector_env: str = "async",
+                 reward_agg_method: str = "max", success_reward: float = 1.0,
+                 context: str | None = None, tqdm_interval_sec: float = 5.0,
+                 device: str = "cpu"):
+        super().__init__(output_dir)
+        if vector_env not in ("async", "sync"):
+            raise ValueError(f"vector_env must be 'async' or 'sync', got {vector_env!r}")
+        self.env_id = env_id
+        self.n_action_steps, self.max_steps = n_action_steps, max_steps
+        self.episodes = [(split, start + i, i < n_vis) for split, n, start, n_vis in (
+            ("train", n_train, train_start_seed, n_train_vis),
+            ("test", n_test, test_start_seed, n_test_vis)) for i in range(n)]
+        self.n_envs = n_envs or min(len(self.episodes), os.cpu_count() or 1)
+        self.success_reward = success_reward
+        self.tqdm_interval_sec = tqdm_interval_sec
+        self.device = device
+        self._env_fn = functools.partial(
+            make_env, env_id, dict(env_kwargs or {}), n_obs_steps, n_action_steps, max_steps,
+            fps, crf, steps_per_render, reward_agg_method)
+        self._vector_env, self._context = vector_env, context
+        self._env = None
+        self._n_runs = 0
+
+    def _get_env(self):
+        if self._env is None:
+            fns = [self._env_fn] * self.n_envs
+            # No autoreset: finished envs idle (MultiStepWrapper no-ops) until the chunk ends.
+            if self._vector_env == "sync":
+                self._env = _SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
+            else:
+                self._env = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED,
+                                           context=self._context)
+        return self._env
+
+    def run(self, policy) -> dict:
+        env = self._get_env()
+        results = []
+        n_chunks = -(-len(self.episodes) // self.n_envs)
+        for c in range(n_chunks):
+            chunk = self.episodes[c * self.n_envs:(c + 1) * self.n_envs]
+            padded = chunk + [chunk[-1][:2] + (False,)] * (self.n_envs - len(chunk))
+            desc = f"Eval {self.env_id} {c + 1}/{n_chunks}"
+            results += self._run_chunk(env, policy, padded, desc)[:len(chunk)]
+        self._n_runs += 1
+        return self._metrics(results)
+
+    def _run_chunk(self, env, policy, episodes: list, desc: str) -> list:
+        """Roll out one episode per env; returns (split, seed, max_reward, success, video)."""
+        env.set_attr("video_path", [self._video_path(s, seed) if vis else None
+                                    for s, seed, vis in episodes])
+        obs, _ = env.reset(seed=[seed for _, seed, _ in episodes])
+        if hasattr(policy, "reset"):
+            policy.reset()
+        done = np.zeros(self.n_envs, dtype=bool)
+        with tqdm.tqdm(total=self.max_steps, desc=desc, leave=False,
+                       mininterval=self.tqdm_interval_sec) as pbar:
+            while not done.all():
+                obs, _, terminated, truncated, _ = env.step(self._act(policy, obs))
+                done = np.asarray(terminated) | np.asarray(truncated)
+                pbar.update(self.n_action_steps)
+        rewards = env.call("get_rewards")
+        infos = env.call("get_infos")
+        videos = env.call("finish_video")
+        return [(split, seed, max(r, default=0.0), self._success(r, i), v)
+                for (split, seed, _), r, i, v in zip(episodes, rewards, infos, videos)]
+
+    def _act(self, policy, obs: dict) -> np.ndarray:
+        """obs {key: (B, To, ...)} numpy -> actions (B, Ta, Da) numpy."""
+        device = getattr(policy, "device", self.device)
+        obs_t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in obs.items()}
+        with torch.no_grad():
+            action = policy.predict_action(obs_t)["action"]
+        action = action.detach().to("cpu", torch.float64).numpy()
+        if not np.all(np.isfinite(action)):
+            raise RuntimeError("policy returned a NaN or Inf action")
+        return action
+
+    def _success(self, rewards: list, infos: list) -> bool:
+        if infos and "is_success" in infos[-1]:
+            return any(bool(info["is_success"]) for info in infos)
+        return max(rewards, default=0.0) >= self.success_reward
+
+    def _video_path(self, split: str, seed: int) -> str:
+        name = f"run{self._n_runs:04d}_{split}_{seed}.mp4"
+        return os.path.join(self.output_dir, "media", name)
+
+    @staticmethod
+    def _metrics(results: list) -> dict:
+        log = {}
+        for split in SPLITS:
+            rows = [r for r in results if r[0] == split]
+            for _, seed, max_reward, _, video in rows:
+                log[f"{split}/sim_max_reward_{seed}"] = float(max_reward)
+                if video is not None:
+                    log[f"{split}/sim_video_{seed}"] = video
+            if rows:
+                log[f"{split}/mean_score"] = float(np.mean([r[2] for r in rows]))
+                log[f"{split}/success_rate"] = float(np.mean([r[3] for r in rows]))
+        return log
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
