@@ -140,6 +140,8 @@ class OctoObsEncoder(nn.Module):
             raise ValueError(f"cameras {sorted(unknown)} are not in the checkpoint (it has {list(cfg.cameras)})")
         if self.low_dim_mode == "tokens" and not cfg.proprio_dim:
             raise ValueError("low_dim='tokens' needs a checkpoint with a proprio tokenizer; use 'concat'")
+        if language is not None and not cfg.language_dim:
+            raise ValueError("an instruction was given but the checkpoint has no language tokenizer")
         if language is not None and language.dim != cfg.language_dim:
             raise ValueError(
                 f"the checkpoint expects {cfg.language_dim}-d language tokens but the text encoder gives "

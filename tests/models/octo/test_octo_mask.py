@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from policylab.models.octo import OctoModel, get_config
-from policylab.models.octo.model import OBS_RULES, TASK_RULES, example_inputs, readout_rules
+from policylab.models.octo.model import (
+    OBS_RULES,
+    TASK_RULES,
+    example_inputs,
+    readout_rules,
+)
 from policylab.models.octo.transformer import BlockTransformer, TokenGroup
 
 D, B, TO = 4, 2, 3
