@@ -11,23 +11,23 @@ import numpy as np
 import pytest
 
 # A small Octo-shaped model: stem widths stay multiples of Octo's 32 GroupNorm groups.
-SMALL_OCTO = dict(
-    token_dim=64,
-    num_heads=4,
-    num_layers=2,
-    mlp_dim=128,
-    max_horizon=3,
-    cameras={"primary": (64, 64), "wrist": (32, 32)},
-    stem_widths=(32, 32, 64, 64),
-    stem_out=48,
-    language_dim=40,
-    language_tokens=5,
-    action_dim=7,
-    action_horizon=4,
-    time_dim=32,
-    head_hidden=64,
-    head_blocks=2,
-)
+SMALL_OCTO = {
+    "token_dim": 64,
+    "num_heads": 4,
+    "num_layers": 2,
+    "mlp_dim": 128,
+    "max_horizon": 3,
+    "cameras": {"primary": (64, 64), "wrist": (32, 32)},
+    "stem_widths": (32, 32, 64, 64),
+    "stem_out": 48,
+    "language_dim": 40,
+    "language_tokens": 5,
+    "action_dim": 7,
+    "action_horizon": 4,
+    "time_dim": 32,
+    "head_hidden": 64,
+    "head_blocks": 2,
+}
 
 
 def _dense(tree, path, d_in, d_out, rng):
