@@ -131,16 +131,25 @@ class SequenceSampler:
             result[key] = data
         return result
 
-    def sample_batch(self, idxs: np.ndarray) -> dict[str, np.ndarray]:
+    def sample_batch(self, idxs: np.ndarray, first_steps: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """A batch of windows `{key: (B, T, ...)}` with one fancy index per key.
 
-        Equal, array for array, to stacking `sample_sequence(i)` over `idxs`.
+        Equal, array for array, to stacking `sample_sequence(i)` over `idxs`. `first_steps={key: k}`
+        returns only the first k steps `(B, k, ...)` of that key, and reads nothing else; for
+        k <= key_first_k those steps are always loaded frames, never the NaN fill.
         """
         idxs = np.asarray(idxs, dtype=np.int64)
         table = self.table[idxs]
+        first_steps = first_steps or {}
         result = {}
         for key in self.keys:
             arr = self.replay_buffer[key]
+            if key in first_steps:
+                k = first_steps[key]
+                if k > self.key_first_k.get(key, self.sequence_length):
+                    raise ValueError(f"first_steps[{key!r}] = {k} exceeds key_first_k {self.key_first_k[key]}")
+                result[key] = self._take(arr, table[:, :k])
+                continue
             if key not in self.key_first_k:
                 result[key] = self._take(arr, table)
                 continue

@@ -115,3 +115,15 @@ def test_zarr_backend_batch_equals_numpy():
     idxs = np.array([0, 3, 3, len(np_sampler) - 1])
     for key in ("x", "i"):
         np.testing.assert_array_equal(np_sampler.sample_batch(idxs)[key], z_sampler.sample_batch(idxs)[key])
+
+
+def test_first_steps_reads_only_loaded_frames():
+    rb = buffer_with([3, 6])
+    sampler = SequenceSampler(rb, sequence_length=5, pad_before=2, pad_after=4, key_first_k={"x": 2})
+    idxs = np.arange(len(sampler))
+    full = sampler.sample_batch(idxs)["x"]
+    head = sampler.sample_batch(idxs, first_steps={"x": 2})["x"]
+    assert head.shape == (len(sampler), 2, 2) and not np.isnan(head).any()
+    np.testing.assert_array_equal(head, full[:, :2])
+    with pytest.raises(ValueError, match="exceeds key_first_k"):
+        sampler.sample_batch(idxs, first_steps={"x": 3})

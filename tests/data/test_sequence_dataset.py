@@ -47,7 +47,7 @@ def test_contract_shapes_and_ranges(pusht_path):
 def test_batch_path_equals_item_path(pusht_path):
     ds = SequenceDataset(KEYPOINT_META, horizon=8, n_obs_steps=3, zarr_path=pusht_path[0])
     idxs = [0, 5, len(ds) - 1, 7]
-    batch = ds.__getitems__(idxs)
+    batch = ds.get_batch(idxs)
     for row, i in enumerate(idxs):
         item = ds[i]
         torch.testing.assert_close(batch["action"][row], item["action"], rtol=0, atol=0)
@@ -105,3 +105,9 @@ def test_shape_meta_errors_name_the_key(pusht_path):
     with pytest.raises(KeyError, match="nope"):
         SequenceDataset({"obs": {"nope": {"shape": [2]}}, "action": {"shape": [2]}}, horizon=4, n_obs_steps=2,
                         zarr_path=pusht_path[0])
+
+
+def test_plain_dataloader_still_works_item_by_item(pusht_path):
+    ds = SequenceDataset(KEYPOINT_META, horizon=8, n_obs_steps=2, zarr_path=pusht_path[0])
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    torch.testing.assert_close(batch["action"], ds.get_batch([0, 1, 2, 3])["action"])

@@ -2,9 +2,10 @@
 
 `__getitem__(i)` returns `{"obs": {key: (To, ...)}, "action": (T, Da)}` as float32 tensors, images
 `(To, C, H, W)` in [0, 1]. Datasets that can gather a whole batch at once also implement
-`__getitems__(idxs)` returning the batch dict `{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}`;
+`get_batch(idxs)` returning the batch dict `{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}`;
 `make_dataloader` then hands each DataLoader step one list of indices, so a step costs one gather
-per key instead of B Python calls and a collate.
+per key instead of B Python calls and a collate. (A plain `DataLoader(dataset, batch_size=...)`
+still works, item by item.)
 """
 
 from __future__ import annotations
@@ -40,14 +41,30 @@ def _batch_as_is(batch):
     return batch
 
 
+class _Batched(Dataset):
+    """Exposes `dataset.get_batch` as `__getitems__`, which DataLoader calls with a step's indices."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int):
+        return self.dataset[idx]
+
+    def __getitems__(self, idxs):
+        return self.dataset.get_batch(idxs)
+
+
 def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
                     drop_last: bool = False, generator: torch.Generator | None = None,
                     pin_memory: bool = False, persistent_workers: bool = False) -> DataLoader:
     """A DataLoader; batched (one `__getitems__` per step) when the dataset supports it."""
-    batched = hasattr(dataset, "__getitems__")
+    batched = hasattr(dataset, "get_batch")
     index_sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
-        dataset,
+        _Batched(dataset) if batched else dataset,
         batch_sampler=BatchSampler(index_sampler, batch_size, drop_last=drop_last),
         collate_fn=_batch_as_is if batched else None,
         num_workers=num_workers,

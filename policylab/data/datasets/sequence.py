@@ -87,6 +87,7 @@ class SequenceDataset(BaseDataset):
         self.val_mask = val_mask
         # Observation keys only need their first To frames: the rest are never decoded.
         first_k = {k: n_obs_steps for k in obs_zarr_keys if k != self.action_zarr_key}
+        self._first_k = first_k
         self.pad_before = n_obs_steps - 1 if pad_before is None else pad_before
         n_action_steps = horizon - n_obs_steps + 1 if n_action_steps is None else n_action_steps
         self.pad_after = n_action_steps - 1 if pad_after is None else pad_after
@@ -111,7 +112,9 @@ class SequenceDataset(BaseDataset):
     def _convert_obs(attr: Mapping, raw: np.ndarray, n_lead: int) -> np.ndarray:
         """(*lead, *stored) -> (*lead, *shape) float32; rgb: HWC 0..255 -> CHW 0..1."""
         if attr["type"] == "rgb":
-            return np.moveaxis(raw, -1, -3).astype(np.float32) / np.float32(255.0)
+            chw = np.moveaxis(raw, -1, -3)
+            # one pass: transpose, cast and scale into a contiguous float32 array
+            return np.divide(chw, np.float32(255.0), out=np.empty(chw.shape, np.float32), dtype=np.float32)
         if "index" in attr:
             start, stop = attr["index"]
             raw = raw[..., start:stop]
@@ -123,7 +126,8 @@ class SequenceDataset(BaseDataset):
         lead = 2 if batched else 1
         obs = {}
         for key, attr in self.shape_meta["obs"].items():
-            value = raw[attr["zarr_key"]][:, t_obs] if batched else raw[attr["zarr_key"]][t_obs]
+            value = raw[attr["zarr_key"]]
+            value = value[:, t_obs] if batched else value[t_obs]
             value = self._convert_obs(attr, value, n_lead=lead)
             obs[key] = torch.from_numpy(np.ascontiguousarray(value))
         action = raw[self.action_zarr_key].astype(np.float32, copy=False)
@@ -136,8 +140,10 @@ class SequenceDataset(BaseDataset):
     def __getitem__(self, idx: int) -> dict:
         return self._format(self.sampler.sample_sequence(idx), batched=False)
 
-    def __getitems__(self, idxs) -> dict:
-        return self._format(self.sampler.sample_batch(np.asarray(idxs)), batched=True)
+    def get_batch(self, idxs) -> dict:
+        """`{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}` with one gather per key."""
+        raw = self.sampler.sample_batch(np.asarray(idxs), first_steps=self._first_k)
+        return self._format(raw, batched=True)
 
     def get_validation_dataset(self) -> "SequenceDataset":
         val = copy.copy(self)
