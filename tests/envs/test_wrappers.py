@@ -108,3 +108,22 @@ def test_video_off_without_path(tmp_path):
     env.reset()
     env.step(np.zeros(1))
     assert env.finish_video() is None
+
+
+def test_box_observations_stack_too():
+    env = MultiStepWrapper(_FlatCounter(), 2, 1)
+    obs, _ = env.reset()
+    assert obs.shape == (2, 1) and env.observation_space.shape == (2, 1)
+    obs, *_ = env.step(np.ones((1, 1)))
+    np.testing.assert_array_equal(obs[:, 0], [0, 1])
+
+
+class _FlatCounter(CounterEnv):
+    """CounterEnv with a plain Box observation."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = spaces.Box(0, np.inf, (1,), np.float32)
+
+    def _obs(self):
+        return np.array([self.t], np.float32)
