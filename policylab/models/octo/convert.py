@@ -15,7 +15,7 @@ Reads
       order, ``repeat_task_tokens`` and action sizes from Octo's own config.
     - an Octo checkpoint directory as written by ``OctoModel.save_pretrained`` (``config.json``,
       ``example_batch.msgpack``, ``dataset_statistics.json`` and numbered Orbax step directories,
-      e.g. ``300000/default/``). Reading Orbax needs the optional ``orbax-checkpoint`` package
+      e.g. ``<step>/default/``). Reading Orbax needs the optional ``orbax-checkpoint`` package
       (and jax); without it the converter stops with an error that says so.
 
     The December 2023 releases (``octo-small``, ``octo-base``) used an off-by-one attention mask
