@@ -112,6 +112,12 @@ def _resample(points: list, step: float) -> list:
     return out
 
 
+def _in_action_space(targets: list) -> list:
+    """Clip targets into the env's action box [0, 512]^2; paths around a block near a wall
+    would leave it, and the data should not hold actions the env does not declare."""
+    return [np.clip(t, 0, S.WINDOW_SIZE) for t in targets]
+
+
 class _Geometry:
     """The block's shapes at one pose, for travel planning."""
 
@@ -210,9 +216,10 @@ def plan(sim: S.PushTSim, cfg: ExpertConfig) -> _Plan:
         if sg.Point(standoff).distance(geo.block) < geo.keepout:
             continue  # in a concave corner the agent cannot reach this contact
         travel = travel_path(geo, agent, standoff, normal, cfg) + [standoff] * cfg.settle_steps
+        travel = _in_action_space(travel)
         for step_px in push_px:
-            push = [standoff - normal * (cfg.gap + step_px * k)
-                    for k in range(1, cfg.max_push_steps + 1)]
+            push = _in_action_space([standoff - normal * (cfg.gap + step_px * k)
+                                     for k in range(1, cfg.max_push_steps + 1)])
             rate, n = _rollout(_fresh_world(sim), travel, push, err0)
             if rate > best.rate:
                 best = _Plan((travel + push)[:n], rate)
