@@ -5,9 +5,16 @@ any `PushTEnv` kwarg can be passed to `gymnasium.make`. In another process, make
 "policylab.envs.pusht:policylab/PushT-v0" so gymnasium imports this module first.
 """
 
-from gymnasium.envs.registration import register, registry
+import os
 
-from policylab.envs.pusht.env import PushTEnv
+# Headless by default, before any submodule imports pygame: drawing needs only a Surface, but
+# SDL must not look for a screen.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+from gymnasium.envs.registration import register, registry  # noqa: E402
+
+from policylab.envs.pusht.env import PushTEnv  # noqa: E402
 
 ENV_IDS = {
     "policylab/PushT-v0": {"obs_type": "state"},

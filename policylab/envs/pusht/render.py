@@ -7,17 +7,11 @@ part of the task definition, not only of its looks. Every drawing call below rep
 integer rounding on purpose.
 """
 
-import os
-
-# Headless by default: pygame needs no window for Surface drawing, but SDL must not look for one.
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pygame  # noqa: E402
-import pymunk  # noqa: E402
-from pymunk.space_debug_draw_options import SpaceDebugColor  # noqa: E402
+import cv2
+import numpy as np
+import pygame
+import pymunk
+from pymunk.space_debug_draw_options import SpaceDebugColor
 
 WINDOW_SIZE = 512
 BACKGROUND = (255, 255, 255)

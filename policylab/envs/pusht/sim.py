@@ -1,7 +1,7 @@
 """The PushT physics world (pymunk 7), with Diffusion Policy's exact definitions.
 
-Kept apart from the gymnasium env so that the scripted expert can clone and roll it out without
-observations, rendering or reward bookkeeping. Units are pixels, seconds and radians; y points
+Kept apart from the gymnasium env so that the scripted expert can build worlds and roll them out
+without observations, rendering or reward bookkeeping. Units are pixels, seconds and radians; y points
 down as in pygame.
 """
 
@@ -177,11 +177,13 @@ class PushTSim:
         return GOAL_GEOM.intersection(block).area / GOAL_GEOM.area
 
     def clone(self) -> "PushTSim":
-        """A deep copy (contact caches included) that continues like this world, to ~1e-13 px.
+        """A deep copy, contact caches included.
 
-        pymunk's pickling restores a body's position before its centre of gravity, which leaves
-        chipmunk's internal CoG position stale (the block jumps by R(theta)(0, 45) on the next
-        step); setting the pose again rebuilds it.
+        It continues exactly like this world in free motion, but not bit-exactly through
+        contacts: chipmunk's broadphase tree is rebuilt, so contact pairs may be solved in a
+        different order. pymunk's pickling also restores a body's position before its centre
+        of gravity, leaving chipmunk's internal CoG position stale (the block would jump by
+        R(theta)(0, 45) on the next step); setting the pose again rebuilds it.
         """
         other = copy.deepcopy(self)
         other.block.angle = self.block.angle
