@@ -1,5 +1,7 @@
 """GymEnvRunner: metrics, seeds, uneven chunks, videos, sync == async."""
 
+from typing import ClassVar
+
 import av
 import gymnasium as gym
 import numpy as np
@@ -30,7 +32,7 @@ class HoldPolicy:
 class SeedParityEnv(gym.Env):
     """Even seeds succeed after 3 steps (reward 1); odd seeds never do (reward 0.5)."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self):
         self.observation_space = spaces.Dict({"x": spaces.Box(-np.inf, np.inf, (1,), np.float32)})
@@ -77,7 +79,7 @@ def _check_pusht_metrics(log):
     assert log["train/mean_score"] == log["train/sim_max_reward_0"]
     assert log["test/success_rate"] == 0.0 and log["train/success_rate"] == 0.0
     assert all(0.0 <= r < 1.0 for r in per_seed)
-    assert set(k for k in log if "video" in k) == {"train/sim_video_0", "test/sim_video_100000"}
+    assert {k for k in log if "video" in k} == {"train/sim_video_0", "test/sim_video_100000"}
     with av.open(log["test/sim_video_100000"]) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 1 + MAX_STEPS and frames[0].shape == (96, 96, 3)

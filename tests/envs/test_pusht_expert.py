@@ -7,7 +7,13 @@ import shapely.geometry as sg
 from policylab.envs.pusht import sim as S
 from policylab.envs.pusht.env import PushTEnv
 from policylab.envs.pusht.expert import (
-    NORMALS, OUTLINE, ExpertConfig, PushTExpert, plan, pose_error)
+    NORMALS,
+    OUTLINE,
+    ExpertConfig,
+    PushTExpert,
+    plan,
+    pose_error,
+)
 
 
 def test_pose_error_zero_at_goal_and_grows():

@@ -1,5 +1,7 @@
 """MultiStepWrapper (history, chunks, limits) and VideoRecordingWrapper (readable mp4)."""
 
+from typing import ClassVar
+
 import av
 import gymnasium as gym
 import numpy as np
@@ -12,7 +14,7 @@ from policylab.envs.wrappers import MultiStepWrapper, VideoRecordingWrapper
 class CounterEnv(gym.Env):
     """obs = {"t": [t], "img": t-filled (2, 2)}; reward = action; terminates when t == end."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, end: int = 1000):
         self.end = end

@@ -12,9 +12,9 @@ import os
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-from gymnasium.envs.registration import register, registry  # noqa: E402
+from gymnasium.envs.registration import register, registry
 
-from policylab.envs.pusht.env import PushTEnv  # noqa: E402
+from policylab.envs.pusht.env import PushTEnv
 
 ENV_IDS = {
     "policylab/PushT-v0": {"obs_type": "state"},
@@ -27,4 +27,4 @@ for _env_id, _kwargs in ENV_IDS.items():
         # no max_episode_steps: DP's env never truncates; MultiStepWrapper owns the time limit
         register(id=_env_id, entry_point="policylab.envs.pusht.env:PushTEnv", kwargs=_kwargs)
 
-__all__ = ["PushTEnv", "ENV_IDS"]
+__all__ = ["ENV_IDS", "PushTEnv"]

@@ -44,12 +44,18 @@ Observation types:
 """
 
 
+from typing import ClassVar
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from policylab.envs.pusht import render, sim
-from policylab.envs.pusht.keypoints import N_BLOCK_KEYPOINTS, block_local_keypoints, keypoints_world
+from policylab.envs.pusht.keypoints import (
+    N_BLOCK_KEYPOINTS,
+    block_local_keypoints,
+    keypoints_world,
+)
 
 OBS_TYPES = ("state", "keypoints", "image")
 SPAWN_AGENT = (50, 450)  # randint bounds of the seeded initial state, DP's
@@ -93,7 +99,7 @@ class PushTEnv(gym.Env):
         render_mode: only "rgb_array".
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": sim.CONTROL_HZ}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": sim.CONTROL_HZ}
 
     def __init__(self, obs_type: str = "state", legacy: bool = False, render_size: int = 96,
                  render_action: bool = True, render_mode: str = "rgb_array"):

@@ -18,6 +18,7 @@ walls, the agent's PD lag).
 """
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -105,9 +106,9 @@ def _contacts(pose, spacing: float):
 def _resample(points: list, step: float) -> list:
     """Targets along a polyline, no two consecutive ones farther apart than `step` px."""
     out = []
-    for a, b in zip(points[:-1], points[1:]):
+    for a, b in itertools.pairwise(points):
         a, b = np.asarray(a, float), np.asarray(b, float)
-        n = max(1, int(math.ceil(np.linalg.norm(b - a) / step)))
+        n = max(1, math.ceil(np.linalg.norm(b - a) / step))
         out += [a + (b - a) * (k / n) for k in range(1, n + 1)]
     return out
 

@@ -159,7 +159,7 @@ class PushTSim:
 
     def n_contacts(self) -> int:
         """Contact points counted since the last `step` began, per substep, rounded up (DP)."""
-        return int(math.ceil(self.contacts["points"] / (SIM_HZ // CONTROL_HZ)))
+        return math.ceil(self.contacts["points"] / (SIM_HZ // CONTROL_HZ))
 
     @property
     def state(self) -> np.ndarray:
