@@ -46,6 +46,9 @@ class TransformerForDiffusion(nn.Module):
     cond_dim 20, 8 layers, 4 heads, n_emb 256, causal) has 8,965,122 parameters.
     """
 
+    # How a policy feeds it observations: one token per step (B, To, Do) as `cond`.
+    obs_conditioning = "tokens"
+
     def __init__(
         self,
         input_dim: int,

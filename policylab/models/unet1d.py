@@ -126,6 +126,9 @@ class ConditionalUnet1D(nn.Module):
     has exactly 65,783,298 parameters, the same as the original.
     """
 
+    # How a policy feeds it observations: one flat vector (B, To*Do) as `global_cond`.
+    obs_conditioning = "global"
+
     def __init__(
         self,
         input_dim: int,

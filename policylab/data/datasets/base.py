@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from policylab.data.normalizer import LinearNormalizer
 
@@ -59,10 +59,15 @@ class _Batched(Dataset):
 
 def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
                     drop_last: bool = False, generator: torch.Generator | None = None,
-                    pin_memory: bool = False, persistent_workers: bool = False) -> DataLoader:
-    """A DataLoader; batched (one `__getitems__` per step) when the dataset supports it."""
+                    pin_memory: bool = False, persistent_workers: bool = False,
+                    index_sampler: Sampler | None = None) -> DataLoader:
+    """A DataLoader; batched (one `get_batch` per step) when the dataset supports it.
+
+    `index_sampler` replaces the default random/sequential order (e.g. a DistributedSampler).
+    """
     batched = hasattr(dataset, "get_batch")
-    index_sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    if index_sampler is None:
+        index_sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         _Batched(dataset) if batched else dataset,
         batch_sampler=BatchSampler(index_sampler, batch_size, drop_last=drop_last),

@@ -53,8 +53,8 @@ class MultiImageObsEncoder(nn.Module):
     """`{key: (B, *shape)}` -> `(B, D)`, D = `output_dim()`.
 
     `shape_meta["obs"][key]` has a `shape` and a `type` ("rgb" or "low_dim", default low_dim).
-    Images are float `(B, C, H, W)` in [0, 1]; each goes through resize -> crop -> optional
-    ImageNet normalization -> a ResNet encoder (one per camera, or one shared by all cameras
+    Images are float `(B, C, H, W)` in [0, 1]; each goes through resize -> crop -> ImageNet
+    normalization (`imagenet_norm`) or a map to [-1, 1] -> a ResNet encoder (one per camera, or one shared by all cameras
     when `share_rgb_model`). The output concatenates the camera features in sorted key order,
     then the flattened low-dim keys in sorted key order. Policies fold `To` into `B`.
 
@@ -116,8 +116,9 @@ class MultiImageObsEncoder(nn.Module):
             size = resize
         if crop is not None:
             steps.append(ImageCrop(size, crop, random_crop=random_crop))
-        if imagenet_norm:
-            steps.append(Normalize(IMAGENET_MEAN, IMAGENET_STD))
+        # Images arrive in [0, 1]: pretrained weights want ImageNet statistics, a network trained
+        # from scratch gets [-1, 1] (what Diffusion Policy's image normalizer produced).
+        steps.append(Normalize(IMAGENET_MEAN, IMAGENET_STD) if imagenet_norm else Normalize((0.5,), (0.5,)))
         return nn.Sequential(*steps)
 
     def _check_shared_shapes(self, resize_shape: PerKey, crop_shape: PerKey) -> None:

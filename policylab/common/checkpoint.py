@@ -1,0 +1,176 @@
+"""Checkpoints: tensors and text only, written atomically.
+
+    checkpoints/<name>/
+      config.yaml             the resolved Hydra config (rebuilds the policy)
+      model.safetensors       policy weights, normalizer buffers included
+      ema_model.safetensors   the EMA policy, when EMA is on
+      training_state.pt       optimizer, LR scheduler, EMA step, counters, RNG states:
+                              plain tensors and numbers, loadable with weights_only=True
+      normalizer.json         the normalizer stats, for humans
+
+A checkpoint is written into a hidden temporary directory next to its final place and renamed
+into place, so a crash never leaves a half-written `latest/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+from typing import Mapping
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_model
+
+import policylab.common.config  # noqa: F401  (registers ${calc:}) before configs are resolved
+
+CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER = (
+    "config.yaml", "model.safetensors", "ema_model.safetensors", "training_state.pt", "normalizer.json")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing files or holds unreadable ones."""
+
+
+def save_checkpoint(ckpt_dir: str | Path, cfg: DictConfig, policy: torch.nn.Module,
+                    ema_policy: torch.nn.Module | None = None, training_state: Mapping | None = None) -> Path:
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir.parent / f".{ckpt_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        save_model(policy, str(tmp / MODEL))
+        if ema_policy is not None:
+            save_model(ema_policy, str(tmp / EMA_MODEL))
+        if training_state is not None:
+            torch.save(dict(training_state), tmp / TRAINING_STATE)
+        if hasattr(policy, "normalizer"):
+            (tmp / NORMALIZER).write_text(policy.normalizer.to_json())
+        _fsync_dir(tmp)
+        _replace_dir(tmp, ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ckpt_dir
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`; an existing `dst` is moved aside first and removed after."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_config(ckpt_dir: str | Path) -> DictConfig:
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / CONFIG).is_file():
+        raise CheckpointError(f"{ckpt_dir} is not a policylab checkpoint: no {CONFIG}")
+    return OmegaConf.load(ckpt_dir / CONFIG)
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    # Buffers that a module rebuilds itself (e.g. masks) may be absent; parameters may not.
+    missing = [k for k in missing if k in dict(module.named_parameters())]
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit {type(module).__name__}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+
+
+def load_policy(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
+    """Rebuild any policylab policy from a checkpoint directory alone."""
+    ckpt_dir = Path(ckpt_dir)
+    cfg = load_config(ckpt_dir)
+    if "policy" not in cfg or "_target_" not in cfg.policy:
+        raise CheckpointError(f"{ckpt_dir / CONFIG} has no policy._target_")
+    policy = hydra.utils.instantiate(cfg.policy)
+    weights = ckpt_dir / (EMA_MODEL if use_ema and (ckpt_dir / EMA_MODEL).exists() else MODEL)
+    if not weights.exists():
+        raise CheckpointError(f"{ckpt_dir} has no {MODEL}")
+    load_weights(policy, weights)
+    return policy.to(device).eval()
+
+
+def load_training_state(ckpt_dir: str | Path) -> dict:
+    path = Path(ckpt_dir) / TRAINING_STATE
+    if not path.exists():
+        raise CheckpointError(f"{ckpt_dir} has no {TRAINING_STATE}; cannot resume from it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {path} (corrupt, or holds pickled objects): {err}") from err
+
+
+# ---------------------------------------------------------------------- RNG state
+def get_rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors and plain lists (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+             "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------- top-k
+class TopKCheckpointManager:
+    """Keeps the k best checkpoints by a monitored metric; names them from `format_str`."""
+
+    def __init__(self, save_dir: str | Path, monitor_key: str, mode: str = "max", k: int = 5,
+                 format_str: str = "epoch={epoch:04d}-{monitor_key}={value:.3f}"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"topk mode must be 'max' or 'min', got {mode!r}")
+        self.save_dir, self.monitor_key, self.mode, self.k, self.format_str = Path(save_dir), monitor_key, mode, k, format_str
+        self.index_path = self.save_dir / "topk.json"
+        self.entries: dict[str, float] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+
+    def get_ckpt_path(self, metrics: Mapping) -> Path | None:
+        """Where to save for these metrics, or None when the checkpoint does not make the top k."""
+        if self.k <= 0 or self.monitor_key not in metrics:
+            return None
+        value = float(metrics[self.monitor_key])
+        if math.isnan(value):
+            return None
+        name = self.format_str.format(epoch=int(metrics.get("epoch", 0)), monitor_key=self.monitor_key.replace("/", "_"),
+                                      value=value)
+        ranked = sorted({**self.entries, name: value}.items(), key=lambda kv: kv[1], reverse=self.mode == "max")
+        keep = dict(ranked[: self.k])
+        if name not in keep:
+            return None
+        for dropped in set(self.entries) - set(keep):
+            shutil.rmtree(self.save_dir / dropped, ignore_errors=True)
+        self.entries = keep
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.index_path.write_text(json.dumps(self.entries, indent=2))
+        return self.save_dir / name

@@ -1,0 +1,99 @@
+"""The policy contract every method honours, and rebuilding any policy from a checkpoint.
+
+    predict_action(obs: {key: (B, To, ...)}) -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}
+    compute_loss(batch)                      -> (loss, {name: float})
+
+Policies are stateless over the observation window: history and action chunking belong to
+wrappers (`MultiStepWrapper`) or to `RealEnv`. The normalizer is a submodule, so it is saved with
+the weights; `from_checkpoint` needs the checkpoint directory and nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from policylab.data.normalizer import LinearNormalizer
+
+
+class BasePolicy(nn.Module, abc.ABC):
+    """Shapes: B batch, To = n_obs_steps, Ta = n_action_steps, T = horizon, Da action dim."""
+
+    def __init__(self, shape_meta: Mapping, horizon: int, n_obs_steps: int, n_action_steps: int):
+        super().__init__()
+        if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+            raise ValueError(
+                f"n_action_steps (Ta={n_action_steps}) must be in [1, horizon - n_obs_steps + 1 = "
+                f"{horizon - n_obs_steps + 1}]: actions start at index To-1 of the T={horizon} predicted")
+        self.shape_meta = _plain(shape_meta)
+        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
+        self.action_dim = int(torch.Size(self.shape_meta["action"]["shape"]).numel())
+        self.obs_keys = list(self.shape_meta["obs"])
+        self.rgb_keys = [k for k, v in self.shape_meta["obs"].items() if v.get("type", "low_dim") == "rgb"]
+        self.normalizer = LinearNormalizer()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def set_normalizer(self, normalizer: LinearNormalizer) -> None:
+        self.normalizer.load_state_dict(normalizer.state_dict())
+
+    def normalize_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Low-dim keys through the normalizer; rgb keys stay in [0, 1] for their encoder."""
+        self.check_obs(obs)
+        return {k: (v if k in self.rgb_keys else self.normalizer[k].normalize(v)) for k, v in obs.items()
+                if k in self.shape_meta["obs"]}
+
+    def check_obs(self, obs: Mapping[str, torch.Tensor]) -> None:
+        for key, attr in self.shape_meta["obs"].items():
+            if key not in obs:
+                raise KeyError(f"observation key {key!r} missing; the policy needs {self.obs_keys}")
+            want = (self.n_obs_steps, *attr["shape"])
+            got = tuple(obs[key].shape[1:])
+            if got[0] < self.n_obs_steps or got[1:] != want[1:]:
+                raise ValueError(f"obs[{key!r}] must be (B, To={self.n_obs_steps}, *{tuple(attr['shape'])}), "
+                                 f"got {tuple(obs[key].shape)}")
+
+    def action_window(self, action_pred: torch.Tensor) -> torch.Tensor:
+        """(B, T, Da) -> the Ta executed actions (B, Ta, Da), starting at index To-1."""
+        start = self.n_obs_steps - 1
+        return action_pred[:, start:start + self.n_action_steps]
+
+    def get_optim_groups(self, weight_decay: float, encoder_weight_decay: float | None = None) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def forward(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
+        """`compute_loss`, reached through `forward` so DistributedDataParallel syncs gradients."""
+        return self.compute_loss(batch)
+
+    @abc.abstractmethod
+    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        ...
+
+    @abc.abstractmethod
+    def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
+        ...
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> "BasePolicy":
+        """Rebuild the policy from a checkpoint directory alone (its config.yaml and weights)."""
+        from policylab.common.checkpoint import load_policy  # checkpoint imports policies' base
+
+        return load_policy(path, device=device, use_ema=use_ema)
+
+
+def _plain(shape_meta: Mapping) -> dict:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(shape_meta, DictConfig):
+        return OmegaConf.to_container(shape_meta, resolve=True)
+    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in shape_meta.items()}

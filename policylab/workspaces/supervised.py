@@ -1,0 +1,280 @@
+"""The supervised workspace: behaviour cloning for any policy with `compute_loss` (diffusion,
+consistency, ...) on any task with a dataset and an env runner.
+
+One step-based loop. Per optimizer step: `grad_accum` micro-batches, clip, AdamW, LR schedule,
+EMA. Per epoch, at the cadences of `training.*_every`: rollouts through the task's EnvRunner,
+validation loss (EMA policy, eval mode), action MSE on a training batch, checkpoints (`latest`
+plus the top k by `checkpoint.monitor_key`). Checkpoints are taken at epoch ends, with every RNG
+state, so `training.resume=true` continues the exact same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from diffusers.optimization import get_scheduler
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from policylab.common.checkpoint import (TopKCheckpointManager, get_rng_state, load_training_state, load_weights,
+                                         save_checkpoint, set_rng_state)
+from policylab.common.logging import RunLogger
+from policylab.data.datasets.base import make_dataloader
+from policylab.models.ema import EMAModel
+from policylab.workspaces.base import check_schema, init_distributed, resolve_device, seed_everything
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    seed: int = 42
+    device: str = "cpu"
+    num_epochs: int = 100
+    max_train_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    gradient_accumulate_every: int = 1
+    max_grad_norm: float | None = None
+    use_ema: bool = True
+    resume: bool = False
+    rollout_every: int = 50
+    val_every: int = 1
+    sample_every: int = 5
+    checkpoint_every: int = 50
+    max_val_steps: int | None = None
+
+
+@dataclasses.dataclass
+class DataloaderConfig:
+    batch_size: int = 256
+    num_workers: int = 0
+    shuffle: bool = True
+    pin_memory: bool = False
+    persistent_workers: bool = False
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.95, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-6
+    encoder_weight_decay: float | None = None
+
+
+@dataclasses.dataclass
+class LRSchedulerConfig:
+    name: str = "cosine"
+    warmup_steps: int = 500
+
+
+@dataclasses.dataclass
+class EMAConfig:
+    update_after_step: int = 0
+    inv_gamma: float = 1.0
+    power: float = 0.75
+    min_value: float = 0.0
+    max_value: float = 0.9999
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    mode: str = "offline"
+    project: str = "policylab"
+    name: str | None = None
+    log_every: int = 1
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    save_latest: bool = True
+    monitor_key: str = "test/mean_score"
+    mode: str = "max"
+    topk: int = 5
+
+
+SCHEMAS = {"training": TrainingConfig, "dataloader": DataloaderConfig, "val_dataloader": DataloaderConfig,
+           "optimizer": OptimizerConfig, "lr_scheduler": LRSchedulerConfig, "ema": EMAConfig,
+           "logging": LoggingConfig, "checkpoint": CheckpointConfig}
+
+
+class SupervisedWorkspace:
+    def __init__(self, cfg: DictConfig, output_dir: str | Path):
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.c = {key: check_schema(cfg, key, schema) for key, schema in SCHEMAS.items()}
+        train = self.c["training"]
+        self.dist = init_distributed(train.device)
+        self.device = resolve_device(train.device, self.dist)
+        seed_everything(train.seed + self.dist.rank)
+        self.policy = hydra.utils.instantiate(cfg.policy).to(self.device)
+        self.ema = EMAModel(self.policy, **OmegaConf.to_container(self.c["ema"])) if train.use_ema else None
+        opt = self.c["optimizer"]
+        groups = self.policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        self.data_generator = torch.Generator().manual_seed(train.seed)
+        self.global_step, self.epoch = 0, 0
+
+    @property
+    def eval_policy(self):
+        return self.ema.averaged_model if self.ema is not None else self.policy
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        cfg, train = self.cfg, self.c["training"]
+        dataset = hydra.utils.instantiate(cfg.task.dataset)
+        normalizer = dataset.get_normalizer()
+        self.policy.set_normalizer(normalizer)
+        if self.ema is not None:
+            self.ema.averaged_model.set_normalizer(normalizer)
+        train_loader = self._loader(dataset, self.c["dataloader"])
+        val_dataset = dataset.get_validation_dataset()
+        val_loader = self._loader(val_dataset, self.c["val_dataloader"]) if len(val_dataset) else None
+        steps_per_epoch = math.ceil(len(train_loader) / train.gradient_accumulate_every)
+        lr_scheduler = get_scheduler(self.c["lr_scheduler"].name, optimizer=self.optimizer,
+                                     num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
+                                     num_training_steps=steps_per_epoch * train.num_epochs)
+        latest = self.output_dir / "checkpoints" / "latest"
+        if train.resume and latest.exists():
+            self.load_checkpoint(latest, lr_scheduler)
+        main = self.dist.is_main
+        env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir)) \
+            if main and cfg.task.get("env_runner") is not None else None
+        topk = TopKCheckpointManager(self.output_dir / "checkpoints", self.c["checkpoint"].monitor_key,
+                                     self.c["checkpoint"].mode, self.c["checkpoint"].topk)
+        logger = RunLogger(self.output_dir, resume=train.resume, config=OmegaConf.to_container(cfg, resolve=True),
+                           enabled=main, **{k: v for k, v in OmegaConf.to_container(self.c["logging"]).items()
+                                            if k != "log_every"})
+        model = DistributedDataParallel(self.policy) if self.dist.enabled else self.policy
+        metrics: dict[str, Any] = {}
+        while self.epoch < train.num_epochs and not self._done():
+            train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
+            self.epoch += 1  # epochs done; cadences below count them
+            metrics = {"epoch": self.epoch, "train_loss": train_loss}
+            if main:
+                metrics |= self._evaluate(env_runner, val_loader, dataset)
+            if main and self._due(train.checkpoint_every):
+                self._checkpoint(lr_scheduler, topk, metrics)
+            logger.log(metrics, step=self.global_step)
+        logger.close()
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return metrics
+
+    def _train_epoch(self, model, loader, lr_scheduler, logger) -> float:
+        train = self.c["training"]
+        accum = train.gradient_accumulate_every
+        if hasattr(loader, "dist_sampler"):
+            loader.dist_sampler.set_epoch(self.epoch)
+        self.policy.train()
+        losses, n_batches = [], len(loader)
+        bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not self.dist.is_main, mininterval=1.0)
+        for i, batch in enumerate(bar):
+            # The last group of an epoch may hold fewer than `accum` micro-batches: weight by its size.
+            group_size = min(accum, n_batches - (i // accum) * accum)
+            loss, _ = model(_to_device(batch, self.device))
+            (loss / group_size).backward()
+            losses.append(loss.item())
+            if (i + 1) % accum == 0 or i + 1 == n_batches:
+                self._optimizer_step(lr_scheduler)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if self.global_step % self.c["logging"].log_every == 0:
+                    logger.log({"train_loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0], "epoch": self.epoch},
+                               step=self.global_step)
+                if self._done():
+                    break
+        return sum(losses) / max(len(losses), 1)
+
+    def _optimizer_step(self, lr_scheduler) -> None:
+        if self.c["training"].max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.c["training"].max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.policy)
+        self.global_step += 1
+
+    def _done(self) -> bool:
+        max_steps = self.c["training"].max_train_steps
+        return max_steps is not None and self.global_step >= max_steps
+
+    def _due(self, every: int) -> bool:
+        """True after epochs every, 2*every, ...; and after the last epoch."""
+        last = self.epoch >= self.c["training"].num_epochs or self._done()
+        return every > 0 and (self.epoch % every == 0 or last)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _evaluate(self, env_runner, val_loader, dataset) -> dict[str, Any]:
+        train, metrics = self.c["training"], {}
+        policy = self.eval_policy
+        policy.eval()
+        if env_runner is not None and self._due(train.rollout_every):
+            metrics |= env_runner.run(policy)
+        if val_loader is not None and self._due(train.val_every):
+            losses = [policy.compute_loss(_to_device(b, self.device))[0].item()
+                      for i, b in enumerate(val_loader) if train.max_val_steps is None or i < train.max_val_steps]
+            metrics["val_loss"] = sum(losses) / max(len(losses), 1)
+        if self._due(train.sample_every):
+            batch = _to_device(dataset.get_batch(list(range(min(len(dataset), 16)))), self.device)
+            pred = policy.predict_action(batch["obs"])["action_pred"]
+            metrics["train_action_mse"] = torch.nn.functional.mse_loss(pred, batch["action"]).item()
+        self.policy.train()
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, lr_scheduler, topk: TopKCheckpointManager, metrics: dict) -> None:
+        state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                 "global_step": self.global_step, "epoch": self.epoch, "rng": get_rng_state(),
+                 "data_generator": self.data_generator.get_state()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        ema_policy = self.ema.averaged_model if self.ema is not None else None
+        ckpt_root = self.output_dir / "checkpoints"
+        if self.c["checkpoint"].save_latest:
+            save_checkpoint(ckpt_root / "latest", self.cfg, self.policy, ema_policy, state)
+        path = topk.get_ckpt_path({**metrics, "epoch": self.epoch})
+        if path is not None:
+            save_checkpoint(path, self.cfg, self.policy, ema_policy, state)
+
+    def load_checkpoint(self, path: Path, lr_scheduler) -> None:
+        state = load_training_state(path)
+        load_weights(self.policy, path / "model.safetensors")
+        self.optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.global_step, self.epoch = state["global_step"], state["epoch"]
+        set_rng_state(state["rng"])
+        self.data_generator.set_state(state["data_generator"])
+
+    def _loader(self, dataset, c):
+        if not self.dist.enabled:
+            return make_dataloader(dataset, c.batch_size, shuffle=c.shuffle, num_workers=c.num_workers,
+                                   generator=self.data_generator, pin_memory=c.pin_memory,
+                                   persistent_workers=c.persistent_workers)
+        sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=c.shuffle, seed=self.c["training"].seed)
+        loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers)
+        loader.dist_sampler = sampler
+        return loader
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Entry used by train.py and the ray sweep: build the workspace named in the config and run it."""
+    workspace_cls = hydra.utils.get_class(cfg.workspace._target_)
+    return workspace_cls(copy.deepcopy(cfg), output_dir).run()
