@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from policylab.models.octo.action_head import RESNET_EXPANSION
 from policylab.models.octo.config import (
     STEM_PATCH,
     ActionHeadConfig,
@@ -60,6 +61,7 @@ from policylab.models.octo.config import (
     StemConfig,
 )
 from policylab.models.octo.model import OctoModel
+from policylab.models.octo.tokenizers import STEM_KERNEL
 
 ROOT = "octo_transformer"
 BLOCKS = f"{ROOT}/BlockTransformer_0/Transformer_0"
@@ -68,6 +70,9 @@ STEM = "SmallStem16_0"
 # Octo's GroupNorm uses Flax's default of 32 groups; the count is not stored in the weights.
 OCTO_NORM_GROUPS = 32
 OCTO_CAMERA_ORDER = ("primary", "wrist")
+# The released heads predict 4 steps; the weights only store horizon * action_dim, so without
+# Octo's config.json this default splits it.
+OCTO_ACTION_HORIZON = 4
 KNOWN_UNUSED = {
     f"{ROOT}/task_tokenizers_language/hf_model/": "frozen T5-base text encoder; policylab encodes text separately",
     "heads_action/": "diffusion action head (convert it with --action-head)",
@@ -130,7 +135,7 @@ def _stem_rules(cam: str, cfg: OctoConfig) -> Iterator[Rule]:
     dst = f"observation_tokenizers.{cam}.stem"
     widths = (2 * cfg.image_channels, *cfg.stem.widths)
     for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
-        yield from _conv(f"{src}/StdConv_{i}", f"{dst}.convs.{i}", 3, c_in, c_out)
+        yield from _conv(f"{src}/StdConv_{i}", f"{dst}.convs.{i}", STEM_KERNEL, c_in, c_out)
         yield from _norm(f"{src}/GroupNorm_{i}", f"{dst}.norms.{i}", c_out)
     yield from _conv(f"{src}/embedding", f"{dst}.embedding", 1, cfg.stem.widths[-1], cfg.stem.out_dim)
 
@@ -158,8 +163,9 @@ def _head_rules(cfg: OctoConfig) -> Iterator[Rule]:
     for i in range(head.num_blocks):
         src, dst = f"{net}/MLPResNetBlock_{i}", f"action_head.blocks.{i}"
         yield from _norm(f"{src}/LayerNorm_0", f"{dst}.norm", head.hidden_dim)
-        yield from _dense(f"{src}/Dense_0", f"{dst}.fc1", head.hidden_dim, 4 * head.hidden_dim)
-        yield from _dense(f"{src}/Dense_1", f"{dst}.fc2", 4 * head.hidden_dim, head.hidden_dim)
+        wide = RESNET_EXPANSION * head.hidden_dim
+        yield from _dense(f"{src}/Dense_0", f"{dst}.fc1", head.hidden_dim, wide)
+        yield from _dense(f"{src}/Dense_1", f"{dst}.fc2", wide, head.hidden_dim)
     yield from _dense(f"{net}/Dense_1", "action_head.output", head.hidden_dim, size)
 
 
@@ -249,7 +255,8 @@ def _action_head(flat: dict, octo_model_cfg: dict, token_dim: int) -> ActionHead
     size = _shape(flat, f"{HEAD}/reverse_network/Dense_1/kernel")[1]
     num_blocks = len({k.split("/")[3] for k in flat if k.startswith(f"{HEAD}/reverse_network/MLPResNetBlock_")})
     kwargs = octo_model_cfg.get("heads", {}).get("action", {}).get("kwargs", {})
-    horizon = kwargs.get("action_horizon", 4 if size % 4 == 0 else 1)
+    default_horizon = OCTO_ACTION_HORIZON if size % OCTO_ACTION_HORIZON == 0 else 1
+    horizon = kwargs.get("action_horizon", default_horizon)
     return ActionHeadConfig(
         action_dim=kwargs.get("action_dim", size // horizon),
         action_horizon=horizon,
