@@ -20,8 +20,10 @@ TOL = 1e-5
 LN_EPS = GN_EPS = 1e-6
 STD_EPS = 1e-5
 GROUPS = 32
-BLOCK0 = "octo_transformer/BlockTransformer_0/Transformer_0/encoderblock_0"
-STEM = "octo_transformer/observation_tokenizers_primary/SmallStem16_0"
+ROOT = "octo_transformer"
+BLOCKS = f"{ROOT}/BlockTransformer_0/Transformer_0"
+BLOCK0 = f"{BLOCKS}/encoderblock_0"
+STEM = f"{ROOT}/observation_tokenizers_primary/SmallStem16_0"
 
 
 # ---------------------------------------------------------------------- NumPy references
@@ -50,13 +52,17 @@ def np_attention(x, p, mask):
     return np.einsum("qhk,hkd->qd", y, p["out/kernel"]) + p["out/bias"]
 
 
-def np_encoder_block(x, tree, mask):
-    def sub(prefix):
-        return {k[len(prefix) + 1 :]: v.astype(np.float64) for k, v in tree.items() if k.startswith(prefix + "/")}
+def subtree(tree, prefix):
+    return {k[len(prefix) + 1 :]: v.astype(np.float64) for k, v in tree.items() if k.startswith(prefix + "/")}
 
-    ln0, ln1 = sub(f"{BLOCK0}/LayerNorm_0"), sub(f"{BLOCK0}/LayerNorm_1")
-    d0, d1 = sub(f"{BLOCK0}/MlpBlock_0/Dense_0"), sub(f"{BLOCK0}/MlpBlock_0/Dense_1")
-    x = x + np_attention(np_layer_norm(x, ln0["scale"], ln0["bias"]), sub(f"{BLOCK0}/MultiHeadDotProductAttention_0"), mask)
+
+def np_encoder_block(x, tree, mask, block=BLOCK0):
+    def sub(name):
+        return subtree(tree, f"{block}/{name}")
+
+    ln0, ln1 = sub("LayerNorm_0"), sub("LayerNorm_1")
+    d0, d1 = sub("MlpBlock_0/Dense_0"), sub("MlpBlock_0/Dense_1")
+    x = x + np_attention(np_layer_norm(x, ln0["scale"], ln0["bias"]), sub("MultiHeadDotProductAttention_0"), mask)
     h = np_layer_norm(x, ln1["scale"], ln1["bias"])
     return x + np_gelu_tanh(h @ d0["kernel"] + d0["bias"]) @ d1["kernel"] + d1["bias"]
 
@@ -77,18 +83,63 @@ def np_group_norm(x, scale, bias):
     return ((g - mean) / np.sqrt(var + GN_EPS)).reshape(n, h, w, c) * scale + bias
 
 
-def np_small_stem16(pixels_uint8, tree):
+def np_small_stem16(pixels_uint8, tree, stem=STEM):
     """Octo: obs image + all-zero goal image on channels, x / 127.5 - 1, SmallStem16, tokens (N, h*w, F)."""
     goal = np.zeros_like(pixels_uint8)
     x = np.concatenate([pixels_uint8, goal], axis=-1).astype(np.float64) / 127.5 - 1.0
     for i in range(4):
-        w = tree[f"{STEM}/StdConv_{i}/kernel"].astype(np.float64)
+        w = tree[f"{stem}/StdConv_{i}/kernel"].astype(np.float64)
         w = (w - w.mean(axis=(0, 1, 2))) / (w.std(axis=(0, 1, 2)) + STD_EPS)
-        x = np_conv_nhwc(x, w, tree[f"{STEM}/StdConv_{i}/bias"], stride=2, pad=1)
-        x = np_group_norm(x, tree[f"{STEM}/GroupNorm_{i}/scale"], tree[f"{STEM}/GroupNorm_{i}/bias"])
+        x = np_conv_nhwc(x, w, tree[f"{stem}/StdConv_{i}/bias"], stride=2, pad=1)
+        x = np_group_norm(x, tree[f"{stem}/GroupNorm_{i}/scale"], tree[f"{stem}/GroupNorm_{i}/bias"])
         x = np.maximum(x, 0)
-    x = np_conv_nhwc(x, tree[f"{STEM}/embedding/kernel"].astype(np.float64), tree[f"{STEM}/embedding/bias"], 1, 0)
+    x = np_conv_nhwc(x, tree[f"{stem}/embedding/kernel"].astype(np.float64), tree[f"{stem}/embedding/bias"], 1, 0)
     return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def np_octo_readout(tree, spec, pixels, lang, step_mask):
+    """Octo 1.5's transformer for one sample, from its description: returns (readout (To, D), all tokens).
+
+    pixels: {cam: (To, H, W, 3) uint8}; lang: (L, Dl); step_mask: (To,) bool.
+    Sequence: [task] + per t [obs_primary, obs_wrist, obs_task_language, readout_action].
+    """
+    def dense(x, name):
+        p = subtree(tree, f"{ROOT}/{name}")
+        return x @ p["kernel"] + p["bias"]
+
+    task = dense(lang, "task_language_projection") + tree[f"{ROOT}/task_language_pos_embedding"][0]
+    tokens, kinds, steps, valid = [task], ["task"] * len(task), [-1] * len(task), [True] * len(task)
+    window = len(step_mask)
+    cam_tokens = {
+        cam: dense(np_small_stem16(pixels[cam], tree, f"{ROOT}/observation_tokenizers_{cam}/SmallStem16_0"), f"obs_{cam}_projection")
+        for cam in spec["cameras"]
+    }
+    for t in range(window):
+        for cam in spec["cameras"]:
+            x = cam_tokens[cam][t] + tree[f"{ROOT}/obs_{cam}_pos_embedding"][0, t]
+            tokens.append(x)
+            kinds += ["obs"] * len(x)
+            steps += [t] * len(x)
+            valid += [bool(step_mask[t])] * len(x)
+        tokens.append(task)  # repeated task tokens: masked by the language mask only
+        kinds += ["obs"] * len(task)
+        steps += [t] * len(task)
+        valid += [True] * len(task)
+        tokens.append(tree[f"{ROOT}/readout_action_pos_embedding"][0, t])
+        kinds.append("readout")
+        steps.append(t)
+        valid.append(True)
+    x = np.concatenate(tokens).astype(np.float64)
+    kinds, steps, valid = np.array(kinds), np.array(steps), np.array(valid)
+    kq, kk = kinds[:, None], kinds[None, :]
+    causal = steps[None, :] <= steps[:, None]
+    mask = (kk == "task") | ((kq != "task") & (kk == "obs") & causal) | ((kq == "readout") & (kk == "readout") & causal)
+    mask &= valid[None, :]
+    for layer in range(spec["num_layers"]):
+        x = np_encoder_block(x, tree, mask, f"{BLOCKS}/encoderblock_{layer}")
+    norm = subtree(tree, f"{BLOCKS}/encoder_norm")
+    x = np_layer_norm(x, norm["scale"], norm["bias"])
+    return x[kinds == "readout"], x
 
 
 # ---------------------------------------------------------------------- tests
@@ -141,3 +192,27 @@ def test_reference_rejects_a_broken_convention(converted, octo_tree, break_conve
         bias = attention_bias(torch.from_numpy(mask)[None], torch.float32)
         got = block(torch.from_numpy(x).float()[None], bias)[0].double().numpy()
     assert np.abs(got - expected).max() > TOL
+
+
+def test_full_model_matches_numpy_reference(converted, octo_tree, octo_spec):
+    """Token assembly, projections, position embeddings, repeated task tokens, mask, all blocks."""
+    rng = np.random.default_rng(3)
+    window = 2
+    pixels = [
+        {cam: rng.integers(0, 256, (window, h, w, 3), dtype=np.uint8) for cam, (h, w) in octo_spec["cameras"].items()}
+        for _ in range(2)
+    ]
+    lang = rng.normal(0, 1, (2, octo_spec["language_tokens"], octo_spec["language_dim"]))
+    step_mask = np.array([[False, True], [True, True]])  # sample 0: first timestep is padding
+    obs = {
+        f"image_{cam}": torch.from_numpy(np.stack([p[cam] for p in pixels])).permute(0, 1, 4, 2, 3).float() / 255
+        for cam in octo_spec["cameras"]
+    }
+    obs["timestep_pad_mask"] = torch.from_numpy(step_mask)
+    task = {"language_tokens": torch.from_numpy(lang).float()}
+    with torch.no_grad():
+        embedding, out = converted.encode(obs, task, return_tokens=True)
+    for b in range(2):
+        readout, _ = np_octo_readout(octo_tree, octo_spec, pixels[b], lang[b], step_mask[b])
+        np.testing.assert_allclose(out["readout_action"].tokens[b, :, 0].double().numpy(), readout, atol=TOL, rtol=0)
+        np.testing.assert_allclose(embedding[b].double().numpy(), readout[-1], atol=TOL, rtol=0)
