@@ -2,10 +2,11 @@
 
 Takes the policy's observation window ``{key: (B, To, *shape)}`` (``consumes_time_window``), feeds
 the rgb keys to Octo's cameras, and returns the action readout embedding of the last timestep,
-optionally followed by the low-dim keys. Config example (``policy.obs_encoder``)::
+optionally followed by the low-dim keys. Config example (``policy.obs_encoder``; the policy
+supplies ``shape_meta``)::
 
     _target_: policylab.models.octo.obs_encoder.OctoObsEncoder
-    shape_meta: ${shape_meta}
+    _partial_: true
     size: octo_small          # or tiny / octo_base
     weights: null             # or a directory written by policylab.models.octo.convert
     frozen: false
@@ -42,8 +43,8 @@ class OctoObsEncoder(nn.Module):
     Args:
         shape_meta: Diffusion Policy style ``{"obs": {key: {"shape": [...], "type": "rgb"|"low_dim"}}}``;
             rgb shapes are ``(C, H, W)``.
-        size: preset for a fresh model (``tiny``, ``octo_small``, ``octo_base``); ignored when
-            ``weights`` is given, except that it must agree with the weights' widths.
+        size: preset for a fresh model (``tiny``, ``octo_small``, ``octo_base``). With ``weights``
+            the model comes from the checkpoint and ``size``, unless None, must agree with it.
         weights: directory of a converted checkpoint (`convert`); the model comes from its config.
         frozen: no gradients, always eval mode; required for ``cache_embeddings``.
         n_obs_steps: To, the window the policy passes; must be <= the model's ``max_horizon``.
@@ -68,7 +69,7 @@ class OctoObsEncoder(nn.Module):
     def __init__(
         self,
         shape_meta: dict,
-        size: str = "tiny",
+        size: str | None = "tiny",
         weights: str | None = None,
         frozen: bool = False,
         n_obs_steps: int = 2,
@@ -114,9 +115,9 @@ class OctoObsEncoder(nn.Module):
             self.model.eval()
 
     def _model_config(self, obs_meta, size, weights, image_size, language, low_dim_size) -> OctoConfig:
-        preset = get_config(size)
         if weights:
             cfg = OctoConfig.from_dict(_read_json(weights))
+            preset = get_config(size) if size else cfg
             if (cfg.token_dim, cfg.num_layers) != (preset.token_dim, preset.num_layers):
                 raise ValueError(f"weights in {weights} are not an {size!r} model (D={cfg.token_dim}, layers={cfg.num_layers})")
             self._check_weights_compat(cfg, language)
@@ -125,7 +126,7 @@ class OctoObsEncoder(nn.Module):
         for cam, key in self.camera_keys.items():
             _, h, w = obs_meta[key]["shape"]
             cameras[cam] = (image_size, image_size) if image_size else (h, w)
-        return preset.replace(
+        return get_config(size or "tiny").replace(
             cameras=cameras,
             image_channels=obs_meta[next(iter(self.camera_keys.values()))]["shape"][0],
             language_dim=language.dim if language else 0,
