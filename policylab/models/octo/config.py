@@ -72,9 +72,7 @@ class OctoConfig:
     num_heads: int = 6
     mlp_dim: int = 1536
     max_horizon: int = 10
-    cameras: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: {"primary": (256, 256), "wrist": (128, 128)}
-    )
+    cameras: dict[str, tuple[int, int]] = field(default_factory=lambda: {"primary": (256, 256), "wrist": (128, 128)})
     image_channels: int = 3
     stem: StemConfig = field(default_factory=StemConfig)
     language_dim: int = 768

@@ -126,7 +126,12 @@ def _attention(src: str, dst: str, d: int, heads: int, head_dim: int) -> Iterato
         ((heads, head_dim),) * 3,
         lambda *bs: np.concatenate([b.reshape(heads * head_dim) for b in bs]),
     )
-    yield Rule(f"{dst}.out_proj.weight", (f"{src}/out/kernel",), ((heads, head_dim, d),), lambda k: k.reshape(heads * head_dim, d).T)
+    yield Rule(
+        f"{dst}.out_proj.weight",
+        (f"{src}/out/kernel",),
+        ((heads, head_dim, d),),
+        lambda k: k.reshape(heads * head_dim, d).T,
+    )
     yield Rule(f"{dst}.out_proj.bias", (f"{src}/out/bias",), ((d,),), _copy)
 
 
@@ -155,7 +160,9 @@ def _transformer_rules(cfg: OctoConfig) -> Iterator[Rule]:
 def _head_rules(cfg: OctoConfig) -> Iterator[Rule]:
     head = cfg.action_head
     size = head.action_dim * head.action_horizon
-    yield Rule("action_head.time_features.kernel", (f"{HEAD}/time_preprocess/kernel",), ((head.time_dim // 2, 1),), _copy)
+    yield Rule(
+        "action_head.time_features.kernel", (f"{HEAD}/time_preprocess/kernel",), ((head.time_dim // 2, 1),), _copy
+    )
     yield from _dense(f"{HEAD}/cond_encoder/Dense_0", "action_head.cond_encoder.0", head.time_dim, 2 * head.time_dim)
     yield from _dense(f"{HEAD}/cond_encoder/Dense_1", "action_head.cond_encoder.2", 2 * head.time_dim, head.time_dim)
     net = f"{HEAD}/reverse_network"
@@ -176,7 +183,12 @@ def conversion_rules(cfg: OctoConfig) -> list[Rule]:
     if cfg.language_dim:
         rules += _dense(f"{ROOT}/task_language_projection", "projections.task_language", cfg.language_dim, d)
         rules.append(
-            Rule("pos_embeddings.task_language", (f"{ROOT}/task_language_pos_embedding",), ((1, cfg.language_tokens, d),), _copy)
+            Rule(
+                "pos_embeddings.task_language",
+                (f"{ROOT}/task_language_pos_embedding",),
+                ((1, cfg.language_tokens, d),),
+                _copy,
+            )
         )
     step_groups = {f"obs_{cam}": cfg.camera_tokens(cam) for cam in cfg.cameras}
     for cam in cfg.cameras:
@@ -226,9 +238,11 @@ def _shape(flat: dict, path: str) -> tuple[int, ...]:
     return tuple(flat[path].shape)
 
 
-def _cameras(flat: dict, order: list[str] | None, image_sizes: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+def _cameras(
+    flat: dict, order: list[str] | None, image_sizes: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
     prefix = f"{ROOT}/observation_tokenizers_"
-    names = sorted({k[len(prefix):].split("/")[0] for k in flat if k.startswith(prefix)})
+    names = sorted({k[len(prefix) :].split("/")[0] for k in flat if k.startswith(prefix)})
     for cam in names:
         encoders = {k.split("/")[2] for k in flat if k.startswith(f"{prefix}{cam}/")}
         if encoders != {STEM}:
@@ -245,7 +259,9 @@ def _cameras(flat: dict, order: list[str] | None, image_sizes: dict[str, tuple[i
         elif side * side == n_tokens:
             cameras[cam] = (side * STEM_PATCH, side * STEM_PATCH)
         else:
-            raise ConversionError(f"camera {cam!r} has {n_tokens} tokens, not a square image; pass --image-size {cam}=HxW")
+            raise ConversionError(
+                f"camera {cam!r} has {n_tokens} tokens, not a square image; pass --image-size {cam}=HxW"
+            )
     return cameras
 
 
@@ -287,7 +303,7 @@ def infer_config(
     has_language = f"{ROOT}/task_language_projection/kernel" in flat
     readout_prefix = f"{ROOT}/readout_"
     readouts = {
-        k[len(readout_prefix):-len("_pos_embedding")]: flat[k].shape[2]
+        k[len(readout_prefix) : -len("_pos_embedding")]: flat[k].shape[2]
         for k in flat
         if k.startswith(readout_prefix) and k.endswith("_pos_embedding")
     }
@@ -300,7 +316,9 @@ def infer_config(
         max_horizon=_shape(flat, f"{ROOT}/readout_action_pos_embedding")[1],
         cameras=cameras,
         image_channels=_shape(flat, f"{stem_root}/StdConv_0/kernel")[2] // 2,
-        stem=StemConfig(widths=widths, out_dim=_shape(flat, f"{stem_root}/embedding/kernel")[3], norm_groups=OCTO_NORM_GROUPS),
+        stem=StemConfig(
+            widths=widths, out_dim=_shape(flat, f"{stem_root}/embedding/kernel")[3], norm_groups=OCTO_NORM_GROUPS
+        ),
         language_dim=_shape(flat, f"{ROOT}/task_language_projection/kernel")[0] if has_language else 0,
         language_tokens=_shape(flat, f"{ROOT}/task_language_pos_embedding")[1] if has_language else 0,
         repeat_task_tokens=bool(model_cfg.get("repeat_task_tokens", True)),
@@ -416,8 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--action-head", action="store_true", help="also convert the diffusion action head")
     parser.add_argument("--octo-config", help="Octo's config.json (for an .npz input)")
     parser.add_argument("--cameras", help="camera order, comma separated (default: primary,wrist,...)")
-    parser.add_argument("--image-size", action="append", default=[], type=_image_size, help="CAM=HxW for non-square cameras")
-    parser.add_argument("--allow-unexpected", action="store_true", help="list unknown Octo parameters instead of failing")
+    parser.add_argument(
+        "--image-size", action="append", default=[], type=_image_size, help="CAM=HxW for non-square cameras"
+    )
+    parser.add_argument(
+        "--allow-unexpected", action="store_true", help="list unknown Octo parameters instead of failing"
+    )
     args = parser.parse_args(argv)
     report = convert(
         args.checkpoint,
@@ -431,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     by_reason: dict[str, int] = {}
     for reason in report["unused"].values():
         by_reason[reason] = by_reason.get(reason, 0) + 1
-    print(f"converted {report['converted_octo_params']} Octo arrays into {report['policylab_tensors']} tensors -> {args.out_dir}")
+    n_octo, n_torch = report["converted_octo_params"], report["policylab_tensors"]
+    print(f"converted {n_octo} Octo arrays into {n_torch} tensors -> {args.out_dir}")
     for reason, n in by_reason.items():
         print(f"unused: {n} arrays ({reason})")
     for path in report["unexpected_unused"]:

@@ -72,9 +72,7 @@ class OctoModel(nn.Module):
         for name, n_tokens in cfg.readouts.items():
             self._add_step_embedding(f"readout_{name}", n_tokens)
         self.transformer = BlockTransformer(d, cfg.num_layers, cfg.num_heads, cfg.mlp_dim, cfg.layer_norm_eps)
-        self.action_head = (
-            OctoDiffusionHeadNet(d, cfg.action_head, cfg.layer_norm_eps) if cfg.action_head else None
-        )
+        self.action_head = OctoDiffusionHeadNet(d, cfg.action_head, cfg.layer_norm_eps) if cfg.action_head else None
         self.reset_parameters()
 
     def _add_step_embedding(self, group: str, n_tokens: int) -> None:

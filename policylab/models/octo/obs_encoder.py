@@ -119,7 +119,9 @@ class OctoObsEncoder(nn.Module):
             cfg = OctoConfig.from_dict(_read_json(weights))
             preset = get_config(size) if size else cfg
             if (cfg.token_dim, cfg.num_layers) != (preset.token_dim, preset.num_layers):
-                raise ValueError(f"weights in {weights} are not an {size!r} model (D={cfg.token_dim}, layers={cfg.num_layers})")
+                raise ValueError(
+                    f"weights in {weights} are not an {size!r} model (D={cfg.token_dim}, layers={cfg.num_layers})"
+                )
             self._check_weights_compat(cfg, language)
             return cfg
         cameras = {}

@@ -35,7 +35,9 @@ class TextEncoder:
         model_cls = T5EncoderModel if t5 else AutoModel
         self.model = model_cls.from_pretrained(str(model_dir), local_files_only=True).eval()
         self.model.requires_grad_(False)
-        self.dim = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.d_model
+        self.dim = (
+            self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.d_model
+        )
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,7 +55,12 @@ def groups(step_masks: dict | None = None, prefix_mask=None):
         for g in PREFIX
     ]
     steps = [
-        TokenGroup(g, torch.zeros(B, TO, N_TOKENS[g], D), step_masks.get(g, torch.ones(B, TO, N_TOKENS[g], dtype=torch.bool)), RULES[g])
+        TokenGroup(
+            g,
+            torch.zeros(B, TO, N_TOKENS[g], D),
+            step_masks.get(g, torch.ones(B, TO, N_TOKENS[g], dtype=torch.bool)),
+            RULES[g],
+        )
         for g in STEPS
     ]
     return prefix, steps

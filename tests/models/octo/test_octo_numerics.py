@@ -103,6 +103,7 @@ def np_octo_readout(tree, spec, pixels, lang, step_mask):
     pixels: {cam: (To, H, W, 3) uint8}; lang: (L, Dl); step_mask: (To,) bool.
     Sequence: [task] + per t [obs_primary, obs_wrist, obs_task_language, readout_action].
     """
+
     def dense(x, name):
         p = subtree(tree, f"{ROOT}/{name}")
         return x @ p["kernel"] + p["bias"]
@@ -111,7 +112,10 @@ def np_octo_readout(tree, spec, pixels, lang, step_mask):
     tokens, kinds, steps, valid = [task], ["task"] * len(task), [-1] * len(task), [True] * len(task)
     window = len(step_mask)
     cam_tokens = {
-        cam: dense(np_small_stem16(pixels[cam], tree, f"{ROOT}/observation_tokenizers_{cam}/SmallStem16_0"), f"obs_{cam}_projection")
+        cam: dense(
+            np_small_stem16(pixels[cam], tree, f"{ROOT}/observation_tokenizers_{cam}/SmallStem16_0"),
+            f"obs_{cam}_projection",
+        )
         for cam in spec["cameras"]
     }
     for t in range(window):
