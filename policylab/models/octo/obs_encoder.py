@@ -122,7 +122,7 @@ class OctoObsEncoder(nn.Module):
                 raise ValueError(
                     f"weights in {weights} are not an {size!r} model (D={cfg.token_dim}, layers={cfg.num_layers})"
                 )
-            self._check_weights_compat(cfg, language)
+            self._check_weights_compat(cfg, language, low_dim_size)
             return cfg
         cameras = {}
         for cam, key in self.camera_keys.items():
@@ -137,12 +137,15 @@ class OctoObsEncoder(nn.Module):
             action_head=None,
         )
 
-    def _check_weights_compat(self, cfg: OctoConfig, language) -> None:
+    def _check_weights_compat(self, cfg: OctoConfig, language, low_dim_size: int) -> None:
         unknown = set(self.camera_keys) - set(cfg.cameras)
         if unknown:
             raise ValueError(f"cameras {sorted(unknown)} are not in the checkpoint (it has {list(cfg.cameras)})")
-        if self.low_dim_mode == "tokens" and not cfg.proprio_dim:
-            raise ValueError("low_dim='tokens' needs a checkpoint with a proprio tokenizer; use 'concat'")
+        if self.low_dim_mode == "tokens" and cfg.proprio_dim != low_dim_size:
+            raise ValueError(
+                f"low_dim='tokens' needs a checkpoint with a {low_dim_size}-d proprio tokenizer "
+                f"(it has {cfg.proprio_dim}); use 'concat'"
+            )
         if language is not None and not cfg.language_dim:
             raise ValueError("an instruction was given but the checkpoint has no language tokenizer")
         if language is not None and language.dim != cfg.language_dim:
