@@ -1,0 +1,36 @@
+"""Shared test helpers: a PushT-layout store, composing the real Hydra config, running train.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from tests.data.zarr_v2_fixtures import pusht_like_arrays, write_v2_store
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "config"
+EPISODE_LENGTHS = [30, 40, 35, 30, 25]
+
+
+def make_pusht_store(path: Path, lengths=EPISODE_LENGTHS, seed: int = 0) -> Path:
+    """A store with Diffusion Policy's PushT keys and layout (random content in valid ranges)."""
+    arrays = pusht_like_arrays(lengths, seed=seed, image_size=96)
+    return write_v2_store(path, arrays, np.cumsum(lengths), chunks={"img": (1, 96, 96, 3)})
+
+
+def compose_config(overrides: list[str]):
+    import policylab.common.config  # noqa: F401  (registers ${calc:})
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=False)
+
+
+def run_train(overrides: list[str], timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, **popen)

@@ -1,0 +1,125 @@
+"""End to end through Hydra: train a few steps, checkpoint, resume exactly, evaluate."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from eval import main as eval_main
+from policylab.common.checkpoint import CheckpointError, load_training_state
+from policylab.common.logging import read_logs
+from policylab.policies.base import BasePolicy
+from tests.helpers import REPO, make_pusht_store, run_train
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_pusht_store(tmp_path_factory.mktemp("data") / "pusht.zarr")
+
+
+def tiny(store, run_dir, *extra):
+    return ["debug=tiny", f"task.dataset.zarr_path={store}", f"hydra.run.dir={run_dir}", "logging.mode=disabled",
+            "task.dataset.val_ratio=0.2", *extra]
+
+
+def test_train_checkpoint_eval(store, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(tiny(store, run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = read_logs(run_dir / "logs.jsonl")
+    epochs = [r for r in logs if "test/mean_score" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(0 <= r["test/mean_score"] <= 1 and "val_loss" in r and "train_action_mse" in r for r in epochs)
+    assert sum("lr" in r for r in logs) == logs[-1]["global_step"]
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / "latest" / "model.safetensors").exists() and (ckpts / "latest" / "ema_model.safetensors").exists()
+    topk = json.loads((ckpts / "topk.json").read_text())
+    assert len(topk) == 2 and all((ckpts / name / "config.yaml").exists() for name in topk)
+    state = torch.load(ckpts / "latest" / "training_state.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["global_step"] == logs[-1]["global_step"]
+    assert not any(p.name.startswith(".") for p in ckpts.iterdir()), "temporary checkpoint dirs left behind"
+
+    # the checkpoint alone rebuilds the policy, wherever it is moved
+    moved = shutil.copytree(ckpts / "latest", tmp_path / "elsewhere")
+    policy = BasePolicy.from_checkpoint(moved)
+    obs = {"keypoint": torch.rand(3, 2, 18) * 512, "agent_pos": torch.rand(3, 2, 2) * 512}
+    out = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
+    assert out["action"].shape == (3, 4, 2) and out["action_pred"].shape == (3, 8, 2)
+    again = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out["action"], again["action"], rtol=0, atol=0)
+
+    log = eval_main(["--checkpoint", str(moved), "--output_dir", str(tmp_path / "eval"), "n_test=2", "n_train=0"])
+    saved = json.loads((tmp_path / "eval" / "eval_log.json").read_text())
+    assert saved["test/mean_score"] == pytest.approx(log["test/mean_score"])
+    videos = [v for k, v in saved.items() if "video" in k]
+    assert videos and all(os.path.getsize(v) > 0 for v in videos)
+
+
+def test_image_task_trains(store, tmp_path):
+    result = run_train(tiny(store, tmp_path / "run", "task=pusht_image", "training.num_epochs=1",
+                            "training.max_train_steps=2", "dataloader.batch_size=4", "val_dataloader.batch_size=4"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_logs(tmp_path / "run" / "logs.jsonl")[-1]
+    assert record["global_step"] == 2 and "test/mean_score" in record
+
+
+def _last_by_step(records, key):
+    """The last logged value of `key` at each global step (a resumed run's lines come last)."""
+    return {r["global_step"]: r[key] for r in records if key in r}
+
+
+def test_resume_after_sigkill_equals_uninterrupted(store, tmp_path):
+    args = ["training.num_epochs=4", "training.rollout_every=0", "training.sample_every=2",
+            "training.checkpoint_every=1", "training.gradient_accumulate_every=2"]
+    full = run_train(tiny(store, tmp_path / "full", *args))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *tiny(store, run_dir, *args)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run_dir / "checkpoints" / "latest" / "training_state.pt"
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_training_state(latest.parent)["epoch"]
+    assert killed_at < 4, "the run finished before it could be killed"
+
+    resumed = run_train(tiny(store, run_dir, *args, "training.resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = _last_by_step(read_logs(tmp_path / "full" / "logs.jsonl"), "train_loss")
+    got = _last_by_step(read_logs(run_dir / "logs.jsonl"), "train_loss")
+    assert got.keys() == want.keys()
+    for step in want:
+        assert got[step] == pytest.approx(want[step], abs=1e-6), f"step {step}"
+    for key in ("val_loss", "train_action_mse"):
+        w, g = _last_by_step(read_logs(tmp_path / "full" / "logs.jsonl"), key), _last_by_step(read_logs(run_dir / "logs.jsonl"), key)
+        assert g.keys() == w.keys() and all(g[s] == pytest.approx(w[s], abs=1e-6) for s in w)
+
+
+def test_config_typo_fails_naming_the_key(store, tmp_path):
+    result = run_train(tiny(store, tmp_path / "run", "training.num_epoch=3"))
+    assert result.returncode != 0 and "num_epoch" in result.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(store, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_train(tiny(store, run_dir, "training.num_epochs=1", "training.max_train_steps=1")).returncode == 0
+    ckpt = shutil.copytree(run_dir / "checkpoints" / "latest", tmp_path / "bad")
+    (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:100])
+    (ckpt / "ema_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        BasePolicy.from_checkpoint(ckpt)
+    torch.save({"bad": object()}, ckpt / "training_state.pt")  # a pickled object: refused
+    with pytest.raises(CheckpointError, match="training_state.pt"):
+        load_training_state(ckpt)
+    with pytest.raises(CheckpointError, match="no config.yaml"):
+        BasePolicy.from_checkpoint(tmp_path)
