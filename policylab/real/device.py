@@ -67,6 +67,7 @@ class DeviceProcess(Device):
         self._status = SharedArrays({"state": ((1,), np.int64), "stop": ((1,), np.int64),
                                      "heartbeat": ((1,), np.float64), "error": ((1,), "S2048")})
         self._proc: mp.Process | None = None
+        self._buffers = [self._status]  # shared blocks freed by stop(); subclasses add theirs
 
     # ------------------------------------------------------------------ parent side
     def start(self, wait: bool = True) -> None:
@@ -93,13 +94,16 @@ class DeviceProcess(Device):
                           f"{self.startup_hint()}")
 
     def stop(self, wait: bool = True) -> None:
-        if self._proc is None:
-            return
-        self._status["stop"][0] = 1
-        if wait:
+        """Ask the child to finish, wait for it (killing it after `stop_timeout`), free the buffers."""
+        if self._proc is not None:
+            self._status["stop"][0] = 1
+            if not wait:
+                return
             self._proc.join(self.stop_timeout())
             self._reap(kill=True)
-            self._status.close()
+        for buffer in self._buffers:
+            buffer.close()
+        self._buffers = []
 
     def stop_timeout(self) -> float:
         return 5.0

@@ -42,11 +42,13 @@ class LoopStats:
     dt: float
     name: str = "loop"
     durations: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
     overruns: int = 0
     _t_start: float | None = None
 
     def begin(self) -> None:
         self._t_start = time.monotonic()
+        self.starts.append(self._t_start)
 
     def end(self, deadline: float | None = None) -> bool:
         """Close the iteration started by `begin`; returns True (and warns) when over budget."""
@@ -59,14 +61,21 @@ class LoopStats:
                         self.name, len(self.durations) - 1, 1e3 * self.durations[-1], 1e3 * self.dt)
         return late
 
-    def summary(self, wall_time: float | None = None) -> dict[str, float]:
-        """achieved_hz (iterations per second of wall time), worst/mean iteration work (s), overruns."""
+    def summary(self, wall_time: float | None = None, steps_per_iteration: int = 1) -> dict[str, float]:
+        """Timing of the loop so far.
+
+        achieved_hz: control steps per second of wall time; worst/mean_period_s: time between
+        iteration starts; worst/mean_work_s: from an iteration's start to its commands being sent.
+        """
         n = len(self.durations)
-        total = wall_time if wall_time is not None else n * self.dt
+        periods = np.diff(self.starts) if len(self.starts) > 1 else np.zeros(0)
+        total = wall_time if wall_time is not None else float(np.sum(periods)) or n * self.dt
         return {"iterations": n, "target_hz": 1.0 / self.dt,
-                "achieved_hz": n / total if total > 0 else 0.0,
-                "worst_iteration_s": max(self.durations, default=0.0),
-                "mean_iteration_s": float(np.mean(self.durations)) if n else 0.0,
+                "achieved_hz": n * steps_per_iteration / total if total > 0 else 0.0,
+                "worst_period_s": float(periods.max()) if len(periods) else 0.0,
+                "mean_period_s": float(periods.mean()) if len(periods) else 0.0,
+                "worst_work_s": max(self.durations, default=0.0),
+                "mean_work_s": float(np.mean(self.durations)) if n else 0.0,
                 "overruns": self.overruns}
 
 

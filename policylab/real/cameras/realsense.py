@@ -70,6 +70,7 @@ class RealSenseCamera(DeviceProcess, Camera):
         self.ring = SharedRingBuffer(example, put_frequency=fps, get_time_budget=get_time_budget, max_k=max_k)
         self.commands = SharedQueue({"cmd": 0, "path": np.zeros((), "S1024"), "value": np.zeros(2)})
         self._intr = SharedArrays({"values": ((len(_INTR_KEYS),), np.float64)})
+        self._buffers += [self.ring, self.commands, self._intr]
 
     # ------------------------------------------------------------------ parent API
     def get(self, k: int | None = None) -> dict[str, np.ndarray]:
@@ -93,12 +94,6 @@ class RealSenseCamera(DeviceProcess, Camera):
     def set_white_balance(self, white_balance=None) -> None:
         self.commands.put({"cmd": _WHITE_BALANCE, "value": [np.nan if white_balance is None else white_balance, 0]})
 
-    def stop(self, wait: bool = True) -> None:
-        super().stop(wait)
-        if wait:
-            self.ring.close()
-            self.commands.close()
-            self._intr.close()
 
     def startup_hint(self) -> str:
         return "is the camera on a USB 3 port and not open in another program?"

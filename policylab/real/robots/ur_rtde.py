@@ -76,6 +76,7 @@ class URRTDERobot(DeviceProcess, Robot):
         self.ring = SharedRingBuffer(example, put_frequency=self.frequency, get_time_budget=get_time_budget,
                                      max_k=max_k)
         self.commands = SharedQueue({"cmd": 0, "pose": np.zeros(6), "target_time": 0.0, "duration": 0.0})
+        self._buffers += [self.ring, self.commands]
 
     # ------------------------------------------------------------------ parent API
     def get_state(self, k: int | None = None) -> dict[str, np.ndarray]:
@@ -102,11 +103,6 @@ class URRTDERobot(DeviceProcess, Robot):
         except Exception as err:
             raise RobotFault(str(err)) from None
 
-    def stop(self, wait: bool = True) -> None:
-        super().stop(wait)
-        if wait:
-            self.ring.close()
-            self.commands.close()
 
     def startup_hint(self) -> str:
         return (f"no RTDE handshake from {self.host}: is the controller on, the address right, and "

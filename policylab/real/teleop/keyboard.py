@@ -25,7 +25,7 @@ class PynputKeys(KeyInput):
             from pynput import keyboard
         except ImportError as err:  # pynput raises ImportError when it cannot reach X
             raise RuntimeError(f"pynput keys need an X display (DISPLAY); {err}. "
-                               "Use keys=scripted for a headless run.") from err
+                               "Use keyboard=scripted for a headless run.") from err
         self._listener = keyboard.Listener(on_press=self._on_press)
         self._listener.start()
         if wait:

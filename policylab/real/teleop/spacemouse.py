@@ -46,6 +46,7 @@ class SpaceMouse(DeviceProcess, Teleop):
         self.frequency = frequency
         self.ring = SharedRingBuffer({"motion": np.zeros(6), "buttons": np.zeros(n_buttons, np.uint8),
                                       "timestamp": 0.0}, put_frequency=frequency, max_k=8)
+        self._buffers.append(self.ring)
 
     # ------------------------------------------------------------------ parent API
     def get_raw(self) -> dict[str, np.ndarray]:
@@ -65,10 +66,6 @@ class SpaceMouse(DeviceProcess, Teleop):
     def is_button_pressed(self, index: int) -> bool:
         return bool(self.get_raw()["buttons"][index])
 
-    def stop(self, wait: bool = True) -> None:
-        super().stop(wait)
-        if wait:
-            self.ring.close()
 
     def startup_hint(self) -> str:
         return "is spacenavd running and the SpaceMouse plugged in?"

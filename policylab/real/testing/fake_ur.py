@@ -75,6 +75,7 @@ class _State:
         self.speed = np.zeros(6)
         self.q = np.array(q, dtype=np.float64)
         self.q_target = self.q.copy()
+        self.qd = np.zeros(6)
         self.tau = tau
         self.t0 = time.monotonic()
         self.program_running = False
@@ -89,7 +90,9 @@ class _State:
         new = self.pose + alpha * (self.target - self.pose)
         self.speed = (new - self.pose) / dt
         self.pose = new
-        self.q = self.q + alpha * (self.q_target - self.q)
+        new_q = self.q + alpha * (self.q_target - self.q)
+        self.qd = (new_q - self.q) / dt
+        self.q = new_q
 
     def value(self, name: str):
         if name == "timestamp":
@@ -102,6 +105,8 @@ class _State:
             return self.speed
         if name in ("actual_q", "target_q"):
             return self.q
+        if name in ("actual_qd", "target_qd"):
+            return self.qd
         if name == "robot_status_bits":
             return POWER_ON_BIT | (PROGRAM_RUNNING_BIT if self.program_running else 0)
         if name == "safety_status_bits":
@@ -116,7 +121,11 @@ class _State:
             return 1.0
         if name.startswith("output_int_register_"):
             return self.script_state if name.endswith(f"_{self.reg_offset}") else 0
-        return self.regs.get(name, 0)
+        if name in self.regs:
+            return self.regs[name]
+        kind = rtde_type(name)
+        return np.zeros(6, np.int64) if kind == "VECTOR6INT32" else np.zeros(3) if kind == "VECTOR3D" \
+            else np.zeros(6) if kind == "VECTOR6D" else 0
 
     reg_offset = 0
 
