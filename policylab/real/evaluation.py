@@ -155,7 +155,7 @@ def _run_episode(env, policy, keys, teleop, mapping, action_to_pose, steps, acti
     except EmptyEpisodeError as err:
         log.error("%s", err)
         n_saved = 0
-    summary = {**stats.summary(wall_time=time.monotonic() - t_start, steps_per_iteration=steps),
+    summary = {**stats.summary(wall_time=time.monotonic() - t_start, steps=iter_idx),
                "steps_saved": n_saved, "human_steps": n_human, "inferences": log_rows}
     log.info("eval episode: %s", {k: v for k, v in summary.items() if k != "inferences"})
     return summary, quit_now

@@ -61,17 +61,17 @@ class LoopStats:
                         self.name, len(self.durations) - 1, 1e3 * self.durations[-1], 1e3 * self.dt)
         return late
 
-    def summary(self, wall_time: float | None = None, steps_per_iteration: int = 1) -> dict[str, float]:
+    def summary(self, wall_time: float | None = None, steps: int | None = None) -> dict[str, float]:
         """Timing of the loop so far.
 
-        achieved_hz: control steps per second of wall time; worst/mean_period_s: time between
+        achieved_hz: control steps (default: iterations) per second of wall time; worst/mean_period_s: time between
         iteration starts; worst/mean_work_s: from an iteration's start to its commands being sent.
         """
         n = len(self.durations)
         periods = np.diff(self.starts) if len(self.starts) > 1 else np.zeros(0)
         total = wall_time if wall_time is not None else float(np.sum(periods)) or n * self.dt
         return {"iterations": n, "target_hz": 1.0 / self.dt,
-                "achieved_hz": n * steps_per_iteration / total if total > 0 else 0.0,
+                "achieved_hz": (n if steps is None else steps) / total if total > 0 else 0.0,
                 "worst_period_s": float(periods.max()) if len(periods) else 0.0,
                 "mean_period_s": float(periods.mean()) if len(periods) else 0.0,
                 "worst_work_s": max(self.durations, default=0.0),

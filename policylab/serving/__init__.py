@@ -1,0 +1,1 @@
+"""Remote inference: PolicyServer (a checkpoint behind a WebSocket) and RemotePolicy (its client)."""
