@@ -4,11 +4,14 @@ Resume a run exactly: `python train.py <same overrides> training.resume=true hyd
 Multi-GPU: `torchrun --nproc_per_node=N train.py ...` (only rank 0 logs and writes checkpoints).
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import policylab.common.config  # noqa: F401  (registers ${calc:...})
+from policylab.workspaces.base import hydra_overrides_for_worker
 from policylab.workspaces.supervised import train
 
 
@@ -19,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv += hydra_overrides_for_worker(sys.argv[1:])  # torchrun ranks > 0
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import random
 from pathlib import Path
@@ -42,16 +43,48 @@ class DistributedInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str) -> DistributedInfo:
-    """Join the process group that `torchrun` describes in the environment (else single process)."""
+def init_distributed(device: str, timeout_minutes: float = 60.0) -> DistributedInfo:
+    """Join the process group that `torchrun` describes in the environment (else single process).
+
+    `timeout_minutes` bounds every collective, including the barrier where ranks > 0 wait while
+    rank 0 runs rollouts: it must exceed the longest evaluation (NCCL's default is 10 minutes).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedInfo()
     info = DistributedInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return info
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, dist_info: DistributedInfo):
+    """Rank 0's `obj` on every rank (picklable objects; `obj` itself without DDP)."""
+    if not dist_info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def hydra_overrides_for_worker(argv: list[str]) -> list[str]:
+    """Hydra overrides that keep torchrun ranks > 0 from writing a run directory of their own.
+
+    Rank 0 alone writes `.hydra/` and `train.log`; the workspace gives every rank rank 0's run dir.
+    Without an explicit `hydra.run.dir`, a worker's `${now:}` dir would be a second, empty one.
+    """
+    if int(os.environ.get("RANK", "0")) == 0:
+        return []
+    overrides = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    if not any(arg.startswith("hydra.run.dir=") for arg in argv):
+        overrides.append("hydra.run.dir=.")
+    return overrides
 
 
 def resolve_device(device: str, dist_info: DistributedInfo) -> torch.device:

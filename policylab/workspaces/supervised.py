@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from policylab.common.checkpoint import (TopKCheckpointManager, get_rng_state, l
 from policylab.common.logging import RunLogger
 from policylab.data.datasets.base import make_dataloader
 from policylab.models.ema import EMAModel
-from policylab.workspaces.base import check_schema, init_distributed, resolve_device, seed_everything
+from policylab.workspaces.base import (DistributedInfo, broadcast_object, check_schema, init_distributed, resolve_device,
+                                       seed_everything, shutdown_distributed)
 
 
 @dataclasses.dataclass
@@ -49,6 +51,7 @@ class TrainingConfig:
     sample_every: int = 5
     checkpoint_every: int = 50
     max_val_steps: int | None = None
+    dist_timeout_minutes: float = 60.0
 
 
 @dataclasses.dataclass
@@ -108,20 +111,23 @@ SCHEMAS = {"training": TrainingConfig, "dataloader": DataloaderConfig, "val_data
 class SupervisedWorkspace:
     def __init__(self, cfg: DictConfig, output_dir: str | Path):
         self.cfg = cfg
-        self.output_dir = Path(output_dir)
         self.c = {key: check_schema(cfg, key, schema) for key, schema in SCHEMAS.items()}
         train = self.c["training"]
-        self.dist = init_distributed(train.device)
+        self.dist = init_distributed(train.device, train.dist_timeout_minutes)
         self.device = resolve_device(train.device, self.dist)
-        seed_everything(train.seed + self.dist.rank)
+        # Under torchrun each rank composed its own config, so a `${now:}` run dir may differ: use rank 0's.
+        self.output_dir = Path(broadcast_object(str(output_dir), self.dist))
+        seed_everything(train.seed)
         self.policy = hydra.utils.instantiate(cfg.policy).to(self.device)
         self.ema = EMAModel(self.policy, **OmegaConf.to_container(self.c["ema"])) if train.use_ema else None
+        if self.dist.enabled:  # same initial weights everywhere; then each rank its own noise and crops
+            seed_everything(train.seed + self.dist.rank)
         opt = self.c["optimizer"]
         groups = self.policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
         self.data_generator = torch.Generator().manual_seed(train.seed)
         self.global_step, self.epoch = 0, 0
-        self._t_start, self._epoch_end = time.monotonic(), False
+        self._t_start, self._time_up = time.monotonic(), False
 
     @property
     def eval_policy(self):
@@ -135,9 +141,10 @@ class SupervisedWorkspace:
         self.policy.set_normalizer(normalizer)
         if self.ema is not None:
             self.ema.averaged_model.set_normalizer(normalizer)
-        train_loader = self._loader(dataset, self.c["dataloader"])
+        train_loader = self._loader(dataset, self.c["dataloader"], shard=True)
         val_dataset = dataset.get_validation_dataset()
-        val_loader = self._loader(val_dataset, self.c["val_dataloader"]) if len(val_dataset) else None
+        # Validation runs on rank 0 alone, over the whole validation set.
+        val_loader = self._loader(val_dataset, self.c["val_dataloader"], shard=False) if len(val_dataset) else None
         steps_per_epoch = math.ceil(len(train_loader) / train.gradient_accumulate_every)
         lr_scheduler = get_scheduler(self.c["lr_scheduler"].name, optimizer=self.optimizer,
                                      num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
@@ -153,23 +160,51 @@ class SupervisedWorkspace:
         logger = RunLogger(self.output_dir, resume=train.resume, config=OmegaConf.to_container(cfg, resolve=True),
                            enabled=main, **{k: v for k, v in OmegaConf.to_container(self.c["logging"]).items()
                                             if k != "log_every"})
-        model = DistributedDataParallel(self.policy) if self.dist.enabled else self.policy
+        model = self._wrap_ddp()
         metrics: dict[str, Any] = {}
         while self.epoch < train.num_epochs and not self._done():
-            self._epoch_end = False
             train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
-            self._epoch_end = True
+            self._time_up = self._over_time_budget()
             self.epoch += 1  # epochs done; cadences below count them
-            metrics = {"epoch": self.epoch, "train_loss": train_loss}
+            metrics = {"epoch": self.epoch, "train_loss": self._mean_over_ranks(train_loss)}
             if main:
                 metrics |= self._evaluate(env_runner, val_loader, dataset)
-            if main and self._due(train.checkpoint_every):
+            if self._due(train.checkpoint_every):
                 self._checkpoint(lr_scheduler, topk, metrics)
+            self._barrier()  # other ranks wait here while rank 0 evaluates and writes
             logger.log(metrics, step=self.global_step)
         logger.close()
+        self._barrier()
+        return metrics
+
+    # ------------------------------------------------------------------ distributed
+    def _wrap_ddp(self):
+        if not self.dist.enabled:
+            return self.policy
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.policy, device_ids=device_ids)
+
+    def _barrier(self) -> None:
         if self.dist.enabled:
             torch.distributed.barrier()
-        return metrics
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if not self.dist.enabled:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(total)
+        return total.item() / self.dist.world_size
+
+    def _over_time_budget(self) -> bool:
+        """Checked at epoch ends only. Under DDP all ranks agree (any rank over budget stops all), since
+        a rank that trains one epoch more than the others would wait forever in its all-reduce."""
+        budget = self.c["training"].max_train_minutes
+        if budget is None:
+            return False
+        over = torch.tensor([float(time.monotonic() - self._t_start > 60 * budget)], device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+        return bool(over.item())
 
     def _train_epoch(self, model, loader, lr_scheduler, logger) -> float:
         train = self.c["training"]
@@ -182,10 +217,13 @@ class SupervisedWorkspace:
         for i, batch in enumerate(bar):
             # The last group of an epoch may hold fewer than `accum` micro-batches: weight by its size.
             group_size = min(accum, n_batches - (i // accum) * accum)
-            loss, _ = model(_to_device(batch, self.device))
-            (loss / group_size).backward()
+            step_now = (i + 1) % accum == 0 or i + 1 == n_batches
+            # DDP all-reduces gradients in backward; accumulate locally and sync on the last micro-batch.
+            with model.no_sync() if self.dist.enabled and not step_now else nullcontext():
+                loss, _ = model(_to_device(batch, self.device))
+                (loss / group_size).backward()
             losses.append(loss.item())
-            if (i + 1) % accum == 0 or i + 1 == n_batches:
+            if step_now:
                 self._optimizer_step(lr_scheduler)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if self.global_step % self.c["logging"].log_every == 0:
@@ -206,11 +244,8 @@ class SupervisedWorkspace:
         self.global_step += 1
 
     def _done(self) -> bool:
-        train = self.c["training"]
-        if train.max_train_steps is not None and self.global_step >= train.max_train_steps:
-            return True
-        budget = train.max_train_minutes
-        return budget is not None and self._epoch_end and time.monotonic() - self._t_start > 60 * budget
+        max_steps = self.c["training"].max_train_steps
+        return self._time_up or (max_steps is not None and self.global_step >= max_steps)
 
     def _due(self, every: int) -> bool:
         """True after epochs every, 2*every, ...; and after the last epoch."""
@@ -238,9 +273,13 @@ class SupervisedWorkspace:
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, lr_scheduler, topk: TopKCheckpointManager, metrics: dict) -> None:
+        """Called on every rank (each contributes its RNG state); rank 0 writes."""
+        rng_per_rank = _gather_objects(get_rng_state(), self.dist)
+        if not self.dist.is_main:
+            return
         state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                 "global_step": self.global_step, "epoch": self.epoch, "rng": get_rng_state(),
-                 "data_generator": self.data_generator.get_state()}
+                 "global_step": self.global_step, "epoch": self.epoch, "rng": rng_per_rank[0],
+                 "rng_per_rank": rng_per_rank, "data_generator": self.data_generator.get_state()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         ema_policy = self.ema.averaged_model if self.ema is not None else None
@@ -259,11 +298,14 @@ class SupervisedWorkspace:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.global_step, self.epoch = state["global_step"], state["epoch"]
-        set_rng_state(state["rng"])
+        # Exact under DDP when resumed with the same number of ranks; otherwise every rank takes rank 0's.
+        per_rank = state.get("rng_per_rank", [])
+        set_rng_state(per_rank[self.dist.rank] if len(per_rank) == self.dist.world_size else state["rng"])
         self.data_generator.set_state(state["data_generator"])
 
-    def _loader(self, dataset, c):
-        if not self.dist.enabled:
+    def _loader(self, dataset, c, shard: bool):
+        """With `shard` under DDP each rank reads its own 1/world_size of every epoch."""
+        if not (shard and self.dist.enabled):
             return make_dataloader(dataset, c.batch_size, shuffle=c.shuffle, num_workers=c.num_workers,
                                    generator=self.data_generator, pin_memory=c.pin_memory,
                                    persistent_workers=c.persistent_workers)
@@ -272,6 +314,15 @@ class SupervisedWorkspace:
         loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers)
         loader.dist_sampler = sampler
         return loader
+
+
+def _gather_objects(obj, dist_info: DistributedInfo) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] without DDP)."""
+    if not dist_info.enabled:
+        return [obj]
+    out = [None] * dist_info.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def _to_device(batch, device: torch.device):
@@ -285,4 +336,7 @@ def _to_device(batch, device: torch.device):
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Entry used by train.py and the ray sweep: build the workspace named in the config and run it."""
     workspace_cls = hydra.utils.get_class(cfg.workspace._target_)
-    return workspace_cls(copy.deepcopy(cfg), output_dir).run()
+    try:
+        return workspace_cls(copy.deepcopy(cfg), output_dir).run()
+    finally:
+        shutdown_distributed()
