@@ -8,8 +8,9 @@
                               plain tensors and numbers, loadable with weights_only=True
       normalizer.json         the normalizer stats, for humans
 
-A checkpoint is written into a hidden temporary directory next to its final place and renamed
-into place, so a crash never leaves a half-written `latest/`.
+A checkpoint is written into a hidden directory next to its final place; then the name is pointed
+at it by atomically replacing a symlink (`latest -> .latest.<id>`), so a crash at any moment leaves
+either the old or the new checkpoint under the name, never a half-written one or none.
 """
 
 from __future__ import annotations
@@ -69,14 +70,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`; an existing `dst` is moved aside first and removed after."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Make `dst` name the complete directory `src`, atomically (a symlink swap)."""
+    target = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}"
+    os.replace(src, target)
+    old_target = dst.resolve() if dst.is_symlink() else None
+    if dst.exists() and not dst.is_symlink():  # a plain directory (copied checkpoints): move it aside
+        aside = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, aside)
+        old_target = aside
+    link = dst.parent / f".{dst.name}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(target.name, link)
+    os.replace(link, dst)
+    if old_target is not None and old_target != target.resolve():
+        shutil.rmtree(old_target, ignore_errors=True)
 
 
 def load_config(ckpt_dir: str | Path) -> DictConfig:
