@@ -31,17 +31,24 @@ from policylab.real.timing import LoopStats, precise_wait
 log = logging.getLogger(__name__)
 
 
-def obs_to_policy(obs: Mapping[str, np.ndarray], shape_meta: Mapping, n_obs_steps: int,
-                  device="cpu") -> dict[str, torch.Tensor]:
+def obs_to_policy(obs: Mapping[str, np.ndarray], shape_meta: Mapping, n_obs_steps: int, device="cpu",
+                  obs_key_map: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
     """RealEnv observations -> the policy's `{key: (1, To, ...)}` float tensors.
 
     Keys follow the dataset convention (`zarr_key`, `index`), so a policy trained on RealEnv's
-    recordings reads RealEnv's observations: rgb `(To, H, W, 3)` uint8 -> `(1, To, 3, H, W)` in
-    [0, 1] (resized when the camera publishes another size); low_dim `(To, ...)` -> `(1, To, D)`.
+    recordings reads RealEnv's observations unchanged; `obs_key_map` renames dataset keys to
+    RealEnv keys for data recorded under other names (e.g. `{img: camera_0, state: robot_eef_pose}`).
+    rgb `(To, H, W, 3)` uint8 -> `(1, To, 3, H, W)` in [0, 1], resized to the policy's size;
+    low_dim `(To, ...)` -> `(1, To, D)`.
     """
-    out = {}
+    out, key_map = {}, dict(obs_key_map or {})
     for key, attr in shape_meta["obs"].items():
-        raw = np.asarray(obs[attr.get("zarr_key", key)])[-n_obs_steps:]
+        source = attr.get("zarr_key", key)
+        source = key_map.get(source, source)
+        if source not in obs:
+            raise KeyError(f"policy input {key!r} reads {source!r}, which RealEnv does not provide "
+                           f"({sorted(obs)}); map it with obs_key_map")
+        raw = np.asarray(obs[source])[-n_obs_steps:]
         if attr.get("type", "low_dim") == "rgb":
             c, h, w = attr["shape"]
             if raw.shape[1:3] != (h, w):
@@ -85,15 +92,18 @@ def run_eval(env: RealEnv, policy, keys: KeyInput, teleop: Teleop | None = None,
              mapping: TeleopMapping | None = None, action_to_pose: ActionToPose | None = None,
              steps_per_inference: int | None = None, action_offset: int = 0, exec_latency: float = 0.01,
              frame_latency: float = 1 / 30, max_duration: float = 60.0, max_steps: int | None = None,
-             n_episodes: int = 1, auto_start: bool = False, stats_path: str | None = None) -> dict:
+             n_episodes: int = 1, auto_start: bool = False, obs_key_map: Mapping[str, str] | None = None,
+             stats_path: str | None = None) -> dict:
     """Run `n_episodes` policy episodes (c starts one unless auto_start, s stops it, q quits)."""
     action_to_pose = action_to_pose or ActionToPose()
+    policy_input = lambda obs: obs_to_policy(obs, policy.shape_meta, policy.n_obs_steps,  # noqa: E731
+                                             getattr(policy, "device", "cpu"), obs_key_map)
     steps = steps_per_inference or policy.n_action_steps
     summaries = []
     for _ in range(n_episodes):
         if not auto_start and not _wait_for_key(env, keys, "c"):
             break
-        summary, quit_now = _run_episode(env, policy, keys, teleop, mapping, action_to_pose, steps,
+        summary, quit_now = _run_episode(env, policy, policy_input, keys, teleop, mapping, action_to_pose, steps,
                                          action_offset, exec_latency, frame_latency, max_duration, max_steps)
         summaries.append(summary)
         if quit_now:
@@ -115,7 +125,7 @@ def _wait_for_key(env: RealEnv, keys: KeyInput, wanted: str) -> bool:
         time.sleep(env.dt)
 
 
-def _run_episode(env, policy, keys, teleop, mapping, action_to_pose, steps, action_offset, exec_latency,
+def _run_episode(env, policy, policy_input, keys, teleop, mapping, action_to_pose, steps, action_offset, exec_latency,
                  frame_latency, max_duration, max_steps) -> tuple[dict, bool]:
     dt = env.dt
     stats = LoopStats(dt * steps, name="eval loop")
@@ -144,7 +154,7 @@ def _run_episode(env, policy, keys, teleop, mapping, action_to_pose, steps, acti
             iter_idx += 1
             precise_wait(t_start + iter_idx * dt)
             continue
-        row = _policy_step(env, policy, obs, action_to_pose, reference, steps, action_offset, exec_latency)
+        row = _policy_step(env, policy, policy_input(obs), obs, action_to_pose, reference, steps, action_offset, exec_latency)
         human_target = obs["robot_eef_pose"][-1].copy()
         log_rows.append(row)
         stats.end(deadline=t_cycle_end - frame_latency)
@@ -161,11 +171,11 @@ def _run_episode(env, policy, keys, teleop, mapping, action_to_pose, steps, acti
     return summary, quit_now
 
 
-def _policy_step(env, policy, obs, action_to_pose, reference, steps, action_offset, exec_latency) -> dict:
+def _policy_step(env, policy, policy_obs, obs, action_to_pose, reference, steps, action_offset,
+                 exec_latency) -> dict:
     t0 = time.time()
     with torch.no_grad():
-        result = policy.predict_action(obs_to_policy(obs, policy.shape_meta, policy.n_obs_steps,
-                                                     getattr(policy, "device", "cpu")))
+        result = policy.predict_action(policy_obs)
     actions = result["action"][0].detach().cpu().numpy()[:steps]
     t_infer = time.time() - t0
     poses = action_to_pose(actions, reference)

@@ -6,6 +6,7 @@ from the server's declared schema, so `eval_real_robot.py policy=remote` needs n
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -26,9 +27,10 @@ class RemotePolicy:
                  max_message_bytes: int = 16 * 2**20):
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.timeout = timeout
+        self._stack = contextlib.ExitStack()
         try:
-            self._ws = connect(url, additional_headers=headers, max_size=max_message_bytes, open_timeout=timeout,
-                               compression=None)
+            self._ws = self._stack.enter_context(connect(url, additional_headers=headers, max_size=max_message_bytes,
+                                                         open_timeout=timeout, compression=None))
         except Exception as err:
             raise RemotePolicyError(f"cannot reach the policy server at {url}: {err}") from err
         self._ids = itertools.count()
@@ -60,4 +62,4 @@ class RemotePolicy:
         return self
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
