@@ -1,0 +1,45 @@
+"""Train one run per seed as ray tasks and report the seeds the paper's way.
+
+    python ray_train_multirun.py --seeds 42,43,44 [--address <ray cluster>] [--num_cpus_per_run 1]
+        [--last_k 5] <hydra overrides, as for train.py>
+
+Each run is `train.py <overrides> training.seed=<seed>` in `<hydra.sweep.dir>/seed_<seed>/`;
+comma-separated override values (`policy=diffusion_unet,diffusion_transformer`) add a run per
+combination. Prints, per run, the max and the mean of the last k evaluations of
+`checkpoint.monitor_key` and their mean ± std across seeds, and writes `summary.json`. A run that
+crashes is reported as failed, with its error, while the others finish. See policylab/common/sweep.py.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from policylab.common import sweep
+from policylab.workspaces.supervised import train
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", required=True, help="comma-separated, e.g. 42,43,44")
+    parser.add_argument("--address", default=None, help="ray cluster address (default: start ray locally)")
+    parser.add_argument("--num_cpus_per_run", type=float, default=1.0)
+    parser.add_argument("--last_k", type=int, default=5, help="report the mean of the last k evaluations")
+    args, overrides = parser.parse_known_args(argv)
+    if unknown := [o for o in overrides if o.startswith("-")]:
+        parser.error(f"unknown options {unknown} (Hydra overrides are key=value)")
+    runs = sweep.expand_runs(sweep.parse_seeds(args.seeds), overrides)
+    sweep_dir = sweep.default_sweep_dir(CONFIG_DIR, overrides).resolve()
+    base = sweep.compose_config(CONFIG_DIR, runs[0].overrides)
+    results = sweep.run_sweep(runs, CONFIG_DIR, sweep_dir, train, args.num_cpus_per_run, args.address)
+    summary = sweep.summarize(results, base.checkpoint.monitor_key, base.checkpoint.mode, args.last_k)
+    summary["sweep_dir"] = str(sweep_dir)
+    path = sweep.write_summary(summary, sweep_dir)
+    print(sweep.format_table(summary))
+    print(f"summary: {path}")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
