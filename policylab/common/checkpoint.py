@@ -85,6 +85,17 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old_target, ignore_errors=True)
 
 
+def remove_checkpoint(ckpt_dir: str | Path) -> None:
+    """Delete a checkpoint name and the directory it points to."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.is_symlink():
+        target = ckpt_dir.resolve()
+        ckpt_dir.unlink()
+        shutil.rmtree(target, ignore_errors=True)
+    elif ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
 def load_config(ckpt_dir: str | Path) -> DictConfig:
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / CONFIG).is_file():
@@ -175,7 +186,7 @@ class TopKCheckpointManager:
         if name not in keep:
             return None
         for dropped in set(self.entries) - set(keep):
-            shutil.rmtree(self.save_dir / dropped, ignore_errors=True)
+            remove_checkpoint(self.save_dir / dropped)
         self.entries = keep
         self.save_dir.mkdir(parents=True, exist_ok=True)
         self.index_path.write_text(json.dumps(self.entries, indent=2))
