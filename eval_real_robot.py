@@ -29,7 +29,8 @@ def main(cfg: DictConfig) -> None:
                           steps_per_inference=cfg.steps_per_inference, action_offset=cfg.action_offset,
                           exec_latency=cfg.exec_latency, frame_latency=cfg.frame_latency,
                           max_duration=cfg.max_duration, max_steps=cfg.max_steps, n_episodes=cfg.n_episodes,
-                          auto_start=cfg.auto_start, obs_key_map=cfg.obs_key_map, stats_path=f"{cfg.output_dir}/eval_stats.json")
+                          auto_start=cfg.auto_start, obs_key_map=cfg.obs_key_map,
+                          stats_path=f"{cfg.output_dir}/eval_stats.json")
     print(json.dumps({k: v for k, v in result["episodes"][-1].items() if k != "inferences"}
                      if result["episodes"] else {}))
 

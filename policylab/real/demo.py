@@ -43,7 +43,7 @@ class Preview:
             cv2.putText(image, text, (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
             cv2.imshow("policylab", image)
             cv2.pollKey()
-        except Exception as err:  # headless OpenCV raises cv2.error on imshow
+        except Exception as err:  # noqa: BLE001  (headless OpenCV raises cv2.error on imshow)
             log.warning("live preview disabled: %s", err)
             self.enabled = False
 

@@ -159,7 +159,7 @@ class DeviceProcess(Device):
         try:
             self.run_device()
             self._status["state"][0] = STOPPED
-        except BaseException as err:  # report everything: the parent only sees this buffer
+        except BaseException as err:  # noqa: BLE001  (report everything: the parent only sees this buffer)
             log.debug("%s failed:\n%s", self.name, traceback.format_exc())
             self._fail(f"{type(err).__name__}: {err}")
             os._exit(1)

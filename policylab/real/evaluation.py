@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ def obs_to_policy(obs: Mapping[str, np.ndarray], shape_meta: Mapping, n_obs_step
                            f"({sorted(obs)}); map it with obs_key_map")
         raw = np.asarray(obs[source])[-n_obs_steps:]
         if attr.get("type", "low_dim") == "rgb":
-            c, h, w = attr["shape"]
+            _, h, w = attr["shape"]
             if raw.shape[1:3] != (h, w):
                 import cv2
 
@@ -96,7 +96,7 @@ def run_eval(env: RealEnv, policy, keys: KeyInput, teleop: Teleop | None = None,
              stats_path: str | None = None) -> dict:
     """Run `n_episodes` policy episodes (c starts one unless auto_start, s stops it, q quits)."""
     action_to_pose = action_to_pose or ActionToPose()
-    policy_input = lambda obs: obs_to_policy(obs, policy.shape_meta, policy.n_obs_steps,  # noqa: E731
+    policy_input = lambda obs: obs_to_policy(obs, policy.shape_meta, policy.n_obs_steps,
                                              getattr(policy, "device", "cpu"), obs_key_map)
     steps = steps_per_inference or policy.n_action_steps
     summaries = []
@@ -154,7 +154,8 @@ def _run_episode(env, policy, policy_input, keys, teleop, mapping, action_to_pos
             iter_idx += 1
             precise_wait(t_start + iter_idx * dt)
             continue
-        row = _policy_step(env, policy, policy_input(obs), obs, action_to_pose, reference, steps, action_offset, exec_latency)
+        row = _policy_step(env, policy, policy_input(obs), obs, action_to_pose, reference, steps, action_offset,
+                           exec_latency)
         human_target = obs["robot_eef_pose"][-1].copy()
         log_rows.append(row)
         stats.end(deadline=t_cycle_end - frame_latency)

@@ -21,8 +21,8 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class _GridAccumulator:
         if not np.any(new):
             return
         times = times[new]
-        idx, ticks, self.next_tick = grid_indices(times, self.start_time, self.dt, self.next_tick)
+        idx, _, self.next_tick = grid_indices(times, self.start_time, self.dt, self.next_tick)
         for key, value in samples.items():
             self.values.setdefault(key, []).extend(np.asarray(value)[new][idx])
         self.last_time = float(times[-1])

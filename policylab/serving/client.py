@@ -58,7 +58,7 @@ class RemotePolicy:
         _, result = self._request({"type": "predict"}, arrays)
         return {k: torch.from_numpy(np.array(v)) for k, v in result.items()}
 
-    def eval(self) -> "RemotePolicy":
+    def eval(self) -> RemotePolicy:
         return self
 
     def close(self) -> None:

@@ -76,7 +76,8 @@ class PolicyServer:
         obs = {k: torch.from_numpy(np.array(arrays[k], np.float32)).to(device) for k in self.policy.shape_meta["obs"]}
         with torch.no_grad():
             result = self.policy.predict_action(obs)
-        return {k: result[k].detach().cpu().numpy().astype(np.float32) for k in ("action", "action_pred") if k in result}
+        return {k: result[k].detach().cpu().numpy().astype(np.float32)
+                for k in ("action", "action_pred") if k in result}
 
     # ------------------------------------------------------------------ asyncio plumbing
     def _authorize(self, connection, request):
@@ -104,7 +105,7 @@ class PolicyServer:
             await self._stop.wait()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 10.0) -> "PolicyServer":
+    def start(self, timeout: float = 10.0) -> PolicyServer:
         """Serve from a background thread (returns once listening)."""
         def run():
             self._loop = asyncio.new_event_loop()

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from policylab.real.robots.interpolator import PoseTrajectoryInterpolator, SafetyBox, pose_distance
+from policylab.real.robots.interpolator import (
+    PoseTrajectoryInterpolator,
+    SafetyBox,
+    pose_distance,
+)
 from policylab.real.timing import LoopStats, align_indices, grid_indices, precise_wait
 
 P0 = np.array([0.4, 0.0, 0.3, 0.0, np.pi, 0.0])

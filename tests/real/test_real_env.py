@@ -16,13 +16,17 @@ pytest.importorskip("pyrealsense2")
 pytest.importorskip("rtde_control")
 
 
+def make_env(host, recordings, out, n_obs_steps=3, obs_resolution=(64, 48), n_cameras=2):
+    cameras = {f"camera_{i}": RealSenseCamera(recording=path, resolution=(320, 240), obs_resolution=obs_resolution)
+               for i, path in enumerate(recordings[:n_cameras])}
+    robot = URRTDERobot(host, safety_box={"low": [0.2, -0.3, 0.1], "high": [0.6, 0.3, 0.5]})
+    return RealEnv(robot, cameras, frequency=10, n_obs_steps=n_obs_steps, output_dir=str(out),
+                   image_compressor="disk")
+
+
 @pytest.fixture
 def env(fake_ur, recordings, tmp_path):
-    cameras = {f"camera_{i}": RealSenseCamera(recording=path, resolution=(320, 240), obs_resolution=(64, 48))
-               for i, path in enumerate(recordings)}
-    robot = URRTDERobot(fake_ur.host, safety_box={"low": [0.2, -0.3, 0.1], "high": [0.6, 0.3, 0.5]})
-    with RealEnv(robot, cameras, frequency=10, n_obs_steps=3, output_dir=str(tmp_path / "out"),
-                 image_compressor="disk") as real_env:
+    with make_env(fake_ur.host, recordings, tmp_path / "out") as real_env:
         yield real_env
 
 

@@ -4,7 +4,12 @@ import queue
 import numpy as np
 import pytest
 
-from policylab.real.shared_memory import NotEnoughData, ReaderFellBehind, SharedQueue, SharedRingBuffer
+from policylab.real.shared_memory import (
+    NotEnoughData,
+    ReaderFellBehind,
+    SharedQueue,
+    SharedRingBuffer,
+)
 
 
 def _example():

@@ -221,6 +221,6 @@ class RealSenseCamera(DeviceProcess, Camera):
         return writer
 
     def _apply_options_live(self, rs, cmd, value) -> None:
-        a, b = (None if v != v else float(v) for v in value)  # NaN stands for None (auto)
+        a, b = (None if np.isnan(v) else float(v) for v in value)  # NaN stands for None (auto)
         settings = self._exposure_settings(rs, a, b) if cmd == _EXPOSURE else self._white_balance_settings(rs, a)
         self._apply_options(rs, self._profile, settings)

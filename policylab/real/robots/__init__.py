@@ -3,4 +3,4 @@
 from policylab.real.robots.base import Robot, RobotFault
 from policylab.real.robots.interpolator import PoseTrajectoryInterpolator, SafetyBox
 
-__all__ = ["Robot", "RobotFault", "PoseTrajectoryInterpolator", "SafetyBox"]
+__all__ = ["PoseTrajectoryInterpolator", "Robot", "RobotFault", "SafetyBox"]

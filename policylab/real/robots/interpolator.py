@@ -43,14 +43,14 @@ class PoseTrajectoryInterpolator:
             out = np.concatenate([pos, self._slerp(t).as_rotvec()], axis=-1)
         return out[0] if scalar else out
 
-    def trim(self, start: float, end: float) -> "PoseTrajectoryInterpolator":
+    def trim(self, start: float, end: float) -> PoseTrajectoryInterpolator:
         """The same path restricted to [start, end]: knots inside plus the two end poses."""
         inner = self.times[(self.times > start) & (self.times < end)]
         times = np.unique(np.concatenate([[start], inner, [end]]))
         return PoseTrajectoryInterpolator(times, self(times))
 
     def drive_to_waypoint(self, pose, time: float, curr_time: float, max_pos_speed: float,
-                          max_rot_speed: float) -> "PoseTrajectoryInterpolator":
+                          max_rot_speed: float) -> PoseTrajectoryInterpolator:
         """Drop the plan after `curr_time` and go to `pose`, no sooner than the speed limits allow."""
         start = self.trim(curr_time, curr_time)
         here = start(curr_time)
@@ -59,7 +59,7 @@ class PoseTrajectoryInterpolator:
 
     def schedule_waypoint(self, pose, time: float, max_pos_speed: float, max_rot_speed: float,
                           curr_time: float, last_waypoint_time: float | None = None
-                          ) -> "PoseTrajectoryInterpolator":
+                          ) -> PoseTrajectoryInterpolator:
         """Add `pose` at `time`, keeping the plan up to `min(time, last_waypoint_time)`.
 
         A waypoint at or before `curr_time` is ignored (it is late). Knots the previous schedule

@@ -100,7 +100,7 @@ class URRTDERobot(DeviceProcess, Robot):
             super().check()
         except RobotFault:
             raise
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  (any device failure is a robot fault to the caller)
             raise RobotFault(str(err)) from None
 
 

@@ -6,8 +6,8 @@ mapping: nothing is pickled and no name lookup happens in the child.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from multiprocessing import shared_memory
-from typing import Mapping
 
 import numpy as np
 

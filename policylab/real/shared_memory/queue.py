@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

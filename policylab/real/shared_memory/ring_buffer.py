@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -2,4 +2,4 @@
 
 from policylab.real.teleop.base import KeyInput, Teleop, TeleopMapping
 
-__all__ = ["Teleop", "KeyInput", "TeleopMapping"]
+__all__ = ["KeyInput", "Teleop", "TeleopMapping"]

@@ -47,7 +47,7 @@ class TeleopMapping:
 
     def step(self, pose: np.ndarray, motion: np.ndarray, buttons, dt: float) -> np.ndarray:
         """pose (6,) m / axis-angle rad, motion (6,) in [-1, 1], buttons: pressed flags -> new pose (6,)."""
-        pressed = lambda i: i is not None and i < len(buttons) and bool(buttons[i])  # noqa: E731
+        pressed = lambda i: i is not None and i < len(buttons) and bool(buttons[i])
         dpos = np.asarray(motion[:3], np.float64) * self.max_pos_speed * dt
         drot = np.asarray(motion[3:], np.float64) * self.max_rot_speed * dt
         if self.rotate_button is not None:

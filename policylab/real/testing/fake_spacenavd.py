@@ -25,7 +25,7 @@ class FakeSpacenavd:
         self._connected = threading.Event()
         self._lock = threading.Lock()
 
-    def start(self) -> "FakeSpacenavd":
+    def start(self) -> FakeSpacenavd:
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -42,7 +42,7 @@ class FakeSpacenavd:
         client.settimeout(0.2)
         try:
             client.recv(4)  # protocol query (0x0155aa7f-ish); absent in very old clients
-        except socket.timeout:
+        except TimeoutError:
             pass
         client.settimeout(None)
         client.sendall(struct.pack("i", 0))  # protocol 0

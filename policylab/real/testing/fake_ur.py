@@ -156,7 +156,7 @@ class FakeURController:
         self._proc = None
 
     # ------------------------------------------------------------------ parent API
-    def start(self) -> "FakeURController":
+    def start(self) -> FakeURController:
         ctx = mp.get_context("fork")
         self._proc = ctx.Process(target=self._serve, name=f"fake-ur-{self.host}", daemon=True)
         self._proc.start()
@@ -204,7 +204,8 @@ class FakeURController:
 
     def _serve(self) -> None:
         self.state = _State(self.init_pose, self.init_q, self.tau)
-        self._log_file = open(self.log_path, "a", buffering=1) if self.log_path else None
+        # open for the life of the process, line-buffered so tests can read it while it runs
+        self._log_file = open(self.log_path, "a", buffering=1) if self.log_path else None  # noqa: SIM115
         self._conns: list[socket.socket] = []
         listeners = [self._listen(port, handler) for port, handler in
                      [(RTDE_PORT, self._rtde), (DASHBOARD_PORT, self._dashboard)] +
@@ -325,7 +326,8 @@ class FakeURController:
                 if streaming.is_set():
                     with self.state.lock:
                         values = [self.state.value(n) for n in names]
-                    body = b"\x01" + b"".join(struct.pack(f, *np.atleast_1d(v).tolist()) for f, v in zip(formats, values))
+                    body = b"\x01" + b"".join(struct.pack(f, *np.atleast_1d(v).tolist())
+                                              for f, v in zip(formats, values))
                     self._send(conn, "U", body)
                 t_next += period
                 time.sleep(max(0.0, t_next - time.monotonic()))
@@ -379,7 +381,7 @@ class FakeURController:
             self._wait_while_silent()
             try:
                 chunk = conn.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 if received:
                     self._log("SCRIPT", [received])
                     with self.state.lock:
