@@ -34,3 +34,5 @@ for spec in sys.argv[1:]:
     if not ok:
         sys.exit(1)
 PYEOF
+# OpenCV resizes camera frames; any build will do (the sim extra brings the headless one).
+"$PY" -c "import cv2" 2>/dev/null || "$PY" -m pip install -q "opencv-python-headless>=4.8"

@@ -44,12 +44,12 @@ def _run(script, overrides, env=None, timeout=150):
     return proc
 
 
-def _when_running(fake_ur, action, timeout=60):
-    """Run `action` in a thread once the robot's servo loop is up (the script has started)."""
+def _when(condition, action, timeout=60):
+    """Run `action` in a thread once `condition()` holds (e.g. the script reached some point)."""
     def wait_then_act():
         t0 = time.monotonic()
-        while not fake_ur.commands("SERVOL") and time.monotonic() - t0 < timeout:
-            time.sleep(0.05)
+        while not condition() and time.monotonic() - t0 < timeout:
+            time.sleep(0.02)
         action()
     thread = threading.Thread(target=wait_then_act, daemon=True)
     thread.start()
@@ -78,9 +78,9 @@ def _check_demo_dataset(out, n_episodes):
 def test_demo_records_episodes_with_scripted_keys(fake_ur, recordings, spacenavd, tmp_path):
     out = tmp_path / "demo"
     keys = "[[1.0,c],[2.6,space],[3.0,s],[3.4,c],[4.4,s],[4.8,c],[5.4,s],[5.8,backspace],[6.2,q]]"
-    push = lambda: (spacenavd.wait_connected(30), time.sleep(1.2),
-                    spacenavd.play([(0.0, "motion", [0, 0, -350, 0, 0, 0]), (1.0, "motion", [0] * 6)]))
-    _when_running(fake_ur, push)
+    # push the SpaceMouse (robot +x) for 1 s, once episode 0 has started
+    _when(lambda: (out / "videos" / "0").exists(),
+          lambda: spacenavd.play([(0.3, "motion", [0, 0, -350, 0, 0, 0]), (1.3, "motion", [0] * 6)]))
     proc = _run("demo_real_robot.py", _overrides(fake_ur, recordings, spacenavd, out, "keyboard=scripted",
                                                  f"keyboard.events={keys}", "preview=false"))
     stats = json.loads((out / "demo_stats.json").read_text())
@@ -117,7 +117,7 @@ def test_demo_keys_typed_into_xvfb(fake_ur, recordings, spacenavd, tmp_path):
             for key, pause in [("c", 1.5), ("space", 0.3), ("s", 0.6), ("c", 1.0), ("s", 0.6), ("q", 0.0)]:
                 subprocess.run(["xdotool", "key", key], env={**os.environ, **env}, check=True)
                 time.sleep(pause)
-        _when_running(fake_ur, type_keys)
+        _when(lambda: fake_ur.commands("SERVOL"), type_keys)  # once the robot's servo loop is up
         out = tmp_path / "demo_x"
         _run("demo_real_robot.py", _overrides(fake_ur, recordings, spacenavd, out, "keyboard=pynput",
                                               "preview=false"), env=env)
@@ -140,10 +140,9 @@ def _check_latency(stats, exec_latency=0.01):
 
 def test_eval_standin_policy_with_takeover(fake_ur, recordings, spacenavd, tmp_path):
     out = tmp_path / "eval"
-    push = lambda: (spacenavd.wait_connected(30), time.sleep(1.5),
-                    spacenavd.play([(0.0, "motion", [0, 0, 0, 0, 0, 0]), (0.01, "motion", [300, 0, 0, 0, 0, 0]),
-                                    (0.6, "motion", [0] * 6)]))
-    _when_running(fake_ur, push)
+    # a human takes over for 0.6 s, once the policy episode has started
+    _when(lambda: (out / "videos" / "0").exists(),
+          lambda: spacenavd.play([(1.0, "motion", [300, 0, 0, 0, 0, 0]), (1.6, "motion", [0] * 6)]))
     _run("eval_real_robot.py", _overrides(fake_ur, recordings, spacenavd, out, "keyboard=scripted",
                                           "policy._target_=tests.real.standin.StandInPolicy", "policy.path=null",
                                           "~cameras.camera_1", "auto_start=true", "max_duration=4"))
@@ -161,16 +160,20 @@ def test_eval_standin_policy_with_takeover(fake_ur, recordings, spacenavd, tmp_p
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A pusht_image checkpoint trained for 2 steps by the project's own train.py."""
-    from tests.helpers import make_pusht_store, run_train
+    """A pusht_image diffusion checkpoint (32x32 images) trained for 1 step by the project's train.py."""
+    from tests.data.zarr_v2_fixtures import pusht_like_arrays, write_v2_store
+    from tests.helpers import run_train
 
     root = tmp_path_factory.mktemp("train")
-    store = make_pusht_store(root / "pusht.zarr")
+    lengths = [12, 12, 12]
+    store = write_v2_store(root / "pusht.zarr", pusht_like_arrays(lengths, image_size=32), np.cumsum(lengths),
+                           chunks={"img": (1, 32, 32, 3)})
     run_dir = root / "run"
     result = run_train(["debug=tiny", "task=pusht_image", f"task.dataset.zarr_path={store}",
                         f"hydra.run.dir={run_dir}", "logging.mode=disabled", "training.num_epochs=1",
-                        "training.max_train_steps=2", "training.rollout_every=0", "training.sample_every=0",
-                        "dataloader.batch_size=4", "val_dataloader.batch_size=4"])
+                        "training.max_train_steps=1", "training.max_val_steps=1", "training.rollout_every=0",
+                        "training.sample_every=0", "dataloader.batch_size=2", "val_dataloader.batch_size=2",
+                        "task.shape_meta.obs.image.shape=[3,32,32]", "task.image_crop_shape=[28,28]"])
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir / "checkpoints" / "latest"
 
