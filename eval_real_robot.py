@@ -15,8 +15,12 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="config/real", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import torch
+
     from policylab.real.evaluation import ActionToPose, run_eval
 
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     policy = instantiate(cfg.policy)
     if hasattr(policy, "eval"):
         policy.eval()

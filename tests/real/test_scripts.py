@@ -183,7 +183,8 @@ def test_eval_checkpoint_from_the_workspace(fake_ur, recordings, spacenavd, tmp_
     _run("eval_real_robot.py", _overrides(fake_ur, recordings, spacenavd, out, "keyboard=scripted",
                                           f"policy.path={tiny_checkpoint}", "~cameras.camera_1",
                                           "obs_key_map={img: camera_0, state: robot_eef_pose}",
-                                          "action_pose_indices=[0,1]", "auto_start=true", "max_duration=4"))
+                                          "action_pose_indices=[0,1]", "auto_start=true", "max_duration=4",
+                                          "torch_threads=1"))
     stats = json.loads((out / "eval_stats.json").read_text())
     print("eval loop timing (diffusion checkpoint):",
           {k: v for k, v in stats["episodes"][0].items() if k != "inferences"})
