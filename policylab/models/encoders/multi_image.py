@@ -60,7 +60,8 @@ class MultiImageObsEncoder(nn.Module):
 
     `resize_shape` and `crop_shape` are an `(h, w)` for every camera or a dict per key. Cropping
     is random per image in training with `random_crop`, and a center crop otherwise, always
-    (see `crop.py`). `pool`, `num_keypoints` and `feature_dim`: see `ResNetImageEncoder`.
+    (see `crop.py`). `pool`, `num_keypoints`, `feature_dim` and `feature_activation`: see
+    `ResNetImageEncoder`.
     `pretrained_weights` is a local torchvision-format file loaded into every camera's ResNet.
     """
 
@@ -78,6 +79,7 @@ class MultiImageObsEncoder(nn.Module):
         pool: str = "spatial_softmax",
         num_keypoints: int = 32,
         feature_dim: int = 64,
+        feature_activation: str | None = None,
     ):
         super().__init__()
         obs_meta = shape_meta["obs"]
@@ -99,7 +101,8 @@ class MultiImageObsEncoder(nn.Module):
         def make_model() -> ResNetImageEncoder:
             return ResNetImageEncoder(rgb_model_name, weights=pretrained_weights,
                                       use_group_norm=use_group_norm, pool=pool,
-                                      num_keypoints=num_keypoints, feature_dim=feature_dim)
+                                      num_keypoints=num_keypoints, feature_dim=feature_dim,
+                                      feature_activation=feature_activation)
 
         model_keys = ["rgb"] if share_rgb_model and self.rgb_keys else self.rgb_keys
         self.key_model_map = nn.ModuleDict({key: make_model() for key in model_keys})

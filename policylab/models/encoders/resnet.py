@@ -236,11 +236,13 @@ class ResNetImageEncoder(nn.Module):
       SpatialSoftmax(num_keypoints) -> flatten -> Linear to `feature_dim`.
     - `pool="avg"` (DP's `MultiImageObsEncoder`): global average pooling, `output_dim` = the
       trunk's channels (512 for ResNet-18/34, 2048 for ResNet-50); `feature_dim` is unused.
+    `feature_activation="relu"` ends with a ReLU, as robomimic's `ObservationEncoder` does after
+    every camera's features (so DP's hybrid image policy has one); None (default) ends linear.
     """
 
     def __init__(self, name: str = "resnet18", weights: PathLike | None = None,
                  use_group_norm: bool = True, pool: str = "spatial_softmax",
-                 num_keypoints: int = 32, feature_dim: int = 64):
+                 num_keypoints: int = 32, feature_dim: int = 64, feature_activation: str | None = None):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown ResNet {name!r}; choose from {sorted(RESNETS)}")
@@ -249,6 +251,12 @@ class ResNetImageEncoder(nn.Module):
         self.backbone = RESNETS[name](weights=weights, use_group_norm=use_group_norm)
         self.pool, self.output_dim = POOLS[pool](self.backbone.out_channels, num_keypoints,
                                                  feature_dim)
+        if feature_activation not in FEATURE_ACTIVATIONS:
+            raise ValueError(f"unknown feature_activation {feature_activation!r}; choose from "
+                             f"{sorted(FEATURE_ACTIVATIONS, key=str)}")
+        if feature_activation is not None:
+            # Appended to the pool, so the pool's parameter names do not move.
+            self.pool.append(FEATURE_ACTIVATIONS[feature_activation]())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone.forward_features(image))
@@ -267,6 +275,8 @@ def _spatial_softmax_pool(channels: int, num_keypoints: int,
 def _avg_pool(channels: int, num_keypoints: int, feature_dim: int) -> tuple[nn.Module, int]:
     return nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(start_dim=1)), channels
 
+
+FEATURE_ACTIVATIONS: dict[str | None, type[nn.Module] | None] = {None: None, "relu": nn.ReLU}
 
 POOLS: dict[str, Callable[[int, int, int], tuple[nn.Module, int]]] = {
     "spatial_softmax": _spatial_softmax_pool,
