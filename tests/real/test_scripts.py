@@ -105,12 +105,13 @@ def test_demo_records_episodes_with_scripted_keys(fake_ur, recordings, spacenavd
 @pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xdotool") and importlib.util.find_spec("pynput")),
                     reason="needs Xvfb, xdotool and pynput")
 def test_demo_keys_typed_into_xvfb(fake_ur, recordings, spacenavd, tmp_path):
-    display = f":{os.getpid() % 500 + 100}"
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "320x240x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    read_fd, write_fd = os.pipe()  # Xvfb picks a free display and writes its number here
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "320x240x24", "-nolisten", "tcp"],
+                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
     try:
-        time.sleep(1.0)
-        env = {"DISPLAY": display}
+        with os.fdopen(read_fd) as pipe:
+            env = {"DISPLAY": f":{pipe.readline().strip()}"}
 
         def type_keys():
             time.sleep(2.0)  # the key listener starts after the devices
