@@ -1,0 +1,184 @@
+"""Training throughput on CPU: samples/s and peak memory of one step of the supervised workspace.
+
+Three configs, composed from the real Hydra configs (so the numbers follow them):
+  state  experiment=dp_pusht_state_cnn   UNet [256,512,1024] (65.8M), batch 256
+  image  experiment=dp_pusht_image_cnn   UNet [512,1024,2048] dsed 128 (251.5M) + ResNet18 GroupNorm,
+                                         spatial softmax, random 84x84 crops, batch 64
+  tiny   debug=tiny                      the CI config, batch 16
+A step is what `SupervisedWorkspace` does per optimizer step: `compute_loss`, backward, AdamW, LR
+schedule, EMA update. "excl. data" repeats steps on one batch already in memory; "incl. data"
+draws each batch from the workspace's DataLoader (vectorized `get_batch`, main process) inside
+the timed region. Data: a synthetic PushT-layout store made in code (random low-dim values,
+smooth 96x96 frames). Each config runs in a fresh process, so "peak MB" (`ru_maxrss`) is its
+own; "step MB" is the resident-memory peak sampled during the steps minus the resident memory
+before them. "load" is the 1-minute load average at the end, since the CPU may be shared.
+
+    python bench/train_throughput.py [--configs state image tiny] [--out bench/results/train_throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import psutil
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {  # name -> (Hydra overrides, warm-up steps, measured steps per mode, store with images)
+    "state": (["experiment=dp_pusht_state_cnn"], 1, 4, False),
+    "image": (["experiment=dp_pusht_image_cnn"], 1, 3, True),
+    "tiny": (["debug=tiny"], 3, 20, False),
+}
+EPISODES = 30  # enough windows for a batch of 256 (about 4,000 samples)
+
+
+class RssPeak:
+    """Samples this process's resident memory every few ms while active."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class _Batches:
+    """A one-epoch 'loader' of n batches for `_train_epoch`: the same batch, or fresh ones from `source`."""
+
+    def __init__(self, n: int, batch=None, source=None):
+        self.n, self.batch, self.source = n, batch, source
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield self.batch if self.source is None else next(self.source)
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def run_case(name: str, store: str, workdir: str) -> dict:
+    """One config in this (fresh) process: build the workspace, time single steps."""
+    import hydra
+    from diffusers.optimization import get_scheduler
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import policylab.common.config  # noqa: F401  (registers ${calc:})
+    from policylab.common.logging import RunLogger
+    from policylab.workspaces.supervised import SupervisedWorkspace
+
+    sys.stderr = open(os.devnull, "w")  # the workspace's per-step progress bar
+    overrides, warmup, steps, _ = CONFIGS[name]
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        cfg = compose("train", overrides=[*overrides, f"task.dataset.zarr_path={store}", "logging.mode=disabled"])
+    OmegaConf.resolve(cfg)
+    ws = SupervisedWorkspace(cfg, workdir)
+    dataset = hydra.utils.instantiate(cfg.task.dataset)
+    ws.policy.set_normalizer(dataset.get_normalizer())
+    if ws.ema is not None:
+        ws.ema.averaged_model.set_normalizer(ws.policy.normalizer)
+    loader = ws._loader(dataset, ws.c["dataloader"], shard=True)
+    scheduler = get_scheduler("cosine", optimizer=ws.optimizer, num_warmup_steps=10, num_training_steps=10_000)
+    logger = RunLogger(workdir, enabled=False)
+    batch_size = cfg.dataloader.batch_size
+    fixed = next(iter(loader))
+    source = _forever(loader)
+
+    def step(batches) -> float:
+        t0 = time.perf_counter()
+        ws._train_epoch(ws.policy, batches, scheduler, logger)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        step(_Batches(1, batch=fixed))
+    rss_before = psutil.Process().memory_info().rss
+    with RssPeak() as peak:
+        excl = [step(_Batches(1, batch=fixed)) for _ in range(steps)]
+        incl = [step(_Batches(1, source=source)) for _ in range(steps)]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(source)
+    load_s = (time.perf_counter() - t0) / steps
+    n_params = sum(p.numel() for p in ws.policy.parameters())
+    return {
+        "config": name, "overrides": overrides, "batch_size": batch_size, "params_m": n_params / 1e6,
+        "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+        "step_s_excl_data": statistics.median(excl), "step_s_incl_data": statistics.median(incl),
+        "min_step_s_excl_data": min(excl), "min_step_s_incl_data": min(incl),
+        "samples_s_excl_data": batch_size / statistics.median(excl),
+        "samples_s_incl_data": batch_size / statistics.median(incl),
+        "data_only_samples_s": batch_size / load_s,
+        "step_times_excl": excl, "step_times_incl": incl,
+        "rss_before_steps_mb": rss_before / 2**20, "step_peak_delta_mb": (peak.peak - rss_before) / 2**20,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--episodes", type=int, default=EPISODES)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "bench"))
+    from data_loading import build_store  # the data-loading bench's synthetic PushT store
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {}
+        for images in sorted({CONFIGS[name][3] for name in args.configs}):
+            stores[images] = Path(tmp) / f"pusht_{'image' if images else 'lowdim'}.zarr"
+            build_store(stores[images], args.episodes, with_images=images)
+        for name in args.configs:
+            # spawn: a fresh interpreter per config, so its peak memory is its own
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                workdir = Path(tmp) / name
+                result = pool.submit(run_case, name, str(stores[CONFIGS[name][3]]), str(workdir)).result()
+            results.append(result)
+            print(f"{name}: {result['samples_s_excl_data']:.1f} samples/s excl. data", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results, "torch": torch.__version__, "cpus": os.cpu_count()}, indent=2))
+    print(f"\n{'config':6} {'batch':>5} {'params':>7} | {'excl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | "
+          f"{'incl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | {'data-only/s':>11} {'step MB':>8} "
+          f"{'peak MB':>8} {'load':>5}")
+    for r in results:
+        print(f"{r['config']:6} {r['batch_size']:5d} {r['params_m']:6.1f}M | {r['step_s_excl_data']:18.3f} "
+              f"{r['min_step_s_excl_data']:6.3f} {r['samples_s_excl_data']:9.1f} | {r['step_s_incl_data']:18.3f} "
+              f"{r['min_step_s_incl_data']:6.3f} {r['samples_s_incl_data']:9.1f} | {r['data_only_samples_s']:11.0f} "
+              f"{r['step_peak_delta_mb']:8.0f} {r['peak_rss_mb']:8.0f} {r['load_avg_1m']:5.1f}")
+    print(f"(medians over {', '.join(str(r['steps']) for r in results)} steps; samples/s from the median; "
+          f"{results[0]['threads']} threads; JSON in {out})")
+
+
+if __name__ == "__main__":
+    main()
