@@ -95,7 +95,7 @@ def run_case(name: str, store: str, workdir: str) -> dict:
     from policylab.common.logging import RunLogger
     from policylab.workspaces.supervised import SupervisedWorkspace
 
-    sys.stderr = open(os.devnull, "w")  # the workspace's per-step progress bar
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (this worker process's whole life: the workspace's progress bar)
     overrides, warmup, steps, _ = CONFIGS[name]
     with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = compose("train", overrides=[*overrides, f"task.dataset.zarr_path={store}", "logging.mode=disabled"])
@@ -149,8 +149,9 @@ def main():
     parser.add_argument("--episodes", type=int, default=EPISODES)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
     args = parser.parse_args()
+    # The data-loading bench's synthetic PushT store.
     sys.path.insert(0, str(REPO / "bench"))
-    from data_loading import build_store  # the data-loading bench's synthetic PushT store
+    from data_loading import build_store
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
