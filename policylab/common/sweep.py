@@ -57,7 +57,7 @@ class RunResult:
     run_dir: Path
     status: str               # "finished" | "failed"
     error: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0      # from submission to the end, waiting for a free CPU included
 
 
 # ---------------------------------------------------------------------- planning
