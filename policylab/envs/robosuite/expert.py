@@ -4,7 +4,8 @@ Same plan as the pick-cube expert, on robosuite's Panda with the OSC_POSE contro
 is read from the state each step (gripper opening, end-effector to cube offset), so the expert
 can take over mid-episode. Lift's cube has a random yaw: while approaching, the gripper turns
 about the vertical (the shortest way, modulo 90 degrees) until its fingers face the cube's
-sides; roll and pitch deltas stay 0.
+sides. Roll and pitch are always steered back to pointing straight down, and get no action
+noise (OSC_POSE integrates orientation deltas, so noise there would random-walk the tilt).
 """
 
 from __future__ import annotations
@@ -65,6 +66,23 @@ class LiftExpert(Expert):
         grip_yaw = _yaw(se.sim.data.site_xmat[se.robots[0].eef_site_id["right"]])
         return float((cube_yaw - grip_yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
+    @staticmethod
+    def _tilt_correction(env) -> np.ndarray:
+        """(2,) world x, y rotation that turns the gripper's approach axis back to straight down."""
+        se = env.sim_env
+        approach = se.sim.data.site_xmat[se.robots[0].eef_site_id["right"]].reshape(3, 3)[:, 2]
+        axis = np.cross(approach, [0.0, 0.0, -1.0])  # |axis| = sin(tilt), turns approach down
+        return np.clip(axis[:2] / ROT_SCALE * 2.0, -1, 1)
+
+    def act(self, env) -> np.ndarray:
+        action = np.asarray(self.clean_action(env.unwrapped), dtype=np.float64)
+        if self.action_noise > 0:
+            noise = self.rng.normal(0.0, self.action_noise, action.shape)
+            noise[3:5] = 0.0
+            action = action + noise
+        space = env.unwrapped.action_space
+        return np.clip(action, space.low, space.high)
+
     def clean_action(self, env) -> np.ndarray:
         eef, cube, width = self._state(env)
         rest_z = env.sim_env.table_offset[2] + 0.02
@@ -93,7 +111,7 @@ class LiftExpert(Expert):
             target, grip = np.array([xy[0], xy[1], grasp[2] + self.hover]), -1.0
             turn = float(np.clip(yaw_err / ROT_SCALE * 2.0, -1, 1))
         delta = np.clip((target - eef) / ACTION_SCALE * 2.0, -1, 1) * self.speed
-        return np.concatenate([delta, [0.0, 0.0, turn], [grip]])
+        return np.concatenate([delta, self._tilt_correction(env), [turn], [grip]])
 
     def progress(self, env) -> float:
         eef, cube, _ = self._state(env)
