@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +32,17 @@ class Preview:
     """Optional live view of the cameras (OpenCV window); disables itself when there is no GUI."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
+        # Qt-based OpenCV aborts the whole process (uncatchable) when it finds no display.
+        has_display = sys.platform != "linux" or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        if enabled and not has_display:
+            log.warning("live preview disabled: no display (DISPLAY is not set)")
+        # PyAV loaded before OpenCV makes Qt's cv2.imshow hang (see cameras/video.py).
+        av_first = "av" in sys.modules and "cv2" not in sys.modules
+        if enabled and has_display and av_first:
+            log.warning("live preview disabled: PyAV was imported before OpenCV, and cv2.imshow would hang")
+        self.enabled = enabled and has_display and not av_first
+        if self.enabled:
+            import cv2  # noqa: F401  (before anything else can load PyAV into this process)
 
     def show(self, obs: dict, camera_names, text: str) -> None:
         if not self.enabled:

@@ -121,10 +121,15 @@ class RealEnv(Device):
                 time.sleep(0.02)
 
     def stop(self, wait: bool = True) -> None:
-        if self.is_recording:
-            self.end_episode()
-        for device in [*self.cameras.values(), self.robot]:
-            device.stop(wait)
+        """Save an episode still being recorded (if it has steps), then stop every device."""
+        try:
+            if self.is_recording:
+                self.end_episode()
+        except (EmptyEpisodeError, DeviceError) as err:  # stopping must not be skipped over this
+            log.error("episode not saved on stop: %s", err)
+        finally:
+            for device in [*self.cameras.values(), self.robot]:
+                device.stop(wait)
 
     @property
     def is_ready(self) -> bool:

@@ -87,3 +87,22 @@ def test_episode_recording_and_drop(env, tmp_path):
     env.drop_episode()
     assert ReplayBuffer.create_from_path(tmp_path / "out" / "replay_buffer.zarr", mode="r").n_episodes == 0
     assert not (tmp_path / "out" / "videos" / "0").exists()
+
+
+def test_stop_while_recording_an_empty_episode_still_stops_devices(fake_ur, recordings, tmp_path):
+    env = make_env(fake_ur.host, recordings, tmp_path / "out", n_cameras=1)
+    env.start()
+    env.start_episode()
+    env.stop()  # logs that the empty episode was not saved, and stops anyway
+    assert not env.robot.is_ready and not env.cameras["camera_0"].is_ready
+    assert ReplayBuffer.create_from_path(tmp_path / "out" / "replay_buffer.zarr", mode="r").n_episodes == 0
+
+
+def test_preview_turns_itself_off_without_a_display(monkeypatch):
+    from policylab.real.demo import Preview
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    preview = Preview(enabled=True)  # a Qt OpenCV would abort the process on imshow here
+    preview.show({"camera_0": np.zeros((2, 48, 64, 3), np.uint8)}, ["camera_0"], "text")
+    assert not preview.enabled

@@ -120,8 +120,9 @@ def test_demo_keys_typed_into_xvfb(fake_ur, recordings, spacenavd, tmp_path):
                 time.sleep(pause)
         _when(lambda: fake_ur.commands("SERVOL"), type_keys)  # once the robot's servo loop is up
         out = tmp_path / "demo_x"
+        # preview on: a window under Xvfb with GUI OpenCV, a logged fallback with headless OpenCV
         _run("demo_real_robot.py", _overrides(fake_ur, recordings, spacenavd, out, "keyboard=pynput",
-                                              "preview=false"), env=env)
+                                              "preview=true"), env=env)
     finally:
         xvfb.terminate()
         xvfb.wait(5)
