@@ -96,7 +96,8 @@ def test_demo_records_episodes_with_scripted_keys(fake_ur, recordings, spacenavd
     assert np.allclose(first["action"][:, 1:3], first["action"][0, 1:3])  # y, z untouched
     assert first["robot_eef_pose"][-1, 0] == pytest.approx(first["action"][-1, 0], abs=5e-3)
     assert set(first["stage"]) == {0, 1}  # space pressed once during episode 0
-    assert np.all(np.diff(decode_pattern(first["camera_1"])[0]) % 60 >= 1)
+    # 30 fps camera, 10 Hz steps: 3 frames per step (a late frame may fill two steps)
+    assert np.median(np.diff(decode_pattern(first["camera_1"])[0]) % 60) == 3
     servo = np.array([r["args"][:3] for r in fake_ur.commands("SERVOL")])
     assert np.all(servo >= np.array(BOX_LOW) - 1e-9) and np.all(servo <= np.array(BOX_HIGH) + 1e-9)
     assert "Traceback" not in proc.stderr
