@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 
-# Headless by default; must be set before mujoco is first imported (the family packages import
-# this module first). An explicit MUJOCO_GL (e.g. osmesa) wins.
+# Headless by default. mujoco reads MUJOCO_GL when first imported, so the task packages
+# (pick_cube, metaworld, robosuite) set it in their __init__ before any import; this covers
+# direct users of this module. An explicit MUJOCO_GL (e.g. osmesa) wins.
 os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
-import mujoco  # noqa: E402
+import mujoco
 import numpy as np
 
 

@@ -88,7 +88,7 @@ def test_registered_factory_under_multistep():
         assert obs["cube_pos"].shape == (2, 3)
         done = False
         while not done:
-            obs, _, terminated, truncated, info = env.step(np.zeros((4, 4)))
+            obs, _, terminated, truncated, _ = env.step(np.zeros((4, 4)))
             done = terminated or truncated
         infos = env.get_infos()
         assert infos[-1]["is_success"] and infos[2]["intervention"] and not infos[0]["intervention"]

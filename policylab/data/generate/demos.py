@@ -115,9 +115,9 @@ def build(cfg: DemoConfig, task_cfg):
 def generate(cfg: DemoConfig) -> dict:
     """Write cfg.n successful episodes; returns counts, success rate and speed."""
     task_cfg = load_task_config(cfg.task)
+    env, expert = build(cfg, task_cfg)
     out = cfg.out or task_cfg.dataset.zarr_path
     max_steps = cfg.max_steps or int(task_cfg.demo.max_steps)
-    env, expert = build(cfg, task_cfg)
     buffer = ReplayBuffer.create_from_path(out, mode="a")
     done_seeds = [int(s) for s in buffer.meta[SEEDS_KEY][:]] if SEEDS_KEY in buffer.meta else []
     if len(done_seeds) != buffer.n_episodes:

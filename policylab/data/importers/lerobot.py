@@ -191,7 +191,7 @@ def import_lerobot(src: str | Path, out: str | Path, keys: list[str] | None = No
                     if int(m["length"]) != len(rows):
                         raise ImportFormatError(f"episode {ep}: meta/episodes says length {int(m['length'])} "
                                                 f"but data/ has {len(rows)} frames")
-                    start = int(round(float(m[f"videos/{feature}/from_timestamp"]) * fps))
+                    start = round(float(m[f"videos/{feature}/from_timestamp"]) * fps)
                     episode[key] = videos.get(feature, int(m[f"videos/{feature}/chunk_index"]),
                                               int(m[f"videos/{feature}/file_index"]), start, len(rows),
                                               spec["shape"])

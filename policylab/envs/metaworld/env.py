@@ -67,7 +67,7 @@ class MetaWorldEnv(gym.Env):
         self.camera = camera
         self.terminate_on_success = terminate_on_success
         self.render_mode = render_mode
-        self.metadata = {**self.metadata, "render_fps": int(round(1 / sim.dt))}
+        self.metadata = {**self.metadata, "render_fps": round(1 / sim.dt)}
         self.raw_obs = None    # (39,) float64, what Meta-World's scripted policies read
         self.last_info: dict = {}
         self._cameras = {}

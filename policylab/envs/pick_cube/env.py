@@ -27,12 +27,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from gymnasium import spaces
 
 from policylab.envs.mujoco_render import FastCameras, chw_float
-
-import mujoco  # noqa: E402,I001  (after mujoco_render, which sets MUJOCO_GL)
 
 CAMERAS = {"front": "front", "wrist": "handcam_rgb"}
 GRIPPER_CLOSED_QPOS = 0.8  # driver joint angle of a fully closed, empty 2F-85 gripper
@@ -73,12 +72,12 @@ class PickCubeEnv(gym.Env):
         self.render_mode = render_mode
         self.ee_step = ee_step
         self.cube_xy_range = np.asarray(cube_xy_range, dtype=np.float64)
-        self.metadata = {**self.metadata, "render_fps": int(round(1 / control_dt))}
+        self.metadata = {**self.metadata, "render_fps": round(1 / control_dt)}
         self._driver_qpos = self.sim.model.joint("right_driver_joint").qposadr[0]
         self._cameras = self._render_cameras = None
         self._frames: dict[str, np.ndarray] = {}
 
-        vec = lambda n: spaces.Box(-np.inf, np.inf, (n,), np.float32)  # noqa: E731
+        vec = lambda n: spaces.Box(-np.inf, np.inf, (n,), np.float32)
         obs_space = {"ee_pos": vec(3), "ee_vel": vec(3),
                      "gripper": spaces.Box(0, 1, (1,), np.float32), "cube_pos": vec(3)}
         if image_obs:

@@ -22,7 +22,6 @@ robomimic's env wrapper does (its datasets hold upright images).
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 import gymnasium as gym
@@ -70,7 +69,6 @@ class RobosuiteEnv(gym.Env):
                  render_mode: str = "rgb_array"):
         if render_mode != "rgb_array":
             raise ValueError(f"render_mode must be 'rgb_array', got {render_mode!r}")
-        os.environ.setdefault("MUJOCO_GL", "egl")
         suite = _quiet_robosuite()
         self.task, self.image_obs, self.image_size = task, image_obs, image_size
         self.render_size = render_size or image_size

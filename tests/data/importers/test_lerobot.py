@@ -59,7 +59,7 @@ def write_dataset(root: Path, lengths=LENGTHS, version="v3.0") -> dict:
                 rows["observation.state"].append(state[t].tolist())
                 rows["action"].append(action[t].tolist())
                 rows["next.reward"].append([float(t == n - 1)])
-                ok, png = cv2.imencode(".png", cv2.cvtColor(wrist[t], cv2.COLOR_RGB2BGR))
+                _, png = cv2.imencode(".png", cv2.cvtColor(wrist[t], cv2.COLOR_RGB2BGR))
                 rows["observation.images.wrist"].append({"bytes": png.tobytes(), "path": None})
                 rows["timestamp"].append(t / FPS)
                 rows["frame_index"].append(t)

@@ -5,7 +5,11 @@ import pytest
 
 from policylab.data.generate.__main__ import main as generate_main
 from policylab.envs.metaworld import MetaWorldEnv, MetaWorldExpert
-from tests.envs.task_checks import check_store_matches_shape_meta, smoke_train_eval, task_config
+from tests.envs.task_checks import (
+    check_store_matches_shape_meta,
+    smoke_train_eval,
+    task_config,
+)
 
 TASKS = {"push": "push-v3", "pick_place": "pick-place-v3", "drawer_open": "drawer-open-v3",
          "button_press": "button-press-v3", "door_open": "door-open-v3"}

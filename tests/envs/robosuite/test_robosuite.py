@@ -5,7 +5,11 @@ import pytest
 
 from policylab.data.generate.__main__ import main as generate_main
 from policylab.envs.robosuite import LiftExpert, RobosuiteEnv
-from tests.envs.task_checks import check_store_matches_shape_meta, smoke_train_eval, task_config
+from tests.envs.task_checks import (
+    check_store_matches_shape_meta,
+    smoke_train_eval,
+    task_config,
+)
 
 
 @pytest.fixture(scope="module")
