@@ -11,9 +11,12 @@ draws each batch from the workspace's DataLoader (vectorized `get_batch`, main p
 the timed region. Data: a synthetic PushT-layout store made in code (random low-dim values,
 smooth 96x96 frames). Each config runs in a fresh process, so "peak MB" (`ru_maxrss`) is its
 own; "step MB" is the resident-memory peak sampled during the steps minus the resident memory
-before them. "load" is the 1-minute load average at the end, since the CPU may be shared.
+before them. "load" is the 1-minute load average at the end, since the CPU may be shared; "cpu s"
+is the process's CPU time per step (all threads), which a busy machine inflates far less than
+the wall time.
 
-    python bench/train_throughput.py [--configs state image tiny] [--out bench/results/train_throughput.json]
+    python bench/train_throughput.py [--configs state image tiny] [--threads N]
+                                     [--out bench/results/train_throughput.json]
 """
 
 from __future__ import annotations
@@ -84,8 +87,10 @@ def _forever(loader):
         yield from loader
 
 
-def run_case(name: str, store: str, workdir: str) -> dict:
+def run_case(name: str, store: str, workdir: str, threads: int | None) -> dict:
     """One config in this (fresh) process: build the workspace, time single steps."""
+    if threads:
+        torch.set_num_threads(threads)
     import hydra
     from diffusers.optimization import get_scheduler
     from hydra import compose, initialize_config_dir
@@ -112,17 +117,21 @@ def run_case(name: str, store: str, workdir: str) -> dict:
     fixed = next(iter(loader))
     source = _forever(loader)
 
-    def step(batches) -> float:
-        t0 = time.perf_counter()
+    cpu = {"excl": [], "incl": []}
+
+    def step(batches, mode: str | None = None) -> float:
+        t0, c0 = time.perf_counter(), time.process_time()
         ws._train_epoch(ws.policy, batches, scheduler, logger)
+        if mode is not None:
+            cpu[mode].append(time.process_time() - c0)
         return time.perf_counter() - t0
 
     for _ in range(warmup):
         step(_Batches(1, batch=fixed))
     rss_before = psutil.Process().memory_info().rss
     with RssPeak() as peak:
-        excl = [step(_Batches(1, batch=fixed)) for _ in range(steps)]
-        incl = [step(_Batches(1, source=source)) for _ in range(steps)]
+        excl = [step(_Batches(1, batch=fixed), "excl") for _ in range(steps)]
+        incl = [step(_Batches(1, source=source), "incl") for _ in range(steps)]
     t0 = time.perf_counter()
     for _ in range(steps):
         next(source)
@@ -133,6 +142,8 @@ def run_case(name: str, store: str, workdir: str) -> dict:
         "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
         "step_s_excl_data": statistics.median(excl), "step_s_incl_data": statistics.median(incl),
         "min_step_s_excl_data": min(excl), "min_step_s_incl_data": min(incl),
+        "cpu_s_per_step_excl_data": statistics.median(cpu["excl"]),
+        "cpu_s_per_step_incl_data": statistics.median(cpu["incl"]),
         "samples_s_excl_data": batch_size / statistics.median(excl),
         "samples_s_incl_data": batch_size / statistics.median(incl),
         "data_only_samples_s": batch_size / load_s,
@@ -147,6 +158,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--episodes", type=int, default=EPISODES)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
     args = parser.parse_args()
     # The data-loading bench's synthetic PushT store.
@@ -163,19 +175,20 @@ def main():
             # spawn: a fresh interpreter per config, so its peak memory is its own
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 workdir = Path(tmp) / name
-                result = pool.submit(run_case, name, str(stores[CONFIGS[name][3]]), str(workdir)).result()
+                result = pool.submit(run_case, name, str(stores[CONFIGS[name][3]]), str(workdir), args.threads).result()
             results.append(result)
             print(f"{name}: {result['samples_s_excl_data']:.1f} samples/s excl. data", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "torch": torch.__version__, "cpus": os.cpu_count()}, indent=2))
     print(f"\n{'config':6} {'batch':>5} {'params':>7} | {'excl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | "
-          f"{'incl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | {'data-only/s':>11} {'step MB':>8} "
-          f"{'peak MB':>8} {'load':>5}")
+          f"{'incl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | {'cpu s excl':>10} {'data-only/s':>11} "
+          f"{'step MB':>8} {'peak MB':>8} {'load':>5}")
     for r in results:
         print(f"{r['config']:6} {r['batch_size']:5d} {r['params_m']:6.1f}M | {r['step_s_excl_data']:18.3f} "
               f"{r['min_step_s_excl_data']:6.3f} {r['samples_s_excl_data']:9.1f} | {r['step_s_incl_data']:18.3f} "
-              f"{r['min_step_s_incl_data']:6.3f} {r['samples_s_incl_data']:9.1f} | {r['data_only_samples_s']:11.0f} "
+              f"{r['min_step_s_incl_data']:6.3f} {r['samples_s_incl_data']:9.1f} | {r['cpu_s_per_step_excl_data']:10.3f} "
+              f"{r['data_only_samples_s']:11.0f} "
               f"{r['step_peak_delta_mb']:8.0f} {r['peak_rss_mb']:8.0f} {r['load_avg_1m']:5.1f}")
     print(f"(medians over {', '.join(str(r['steps']) for r in results)} steps; samples/s from the median; "
           f"{results[0]['threads']} threads; JSON in {out})")
