@@ -24,6 +24,7 @@ Shapes: actions are normalized chunks `(B, T, Da)`; `cond` is the encoded observ
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Callable, Mapping, Sequence
 
@@ -110,7 +111,13 @@ class KarrasConsistencyPolicy(DenoisingPolicy):
 
 class ConsistencyBCPolicy(KarrasConsistencyPolicy):
     """ConRFT's consistency head: loss = bc_weight * E[lambda(sigma) |f(a + sigma z, sigma) - a|^2],
-    sigma from a `num_scales` Karras grid (sigma_min itself never drawn), lambda = 1/sigma^2 + 1/sd^2."""
+    sigma from a `num_scales` Karras grid (sigma_min itself never drawn), lambda = 1/sigma^2 + 1/sd^2.
+
+    Trained this way f is a denoiser, f(x_sigma, sigma) ~ E[a | x_sigma, obs]; from sigma_max noise
+    one step gives about the mean action of the observation, not a sample of one mode (see
+    tests/policies/test_consistency.py). ConRFT relies on its Q term to pick among actions; for
+    multimodal behaviour cloning alone use `ConsistencyTrainingPolicy` or distillation.
+    """
 
     def __init__(self, *args, bc_weight: float = 1.0, num_scales: int = 40, **kwargs):
         super().__init__(*args, **kwargs)
@@ -209,7 +216,9 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
         if noise_scheduler.config.prediction_type != "epsilon":
             raise ValueError("consistency distillation needs an epsilon-prediction teacher scheduler")
         self.noise_scheduler = noise_scheduler
-        self.lcm = LCMScheduler.from_config(noise_scheduler.config, original_inference_steps=num_ddim_timesteps)
+        shared = inspect.signature(LCMScheduler.__init__).parameters  # e.g. no DDPM variance_type
+        self.lcm = LCMScheduler.from_config({k: v for k, v in noise_scheduler.config.items() if k in shared},
+                                            original_inference_steps=num_ddim_timesteps)
         self.teacher_path, self.num_ddim_timesteps = teacher, num_ddim_timesteps
         self.target_ema_decay, self.huber_c, self.num_inference_steps = target_ema_decay, huber_c, num_inference_steps
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)

@@ -147,3 +147,20 @@ def test_yaml_typo_in_a_section_names_the_key():
     cfg = OmegaConf.create({"training": {"num_epoch": 3}})
     with pytest.raises(Exception, match="num_epoch"):
         check_schema(cfg, "training", TrainingConfig)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(name):
+    cfg = compose_config([f"experiment={name}"])
+    assert cfg.policy._target_ and cfg.task.shape_meta and cfg.horizon % 4 == 0
+
+
+def test_cpu_experiments_share_one_backbone():
+    """The quality benchmark compares methods on the same network, data and horizons."""
+    cfgs = [compose_config([f"experiment={name}"])
+            for name in ("pusht_state_cpu", "pusht_state_cpu_consistency", "pusht_state_cpu_distill")]
+    keys = ("horizon", "n_obs_steps", "n_action_steps")
+    for cfg in cfgs[1:]:
+        assert cfg.policy.model == cfgs[0].policy.model and cfg.task.name == cfgs[0].task.name
+        assert all(cfg[k] == cfgs[0][k] for k in keys)
+    assert {type(c.policy._target_) for c in cfgs} == {str} and len({c.policy._target_ for c in cfgs}) == 3
