@@ -32,5 +32,5 @@ def compose_config(overrides: list[str]):
 
 def run_train(overrides: list[str], timeout: float = 300, **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, **popen)

@@ -21,8 +21,8 @@ import os
 import random
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import hydra
 import numpy as np

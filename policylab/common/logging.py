@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -33,7 +33,7 @@ class RunLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a" if resume else "w")
+        self._file = open(self.path, "a" if resume else "w")  # noqa: SIM115 - open for the run, closed in close()
         if mode != "disabled":
             import wandb
 

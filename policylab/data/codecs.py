@@ -39,7 +39,7 @@ def resolve_compressor(compressor="default"):
     if compressor == "image":
         return Jpeg2k(level=50)
     if isinstance(compressor, str):
-        raise ValueError(f"unknown compressor {compressor!r}; use one of {NAMED_COMPRESSORS} or a codec")
+        raise ValueError(f"unknown compressor {compressor!r}; use one of {NAMED_COMPRESSORS} or a codec")  # noqa: TRY004
     return compressor
 
 

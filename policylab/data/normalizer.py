@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class SingleFieldLinearNormalizer(nn.Module):
     @classmethod
     def create_fit(cls, data, key: str = "data", last_n_dims: int = 1, mode: str = "limits",
                    output_min: float = -1.0, output_max: float = 1.0, range_eps: float = 1e-4,
-                   fit_offset: bool = True) -> "SingleFieldLinearNormalizer":
+                   fit_offset: bool = True) -> SingleFieldLinearNormalizer:
         """Fit on `data (..., *feature_shape)`, stats per feature over the last `last_n_dims` dims."""
         x = _as_tensor(data).detach().double()
         if not torch.isfinite(x).all():
@@ -65,11 +65,11 @@ class SingleFieldLinearNormalizer(nn.Module):
         return cls(scale, offset, stats)
 
     @classmethod
-    def create_manual(cls, scale, offset, input_stats) -> "SingleFieldLinearNormalizer":
+    def create_manual(cls, scale, offset, input_stats) -> SingleFieldLinearNormalizer:
         return cls(scale, offset, input_stats)
 
     @classmethod
-    def create_identity(cls, dim: int = 1) -> "SingleFieldLinearNormalizer":
+    def create_identity(cls, dim: int = 1) -> SingleFieldLinearNormalizer:
         stats = {"min": -torch.ones(dim), "max": torch.ones(dim), "mean": torch.zeros(dim), "std": torch.ones(dim)}
         return cls(torch.ones(dim), torch.zeros(dim), stats)
 
@@ -102,7 +102,7 @@ class SingleFieldLinearNormalizer(nn.Module):
                 "input_stats": {name: getattr(self, f"input_{name}").tolist() for name in STAT_NAMES}}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "SingleFieldLinearNormalizer":
+    def from_dict(cls, d: Mapping) -> SingleFieldLinearNormalizer:
         return cls(torch.tensor(d["scale"]), torch.tensor(d["offset"]),
                    {name: torch.tensor(d["input_stats"][name]) for name in STAT_NAMES})
 
@@ -142,7 +142,7 @@ class LinearNormalizer(nn.Module):
         self.fields = nn.ModuleDict()
 
     def fit(self, data, last_n_dims: int = 1, mode: str = "limits", output_min: float = -1.0,
-            output_max: float = 1.0, range_eps: float = 1e-4, fit_offset: bool = True) -> "LinearNormalizer":
+            output_max: float = 1.0, range_eps: float = 1e-4, fit_offset: bool = True) -> LinearNormalizer:
         items = data.items() if isinstance(data, Mapping) else [(self.DEFAULT_KEY, data)]
         for key, value in items:
             self[key] = SingleFieldLinearNormalizer.create_fit(
@@ -166,8 +166,8 @@ class LinearNormalizer(nn.Module):
     def keys(self):
         return list(self.fields.keys())
 
-    def update(self, other: "LinearNormalizer") -> None:
-        for key in other.keys():
+    def update(self, other: LinearNormalizer) -> None:
+        for key in other.keys():  # noqa: SIM118 - a Module, not a dict: no __iter__
             self[key] = other[key]
 
     def normalize(self, x):
@@ -191,7 +191,7 @@ class LinearNormalizer(nn.Module):
         return json.dumps({key: self[key].to_dict() for key in self.keys()}, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "LinearNormalizer":
+    def from_json(cls, text: str) -> LinearNormalizer:
         normalizer = cls()
         for key, value in json.loads(text).items():
             normalizer[key] = SingleFieldLinearNormalizer.from_dict(value)

@@ -22,15 +22,19 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from policylab.data.codecs import compressors_for_format, get_compressor, resolve_compressor
+from policylab.data.codecs import (
+    compressors_for_format,
+    get_compressor,
+    resolve_compressor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ class ReplayBuffer:
 
     # ---------------------------------------------------------------- constructors
     @classmethod
-    def create_empty_numpy(cls) -> "ReplayBuffer":
+    def create_empty_numpy(cls) -> ReplayBuffer:
         return cls({"data": {}, "meta": {EPISODE_ENDS: np.zeros((0,), dtype=np.int64)}})
 
     @classmethod
@@ -106,13 +110,13 @@ class ReplayBuffer:
         return cls(root)
 
     @classmethod
-    def create_from_group(cls, group: zarr.Group) -> "ReplayBuffer":
+    def create_from_group(cls, group: zarr.Group) -> ReplayBuffer:
         if not list(group.group_keys()) and not list(group.array_keys()):
             cls._init_layout(group)
         return cls(group)
 
     @classmethod
-    def create_from_path(cls, path, mode: str = "r", zarr_format: int = 2) -> "ReplayBuffer":
+    def create_from_path(cls, path, mode: str = "r", zarr_format: int = 2) -> ReplayBuffer:
         """Open a store on disk, in place (data stays on disk; for data larger than RAM).
 
         mode 'r' reads; 'a' appends, creating the store if needed; 'w' starts an empty store.
@@ -129,7 +133,7 @@ class ReplayBuffer:
 
     @classmethod
     def copy_from_store(cls, src_store, store=None, keys=None, chunks=None, compressors=None,
-                        if_exists: str = "replace") -> "ReplayBuffer":
+                        if_exists: str = "replace") -> ReplayBuffer:
         """Copy a store (or a subset of its data keys) into memory or into `store`.
 
         store=None loads every array decoded into numpy (fastest access, raw-bytes memory).
@@ -168,7 +172,7 @@ class ReplayBuffer:
 
     @classmethod
     def copy_from_path(cls, zarr_path, store=None, keys=None, chunks=None, compressors=None,
-                       if_exists: str = "replace") -> "ReplayBuffer":
+                       if_exists: str = "replace") -> ReplayBuffer:
         """`copy_from_store` on a `.zarr` directory or `.zarr.zip` file."""
         src = open_store(zarr_path, "r")
         try:

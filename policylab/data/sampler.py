@@ -15,7 +15,7 @@ of buffer indices (the vectorized path the datasets use).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from diffusers import DDPMScheduler, LCMScheduler

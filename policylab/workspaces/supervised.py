@@ -26,13 +26,26 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from policylab.common.checkpoint import (TopKCheckpointManager, get_rng_state, load_training_state, load_weights,
-                                         save_checkpoint, set_rng_state)
+from policylab.common.checkpoint import (
+    TopKCheckpointManager,
+    get_rng_state,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+    set_rng_state,
+)
 from policylab.common.logging import RunLogger
 from policylab.data.datasets.base import make_dataloader
 from policylab.models.ema import EMAModel
-from policylab.workspaces.base import (DistributedInfo, broadcast_object, check_schema, init_distributed, resolve_device,
-                                       seed_everything, shutdown_distributed)
+from policylab.workspaces.base import (
+    DistributedInfo,
+    broadcast_object,
+    check_schema,
+    init_distributed,
+    resolve_device,
+    seed_everything,
+    shutdown_distributed,
+)
 
 
 @dataclasses.dataclass

@@ -9,8 +9,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from policylab.common.checkpoint import (CheckpointError, TopKCheckpointManager, get_rng_state, load_policy,
-                                         save_checkpoint, set_rng_state)
+from policylab.common.checkpoint import (
+    CheckpointError,
+    TopKCheckpointManager,
+    get_rng_state,
+    load_policy,
+    save_checkpoint,
+    set_rng_state,
+)
 
 CFG = OmegaConf.create({"policy": {"_target_": "torch.nn.Linear", "in_features": 64, "out_features": 64}})
 

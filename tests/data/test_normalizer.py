@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer, get_image_range_normalizer
+from policylab.data.normalizer import (
+    LinearNormalizer,
+    SingleFieldLinearNormalizer,
+    get_image_range_normalizer,
+)
 
 
 def test_limits_exact():
@@ -59,8 +63,8 @@ def test_dict_normalize_any_leading_shape_and_image_range():
     assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in batch.items()}
     torch.testing.assert_close(out["image"], batch["image"] * 2 - 1)
     back = normalizer.unnormalize(out)
-    for key in batch:
-        torch.testing.assert_close(back[key], batch[key], rtol=1e-5, atol=1e-4)
+    for key, value in batch.items():
+        torch.testing.assert_close(back[key], value, rtol=1e-5, atol=1e-4)
     with pytest.raises(KeyError, match="'missing'"):
         normalizer.normalize({"missing": torch.zeros(1)})
     image = get_image_range_normalizer().get_input_stats()

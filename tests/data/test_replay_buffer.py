@@ -6,8 +6,17 @@ import pytest
 import zarr
 
 from policylab.data.codecs import get_compressor
-from policylab.data.replay_buffer import ReplayBuffer, ReplayBufferError, get_optimal_chunks
-from tests.data.zarr_v2_fixtures import BLOSC_ZSTD, JPEG2K, pusht_like_arrays, write_v2_store
+from policylab.data.replay_buffer import (
+    ReplayBuffer,
+    ReplayBufferError,
+    get_optimal_chunks,
+)
+from tests.data.zarr_v2_fixtures import (
+    BLOSC_ZSTD,
+    JPEG2K,
+    pusht_like_arrays,
+    write_v2_store,
+)
 
 LENGTHS = [5, 3, 7]
 

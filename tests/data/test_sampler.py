@@ -4,7 +4,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policylab.data.replay_buffer import ReplayBuffer
-from policylab.data.sampler import SequenceSampler, create_indices, downsample_mask, get_val_mask
+from policylab.data.sampler import (
+    SequenceSampler,
+    create_indices,
+    downsample_mask,
+    get_val_mask,
+)
 
 
 def buffer_with(lengths, backend="numpy"):

@@ -27,7 +27,7 @@ def store(tmp_path_factory):
 
 def distills(cfg) -> bool:
     # `"teacher" in cfg` is False while the value is still ??? (missing)
-    return "teacher" in cfg.policy.keys()
+    return "teacher" in cfg.policy.keys()  # noqa: SIM118
 
 
 def build(policy_name, task, encoder, store, teacher_dir: Path | None = None):

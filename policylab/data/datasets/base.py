@@ -13,7 +13,14 @@ from __future__ import annotations
 import abc
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from policylab.data.normalizer import LinearNormalizer
 
@@ -30,7 +37,7 @@ class BaseDataset(Dataset, abc.ABC):
         """A normalizer fitted on the training episodes only."""
 
     @abc.abstractmethod
-    def get_validation_dataset(self) -> "BaseDataset":
+    def get_validation_dataset(self) -> BaseDataset:
         """The same dataset over the held-out episodes."""
 
     def get_all_actions(self) -> torch.Tensor:

@@ -16,14 +16,18 @@ its last axis, so Diffusion Policy's published files train unchanged without a p
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from policylab.data.datasets.base import BaseDataset
-from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer, get_image_range_normalizer
+from policylab.data.normalizer import (
+    LinearNormalizer,
+    SingleFieldLinearNormalizer,
+    get_image_range_normalizer,
+)
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import SequenceSampler, downsample_mask, get_val_mask
 
@@ -91,8 +95,8 @@ class SequenceDataset(BaseDataset):
         self.pad_before = n_obs_steps - 1 if pad_before is None else pad_before
         n_action_steps = horizon - n_obs_steps + 1 if n_action_steps is None else n_action_steps
         self.pad_after = n_action_steps - 1 if pad_after is None else pad_after
-        self._sampler_args = dict(sequence_length=horizon, pad_before=self.pad_before,
-                                  pad_after=self.pad_after, keys=zarr_keys, key_first_k=first_k)
+        self._sampler_args = {"sequence_length": horizon, "pad_before": self.pad_before,
+                              "pad_after": self.pad_after, "keys": zarr_keys, "key_first_k": first_k}
         self.sampler = SequenceSampler(replay_buffer, episode_mask=self.train_mask, **self._sampler_args)
 
     def _check_shapes(self) -> None:
@@ -145,7 +149,7 @@ class SequenceDataset(BaseDataset):
         raw = self.sampler.sample_batch(np.asarray(idxs), first_steps=self._first_k)
         return self._format(raw, batched=True)
 
-    def get_validation_dataset(self) -> "SequenceDataset":
+    def get_validation_dataset(self) -> SequenceDataset:
         val = copy.copy(self)
         # Only the held-out episodes, not the ones max_train_episodes dropped (DP mixes them in).
         val.sampler = SequenceSampler(self.replay_buffer, episode_mask=self.val_mask, **self._sampler_args)
