@@ -79,6 +79,8 @@ def main():
     parser.add_argument("--cd_minutes", type=float, default=20)
     parser.add_argument("--parallel", action="store_true", help="train dp and ct at once, one thread each")
     parser.add_argument("--teacher", default=None, help="an existing dp checkpoint: skip training dp")
+    parser.add_argument("--reuse", action="store_true",
+                        help="do not retrain a method whose run directory already has checkpoints/latest")
     parser.add_argument("--data", default="data/pusht/pusht_expert.zarr")
     parser.add_argument("--regenerate", action="store_true", help="make the demos even if the store exists")
     parser.add_argument("--run_root", default="outputs/bench/pusht_quality")
@@ -97,7 +99,10 @@ def main():
     data_minutes = (time.time() - t0) / 60
 
     minutes: dict[str, float] = {}
-    first = [m for m in ("dp", "ct") if m in methods and not (m == "dp" and args.teacher)]
+    def trained(m: str) -> bool:
+        return args.reuse and (REPO / runs[m] / "checkpoints" / "latest").exists()
+
+    first = [m for m in ("dp", "ct") if m in methods and not (m == "dp" and args.teacher) and not trained(m)]
     budgets = {"dp": args.minutes, "ct": args.ct_minutes}
     extra = {"dp": [], "ct": [f"policy.total_steps={args.ct_total_steps}"] if args.ct_total_steps else []}
     if args.parallel and len(first) > 1:
@@ -113,7 +118,7 @@ def main():
             wait(start(train_cmd(py, m, args, runs[m], budgets[m], extra[m])))
             minutes[m] = (time.time() - t) / 60
     teacher = args.teacher or str(root / "dp" / "checkpoints" / "latest")
-    if "cd" in methods:
+    if "cd" in methods and not trained("cd"):
         t = time.time()
         wait(start(train_cmd(py, "cd", args, runs["cd"], args.cd_minutes, [f"policy.teacher={teacher}"])))
         minutes["cd"] = (time.time() - t) / 60
@@ -121,7 +126,9 @@ def main():
     rows = []
     for m in methods:
         run_dir = Path(teacher).parents[1] if m == "dp" and args.teacher else runs[m]
-        rows.append(summary(m, run_dir, minutes.get(m, float("nan")), evaluate(py, run_dir)))
+        row = summary(m, run_dir, minutes.get(m, float("nan")), evaluate(py, run_dir))
+        row["reused"] = m not in minutes  # trained by an earlier run of this script (--reuse / --teacher)
+        rows.append(row)
     result = {"episodes": args.episodes, "data_minutes": data_minutes, "rows": rows}
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -84,8 +84,11 @@ class BasePolicy(nn.Module, abc.ABC):
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
         ...
 
-    def on_train_start(self) -> None:
-        """Called by the workspace once the normalizer is set, before the first step."""
+    def on_train_start(self, source: BasePolicy | None = None) -> None:
+        """Called by the workspace once the normalizer is set, before the first step (and before
+        a resumed run loads its checkpoint). `source`: an already started policy of the same
+        config (the live one, when this is its EMA copy): take what it prepared instead of
+        preparing it again."""
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> BasePolicy:

@@ -228,7 +228,12 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
         self.step_ratio = step
         self.teacher = None  # a plain attribute, not a submodule: never in the student's state_dict
 
-    def on_train_start(self) -> None:
+    def on_train_start(self, source: ConsistencyDistillPolicy | None = None) -> None:
+        """Load the teacher and start from its weights (with `source`, share its teacher)."""
+        if source is not None:
+            self.load_state_dict(source.state_dict())
+            object.__setattr__(self, "teacher", source.teacher)
+            return
         if self.teacher_path is None:
             raise ValueError("policy.teacher must name a DiffusionPolicy checkpoint directory to distill")
         from policylab.common.checkpoint import load_policy
@@ -245,14 +250,24 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
         self.normalizer.load_state_dict(teacher.normalizer.state_dict())
         object.__setattr__(self, "teacher", teacher)
 
-    def lcm_fn(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """f(x_t, t) from an epsilon prediction: c_skip(t) x + c_out(t) x0_pred (LCM boundary)."""
+    def predict_x0(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x0 from an epsilon prediction, clipped as the schedulers clip it at inference
+        (`clip_sample`). Diffusion Policy's cosine schedule has alpha_bar ~ 2e-7 at its last step,
+        so an unclipped x0 there multiplies any error in eps by ~2000."""
         a = self.alphas_cumprod[t].reshape(-1, 1, 1)
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        config = self.noise_scheduler.config
+        if config.clip_sample:
+            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+        return x0
+
+    def lcm_fn(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """f(x_t, t) from an epsilon prediction: c_skip(t) x + c_out(t) x0_pred, LCM's boundary
+        scalings (sigma_data 0.5, t scaled by `timestep_scaling`), exactly as `LCMScheduler.step`."""
         scaled = (t.float() * self.lcm.config.timestep_scaling).reshape(-1, 1, 1)
-        c_skip = 0.25 / (scaled ** 2 + 0.25)  # sigma_data 0.5, as diffusers' LCMScheduler
+        c_skip = 0.25 / (scaled ** 2 + 0.25)
         c_out = scaled / (scaled ** 2 + 0.25).sqrt()
-        return c_skip * x + c_out * x0
+        return c_skip * x + c_out * self.predict_x0(x, t, eps)
 
     def distillation_loss(self, action: torch.Tensor, cond: torch.Tensor, teacher_cond: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(0, self.num_ddim_timesteps, (action.shape[0],), device=action.device)
@@ -264,7 +279,7 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
         pred = self.lcm_fn(x_t, t, self.denoise(x_t, t, cond))
         with torch.no_grad():
             eps_teacher = self.teacher.denoise(x_t, t, teacher_cond)
-            x0_teacher = (x_t - (1 - a_t).sqrt() * eps_teacher) / a_t.sqrt()
+            x0_teacher = self.predict_x0(x_t, t, eps_teacher)  # the DDIM step as DP's inference takes it
             a_prev = self.alphas_cumprod[t_prev].reshape(-1, 1, 1)
             x_prev = a_prev.sqrt() * x0_teacher + (1 - a_prev).sqrt() * eps_teacher  # DDIM, eta 0
             target = self.lcm_fn(x_prev, t_prev, self.denoise(x_prev, t_prev, cond.detach(), self.target_model))

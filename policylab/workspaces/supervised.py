@@ -155,6 +155,8 @@ class SupervisedWorkspace:
         if self.ema is not None:
             self.ema.averaged_model.set_normalizer(normalizer)
         self.policy.on_train_start()
+        if self.ema is not None:  # the EMA copy validates: it needs what the policy prepared
+            self.ema.averaged_model.on_train_start(source=self.policy)
         train_loader = self._loader(dataset, self.c["dataloader"], shard=True)
         val_dataset = dataset.get_validation_dataset()
         # Validation runs on rank 0 alone, over the whole validation set.

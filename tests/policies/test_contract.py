@@ -71,7 +71,7 @@ def test_policy_contract(policy_name, task, encoder, store, tmp_path):
 
     ckpt = save_checkpoint(tmp_path / "ckpt", cfg, policy)
     if distills(cfg):  # the student's checkpoint must not need its teacher
-        shutil.rmtree(cfg.policy.teacher)
+        shutil.rmtree(tmp_path / "teacher")
     loaded = load_policy(ckpt)
     assert type(loaded) is type(policy)
     for (k, a), (k2, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):

@@ -20,7 +20,7 @@ def store(tmp_path_factory):
 
 def tiny(store, run_dir, *extra):
     return ["debug=tiny", f"task.dataset.zarr_path={store}", f"hydra.run.dir={run_dir}", "logging.mode=disabled",
-            "task.dataset.val_ratio=0.2", "training.rollout_every=2", *extra]
+            "task.dataset.val_ratio=0.2", *extra]
 
 
 @pytest.fixture(scope="module")
