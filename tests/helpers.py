@@ -34,3 +34,9 @@ def run_train(overrides: list[str], timeout: float = 300, **popen) -> subprocess
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def tiny(store, run_dir, *extra) -> list[str]:
+    """train.py overrides for a seconds-long run on `store` writing to `run_dir`."""
+    return ["debug=tiny", f"task.dataset.zarr_path={store}", f"hydra.run.dir={run_dir}", "logging.mode=disabled",
+            "task.dataset.val_ratio=0.2", *extra]

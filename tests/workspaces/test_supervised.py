@@ -15,17 +15,7 @@ from eval import main as eval_main
 from policylab.common.checkpoint import CheckpointError, load_training_state
 from policylab.common.logging import read_logs
 from policylab.policies.base import BasePolicy
-from tests.helpers import REPO, make_pusht_store, run_train
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_pusht_store(tmp_path_factory.mktemp("data") / "pusht.zarr")
-
-
-def tiny(store, run_dir, *extra):
-    return ["debug=tiny", f"task.dataset.zarr_path={store}", f"hydra.run.dir={run_dir}", "logging.mode=disabled",
-            "task.dataset.val_ratio=0.2", *extra]
+from tests.helpers import REPO, run_train, tiny
 
 
 def test_train_checkpoint_eval(store, tmp_path):
