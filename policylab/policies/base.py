@@ -137,6 +137,17 @@ class DenoisingPolicy(BasePolicy):
             return features
         return features.reshape(batch_size, -1)
 
+    @abc.abstractmethod
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The encoded observation `cond` -> normalized action chunks (B, T, Da)."""
+
+    @torch.no_grad()
+    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        """obs {key: (B, To, ...)} -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}."""
+        cond = self.encode_obs(self.normalize_obs(obs))
+        action_pred = self.normalizer["action"].unnormalize(self.sample(cond, generator))
+        return {"action": self.action_window(action_pred), "action_pred": action_pred}
+
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
                 model: nn.Module | None = None) -> torch.Tensor:
         """The backbone (or `model`, e.g. a target copy) on `sample (B, T, Da)` at `timestep`."""

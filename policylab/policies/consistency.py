@@ -34,6 +34,8 @@ from torch import nn
 
 from policylab.policies.base import DenoisingPolicy
 
+LCM_SIGMA_DATA = 0.5  # fixed inside diffusers' LCMScheduler boundary scalings
+
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
     """(n,) noise levels from sigma_min up to sigma_max, dense near sigma_min (Karras et al.)."""
@@ -100,13 +102,6 @@ class KarrasConsistencyPolicy(DenoisingPolicy):
             x = sigma * noise if i == 0 else x + math.sqrt(sigma ** 2 - self.sigma_min ** 2) * noise
             x = self.consistency_fn(x, torch.full((shape[0],), sigma, device=cond.device), cond)
         return x
-
-    @torch.no_grad()
-    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
-        """obs {key: (B, To, ...)} -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}."""
-        cond = self.encode_obs(self.normalize_obs(obs))
-        action_pred = self.normalizer["action"].unnormalize(self.sample(cond, generator))
-        return {"action": self.action_window(action_pred), "action_pred": action_pred}
 
 
 class ConsistencyBCPolicy(KarrasConsistencyPolicy):
@@ -265,8 +260,9 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
         """f(x_t, t) from an epsilon prediction: c_skip(t) x + c_out(t) x0_pred, LCM's boundary
         scalings (sigma_data 0.5, t scaled by `timestep_scaling`), exactly as `LCMScheduler.step`."""
         scaled = (t.float() * self.lcm.config.timestep_scaling).reshape(-1, 1, 1)
-        c_skip = 0.25 / (scaled ** 2 + 0.25)
-        c_out = scaled / (scaled ** 2 + 0.25).sqrt()
+        sd2 = LCM_SIGMA_DATA ** 2
+        c_skip = sd2 / (scaled ** 2 + sd2)
+        c_out = scaled / (scaled ** 2 + sd2).sqrt()
         return c_skip * x + c_out * self.predict_x0(x, t, eps)
 
     def distillation_loss(self, action: torch.Tensor, cond: torch.Tensor, teacher_cond: torch.Tensor) -> torch.Tensor:
@@ -297,15 +293,12 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
         loss = self.distillation_loss(self.normalizer["action"].normalize(batch["action"]), cond, teacher_cond)
         return loss, {"loss": loss.item()}
 
-    @torch.no_grad()
-    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
-        """obs {key: (B, To, ...)} -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}."""
-        cond = self.encode_obs(self.normalize_obs(obs))
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalized action chunks (B, T, Da): `num_inference_steps` of LCMScheduler."""
         shape = (cond.shape[0], self.horizon, self.action_dim)
         sample = torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
         self.lcm.set_timesteps(self.num_inference_steps, device=self.device)
         for t in self.lcm.timesteps:
             eps = self.denoise(sample, t.expand(shape[0]), cond)
             sample = self.lcm.step(eps, t, sample, generator=generator).prev_sample
-        action_pred = self.normalizer["action"].unnormalize(sample)
-        return {"action": self.action_window(action_pred), "action_pred": action_pred}
+        return sample

@@ -67,10 +67,8 @@ class DiffusionPolicy(DenoisingPolicy):
         raise ValueError(f"unsupported prediction_type {prediction_type!r}; use 'epsilon' or 'sample'")
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
-        """obs {key: (B, To, ...)} -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}."""
-        cond = self.encode_obs(self.normalize_obs(obs))
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalized action chunks (B, T, Da): `num_inference_steps` of the inference scheduler."""
         batch_size = cond.shape[0]
         sample = torch.randn((batch_size, self.horizon, self.action_dim), generator=generator,
                              device=self.device, dtype=self.dtype)
@@ -79,5 +77,4 @@ class DiffusionPolicy(DenoisingPolicy):
         for t in scheduler.timesteps:
             model_output = self.denoise(sample, t.expand(batch_size), cond)
             sample = scheduler.step(model_output, t, sample, generator=generator).prev_sample
-        action_pred = self.normalizer["action"].unnormalize(sample)
-        return {"action": self.action_window(action_pred), "action_pred": action_pred}
+        return sample
