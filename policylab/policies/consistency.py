@@ -142,17 +142,19 @@ class ConsistencyTrainingPolicy(KarrasConsistencyPolicy):
     The grid has N(k) = ceil(sqrt(k / total_steps * ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 levels at
     step k (Song et al.'s schedule, s0 -> s1); levels are drawn from a discretised log-normal
     (P_mean, P_std; Song & Dhariwal's improved CT) and weighted by 1 / (sigma_{i+1} - sigma_i).
-    distance: "pseudo_huber" (c = 0.00054 sqrt(T * Da)) or "l2".
+    distance: "pseudo_huber" (c = `huber_c`, default 0.00054 sqrt(T * Da)) or "l2".
     """
 
     def __init__(self, *args, total_steps: int = 10_000, scales_start: int = 10, scales_end: int = 150,
                  target_ema_decay: float = 0.95, distance: str = "pseudo_huber", p_mean: float = -1.1,
-                 p_std: float = 2.0, **kwargs):
+                 p_std: float = 2.0, huber_c: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if distance not in ("pseudo_huber", "l2"):
             raise ValueError(f"distance must be 'pseudo_huber' or 'l2', got {distance!r}")
         self.total_steps, self.scales_start, self.scales_end = total_steps, scales_start, scales_end
         self.target_ema_decay, self.distance, self.p_mean, self.p_std = target_ema_decay, distance, p_mean, p_std
+        # improved CT's default scales with the chunk size
+        self.huber_c = 0.00054 * math.sqrt(self.horizon * self.action_dim) if huber_c is None else huber_c
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
@@ -184,7 +186,7 @@ class ConsistencyTrainingPolicy(KarrasConsistencyPolicy):
             target = self.consistency_fn(action + s_lo.reshape(-1, 1, 1) * noise, s_lo, cond.detach(),
                                          model=self.target_model)
         if self.distance == "pseudo_huber":
-            dist = pseudo_huber(pred, target, 0.00054 * math.sqrt(pred[0].numel()))
+            dist = pseudo_huber(pred, target, self.huber_c)
         else:
             dist = (pred - target).pow(2).flatten(1).mean(1)
         loss = (dist / (s_hi - s_lo)).mean()
