@@ -6,7 +6,9 @@
       ema_model.safetensors   the EMA policy, when EMA is on
       training_state.pt       optimizer, LR scheduler, EMA step, counters, RNG states:
                               plain tensors and numbers, loadable with weights_only=True
+      <name>.safetensors      extra modules by name (e.g. critic, target_critic), when given
       normalizer.json         the normalizer stats, for humans
+      checksums.json          sha256 of every file above; verified when a file is loaded
 
 A checkpoint is written into a hidden directory next to its final place; then the name is pointed
 at it by atomically replacing a symlink (`latest -> .latest.<id>`), so a crash at any moment leaves
@@ -15,12 +17,15 @@ either the old or the new checkpoint under the name, never a half-written one or
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,8 +37,10 @@ from safetensors.torch import load_file, save_model
 
 import policylab.common.config  # noqa: F401  (registers ${calc:}) before configs are resolved
 
-CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER = (
-    "config.yaml", "model.safetensors", "ema_model.safetensors", "training_state.pt", "normalizer.json")
+CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER, CHECKSUMS = (
+    "config.yaml", "model.safetensors", "ema_model.safetensors", "training_state.pt", "normalizer.json",
+    "checksums.json")
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 
 
 class CheckpointError(RuntimeError):
@@ -41,8 +48,17 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(ckpt_dir: str | Path, cfg: DictConfig, policy: torch.nn.Module,
-                    ema_policy: torch.nn.Module | None = None, training_state: Mapping | None = None) -> Path:
+                    ema_policy: torch.nn.Module | None = None, training_state: Mapping | None = None,
+                    modules: Mapping[str, torch.nn.Module] | None = None) -> Path:
+    """Write a checkpoint atomically; `modules` become `<name>.safetensors` (load them with `load_modules`).
+
+    `training_state` is a free dict of tensors, numbers, strings and nested lists/dicts of them (e.g.
+    several optimizers' state dicts), so that it loads with `weights_only=True`.
+    """
     ckpt_dir = Path(ckpt_dir)
+    modules = dict(modules or {})
+    for name in modules:
+        _module_file(name)  # refuse bad names before anything is written
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir.parent / f".{ckpt_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -53,14 +69,64 @@ def save_checkpoint(ckpt_dir: str | Path, cfg: DictConfig, policy: torch.nn.Modu
             save_model(ema_policy, str(tmp / EMA_MODEL))
         if training_state is not None:
             torch.save(dict(training_state), tmp / TRAINING_STATE)
+        for name, module in modules.items():
+            save_model(module, str(tmp / _module_file(name)))
         if hasattr(policy, "normalizer"):
             (tmp / NORMALIZER).write_text(policy.normalizer.to_json())
+        sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
         _fsync_dir(tmp)
         _replace_dir(tmp, ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ckpt_dir
+
+
+def _module_file(name: str) -> str:
+    reserved = {Path(f).stem for f in (CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER, CHECKSUMS)}
+    if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name) or name in reserved:
+        raise ValueError(f"checkpoint module name {name!r} must be letters, digits, '_' or '-' and not one of "
+                         f"{sorted(reserved)}")
+    return f"{name}.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_warned_unverified: set[Path] = set()
+
+
+def verify_file(path: str | Path) -> Path:
+    """Check `path` against the sha256 in its directory's checksums.json; raise CheckpointError naming it.
+
+    Checkpoints written before checksums existed have no checksums.json: they load with one warning.
+    """
+    path = Path(path)
+    index = path.parent / CHECKSUMS
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} has no {path.name}")
+    if not index.is_file():
+        if path.parent not in _warned_unverified:
+            _warned_unverified.add(path.parent)
+            warnings.warn(f"{path.parent} has no {CHECKSUMS} (written by an older policylab?): its files are "
+                          f"loaded without verification", stacklevel=3)
+        return path
+    try:
+        sums = json.loads(index.read_text())
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"cannot read {index}: {err}") from err
+    if path.name not in sums:
+        raise CheckpointError(f"{path} is not listed in {index}; it was not written with this checkpoint")
+    if _sha256(path) != sums[path.name]:
+        raise CheckpointError(f"{path} is corrupt: its sha256 does not match {index} (the file was modified or "
+                              f"damaged after it was written)")
+    return path
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,15 +166,26 @@ def load_config(ckpt_dir: str | Path) -> DictConfig:
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / CONFIG).is_file():
         raise CheckpointError(f"{ckpt_dir} is not a policylab checkpoint: no {CONFIG}")
-    return OmegaConf.load(ckpt_dir / CONFIG)
+    return OmegaConf.load(verify_file(ckpt_dir / CONFIG))
 
 
-def load_weights(module: torch.nn.Module, path: Path) -> None:
+def load_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """Load a `.safetensors` file (verified against its checkpoint's checksums.json) into `module`."""
+    path = Path(path)
+    verify_file(path)
     try:
         state = load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"cannot read {path}: {err}") from err
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{path} does not fit {type(module).__name__}: {err}") from err
+    # save_model stores a tensor shared by several names (tied weights, a shared trunk) under one of
+    # them; the other names were filled through it.
+    own = module.state_dict(keep_vars=True)
+    loaded_ptrs = {(own[k].data_ptr(), own[k].shape) for k in state if k in own}
+    missing = [k for k in missing if (own[k].data_ptr(), own[k].shape) not in loaded_ptrs]
     # Buffers that a module rebuilds itself (e.g. masks) may be absent; parameters may not.
     missing = [k for k in missing if k in dict(module.named_parameters())]
     if missing or unexpected:
@@ -124,23 +201,31 @@ def load_policy(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_em
         raise CheckpointError(f"{ckpt_dir / CONFIG} has no policy._target_")
     policy = hydra.utils.instantiate(cfg.policy)
     weights = ckpt_dir / (EMA_MODEL if use_ema and (ckpt_dir / EMA_MODEL).exists() else MODEL)
-    if not weights.exists():
-        raise CheckpointError(f"{ckpt_dir} has no {MODEL}")
     load_weights(policy, weights)
     return policy.to(device).eval()
+
+
+def load_modules(ckpt_dir: str | Path, modules: Mapping[str, torch.nn.Module]) -> None:
+    """Load the extra modules saved with `save_checkpoint(..., modules=...)` into `modules`, by name."""
+    ckpt_dir = Path(ckpt_dir)
+    for name, module in modules.items():
+        path = ckpt_dir / _module_file(name)
+        if not path.is_file():
+            raise CheckpointError(f"{ckpt_dir} has no {path.name} (module {name!r} was not saved with it)")
+        load_weights(module, path)
 
 
 def load_training_state(ckpt_dir: str | Path) -> dict:
     path = Path(ckpt_dir) / TRAINING_STATE
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir} has no {TRAINING_STATE}; cannot resume from it")
+    verify_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"cannot read {path} (corrupt, or holds pickled objects): {err}") from err
 
 
-# ---------------------------------------------------------------------- RNG state
 def get_rng_state() -> dict:
     """Python, NumPy and torch RNG states as tensors and plain lists (weights_only-safe)."""
     np_state = np.random.get_state()
@@ -160,7 +245,6 @@ def set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---------------------------------------------------------------------- top-k
 class TopKCheckpointManager:
     """Keeps the k best checkpoints by a monitored metric; names them from `format_str`."""
 

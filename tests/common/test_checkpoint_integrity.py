@@ -1,0 +1,122 @@
+"""Checkpoint integrity: named extra modules, per-file sha256, optimizer states that load weights_only."""
+
+import json
+import warnings
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors import safe_open
+
+from policylab.common import checkpoint as ckpt_mod
+from policylab.common.checkpoint import (
+    CheckpointError,
+    load_modules,
+    load_policy,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+)
+
+CFG = OmegaConf.create({"policy": {"_target_": "torch.nn.Linear", "in_features": 8, "out_features": 8}})
+
+
+class Critic(torch.nn.Module):
+    """Two heads sharing one trunk: shared tensors must survive save_model/load."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Linear(8, 8)
+        self.q1 = torch.nn.Sequential(self.trunk, torch.nn.Linear(8, 1))
+        self.q2 = torch.nn.Sequential(self.trunk, torch.nn.Linear(8, 1))
+
+
+def _optimizer_state(module):
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    forward = module.q1 if isinstance(module, Critic) else module
+    forward(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    return opt
+
+
+def test_named_modules_and_several_optimizers_round_trip(tmp_path):
+    policy, critic, target = torch.nn.Linear(8, 8), Critic(), Critic()
+    actor_opt, critic_opt = _optimizer_state(policy), _optimizer_state(critic)
+    state = {"optimizers": {"actor": actor_opt.state_dict(), "critic": critic_opt.state_dict()},
+             "global_step": 7, "alpha": torch.tensor(0.2)}
+    out = save_checkpoint(tmp_path / "latest", CFG, policy, training_state=state,
+                          modules={"critic": critic, "target_critic": target})
+    names = json.loads((out / "checksums.json").read_text())
+    assert {"critic.safetensors", "target_critic.safetensors", "model.safetensors", "config.yaml",
+            "training_state.pt"} <= set(names)
+
+    critic2, target2 = Critic(), Critic()
+    load_modules(out, {"critic": critic2, "target_critic": target2})
+    for a, b in ((critic, critic2), (target, target2)):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert ka == kb and torch.equal(va, vb)
+    assert critic2.q1[0] is critic2.q2[0]
+
+    loaded = load_training_state(out)  # torch.load(weights_only=True) inside
+    opt2 = torch.optim.Adam(critic2.parameters(), lr=1e-3)
+    opt2.load_state_dict(loaded["optimizers"]["critic"])
+    assert loaded["global_step"] == 7
+    exp_avg = next(iter(critic_opt.state_dict()["state"].values()))["exp_avg"]
+    assert torch.equal(next(iter(opt2.state_dict()["state"].values()))["exp_avg"], exp_avg)
+
+
+def test_missing_or_mismatched_module_names_the_file(tmp_path):
+    out = save_checkpoint(tmp_path / "c", CFG, torch.nn.Linear(8, 8), modules={"critic": Critic()})
+    with pytest.raises(CheckpointError, match="target_critic.safetensors"):
+        load_modules(out, {"target_critic": Critic()})
+    with pytest.raises(CheckpointError, match="critic.safetensors"):
+        load_modules(out, {"critic": torch.nn.Linear(3, 3)})
+    with pytest.raises(ValueError, match="module name"):
+        save_checkpoint(tmp_path / "d", CFG, torch.nn.Linear(8, 8), modules={"model": Critic()})
+    with pytest.raises(ValueError, match="module name"):
+        save_checkpoint(tmp_path / "e", CFG, torch.nn.Linear(8, 8), modules={"../x": Critic()})
+
+
+def _data_offset(path):
+    """Byte offset of the tensor data in a safetensors file (8-byte header length + JSON header)."""
+    with open(path, "rb") as fh:
+        return 8 + int.from_bytes(fh.read(8), "little")
+
+
+def test_flipped_weight_bytes_are_a_clear_error(tmp_path):
+    policy = torch.nn.Linear(8, 8)
+    out = save_checkpoint(tmp_path / "c", CFG, policy, training_state={"step": 1}, modules={"critic": Critic()})
+    for name in ("model.safetensors", "critic.safetensors"):
+        path = out / name
+        raw = bytearray(path.read_bytes())
+        start = _data_offset(path)
+        raw[start + 5: start + 9] = b"\x7f\x7f\x7f\x7f"  # still a valid file: loads as huge weights
+        path.write_bytes(bytes(raw))
+        with safe_open(str(path), "pt") as f:  # the file itself is well-formed
+            assert f.keys()
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+        load_policy(out)
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+        load_weights(torch.nn.Linear(8, 8), out / "model.safetensors")
+    with pytest.raises(CheckpointError, match="critic.safetensors is corrupt"):
+        load_modules(out, {"critic": Critic()})
+    (out / "training_state.pt").write_bytes((out / "training_state.pt").read_bytes() + b"x")
+    with pytest.raises(CheckpointError, match="training_state.pt is corrupt"):
+        load_training_state(out)
+    (out / "checksums.json").write_text("{")
+    with pytest.raises(CheckpointError, match="checksums.json"):
+        load_policy(out)
+
+
+def test_old_checkpoint_without_checksums_loads_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt_mod, "_warned_unverified", set())
+    policy = torch.nn.Linear(8, 8)
+    out = save_checkpoint(tmp_path / "old", CFG, policy, training_state={"step": 3})
+    (out / "checksums.json").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_policy(out)
+        load_training_state(out)
+        load_policy(out)
+    assert torch.equal(loaded.weight, policy.weight)
+    assert len([w for w in caught if "checksums.json" in str(w.message)]) == 1
