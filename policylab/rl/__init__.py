@@ -1,0 +1,1 @@
+"""Reinforcement-learning fine-tuning (ConRFT): data layer and algorithm."""
