@@ -18,7 +18,9 @@ a command only adds what is missing.
 
 Per step the store gets every observation key of the env, *before* the step's action (rgb
 images `(N, H, W, 3)` uint8, exactly the env's frames; low-dim keys float32), `action` (the
-executed, noisy action, float32) and `reward`.
+executed, noisy action, float32), `reward` and `terminal` (uint8, 1 at the last step: a demo ends
+at success, the task's termination; the RL samplers read it). A store written before `terminal`
+existed is appended to without it, so its episodes keep one layout.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ def run_episode(env: gym.Env, expert, seed: int, max_steps: int) -> dict | None:
         row.update(action=np.asarray(action, dtype=np.float32), reward=np.float32(reward))
         steps.append(row)
         if info.get("is_success", False):
-            return {key: np.stack([s[key] for s in steps]) for key in steps[0]}
+            episode = {key: np.stack([s[key] for s in steps]) for key in steps[0]}
+            episode["terminal"] = np.zeros(len(steps), dtype=np.uint8)
+            episode["terminal"][-1] = 1
+            return episode
         if terminated or truncated:
             return None
     return None
@@ -134,6 +139,8 @@ def generate(cfg: DemoConfig) -> dict:
                     episode = run_episode(env, expert, seed, max_steps)
                     n_tried += 1
                     if episode is not None:
+                        if buffer.n_episodes and "terminal" not in buffer:
+                            del episode["terminal"]
                         compressors = {k: "image" if v.ndim == 4 else "disk" for k, v in episode.items()}
                         chunks = {k: (1, *v.shape[1:]) for k, v in episode.items() if v.ndim == 4}
                         buffer.add_episode(episode, chunks=chunks, compressors=compressors)
