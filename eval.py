@@ -15,6 +15,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from policylab.common.checkpoint import load_config
+from policylab.common.safe_config import check_config
 from policylab.policies.base import BasePolicy
 
 
@@ -35,6 +36,8 @@ def main(argv=None) -> dict:
     unknown = set(OmegaConf.from_dotlist(args.overrides)) - set(cfg.task.env_runner)
     if unknown:
         parser.error(f"unknown env runner setting(s) {sorted(unknown)}; known: {sorted(cfg.task.env_runner)}")
+    # The runner config comes from the checkpoint: checked (allow-listed targets only) before anything is built.
+    runner_cfg = check_config(runner_cfg, "task.env_runner")
     policy = BasePolicy.from_checkpoint(args.checkpoint, device=args.device, use_ema=not args.no_ema)
     runner = hydra.utils.instantiate(runner_cfg, output_dir=str(output_dir))
     log = {k: (v.item() if hasattr(v, "item") else v) for k, v in runner.run(policy).items()}

@@ -18,6 +18,8 @@ from policylab.common.checkpoint import (
     set_rng_state,
 )
 
+pytestmark = pytest.mark.usefixtures("allow_torch_linear")
+
 CFG = OmegaConf.create({"policy": {"_target_": "torch.nn.Linear", "in_features": 64, "out_features": 64}})
 
 SAVER = textwrap.dedent("""

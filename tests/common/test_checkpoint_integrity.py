@@ -18,6 +18,8 @@ from policylab.common.checkpoint import (
     save_checkpoint,
 )
 
+pytestmark = pytest.mark.usefixtures("allow_torch_linear")
+
 CFG = OmegaConf.create({"policy": {"_target_": "torch.nn.Linear", "in_features": 8, "out_features": 8}})
 
 
