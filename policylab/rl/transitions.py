@@ -204,6 +204,9 @@ class TransitionSampler:
         Returns `{"obs": {key: (B, To, ...)}, "next_obs": {key: (B, To, ...)}, "action": (B, T, Da),
         "reward" / "discount" / "done" / "mc_return" / "intervention": (B,)}`, plus "embedding" and
         "next_embedding" (B, D) with embedding_key. rgb obs are (B, To, C, H, W) in [0, 1].
+        "intervention" is step t's flag (the chunk's first action). "next_obs" and
+        "next_embedding" describe one state: step t+Ta, or the episode's last step when done
+        (masked by done, so any valid value would do; one rule keeps the two consistent).
         """
         idxs = np.asarray(idxs, dtype=np.int64)
         w, rb, To = self._windows, self.replay_buffer, self.n_obs_steps
@@ -238,4 +241,5 @@ class TransitionSampler:
 def _tensor(value: np.ndarray) -> torch.Tensor:
     # Owning copies: numpy ReplayBuffers grow by realloc, which would leave views dangling.
     value = np.asarray(value, dtype=np.float32)
-    return torch.from_numpy(np.array(value, dtype=np.float32, order="C", copy=not value.flags.owndata))
+    value = np.ascontiguousarray(value) if value.flags.owndata else value.copy(order="C")
+    return torch.from_numpy(value)
