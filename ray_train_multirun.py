@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from policylab.common import sweep
-from policylab.workspaces.supervised import train
+from policylab.workspaces.base import train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 

@@ -11,8 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import policylab.common.config  # noqa: F401  (registers ${calc:...})
-from policylab.workspaces.base import hydra_overrides_for_worker
-from policylab.workspaces.supervised import train
+from policylab.workspaces.base import hydra_overrides_for_worker, train
 
 
 @hydra.main(version_base=None, config_path="config", config_name="train")

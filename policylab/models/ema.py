@@ -91,6 +91,21 @@ class EMAModel:
         self.decay = float(state_dict["decay"])
 
 
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Soft target update: every parameter `target <- (1 - tau) * target + tau * source`.
+
+    For consistency targets (`tau = 1 - decay`) and critic targets (ConRFT and SAC: tau 0.005).
+    Buffers are copied from `source`. Call once per optimizer step, not per micro-batch.
+    """
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"polyak tau must be in [0, 1], got {tau}")
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        t.lerp_(s.detach().to(t.dtype), tau)
+    for t, s in zip(target.buffers(), source.buffers(), strict=True):
+        t.copy_(s)
+
+
 def _batchnorm_parameter_names(model: nn.Module) -> set[str]:
     return {
         f"{module_name}.{param_name}" if module_name else param_name

@@ -90,6 +90,10 @@ class BasePolicy(nn.Module, abc.ABC):
         config (the live one, when this is its EMA copy): take what it prepared instead of
         preparing it again."""
 
+    def on_optimizer_step(self) -> None:
+        """Called by the workspace after each optimizer step (not per micro-batch): per-step state
+        such as target networks is updated here, never inside `compute_loss`."""
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> BasePolicy:
         """Rebuild the policy from a checkpoint directory alone (its config.yaml and weights)."""

@@ -32,6 +32,7 @@ import torch
 from diffusers import DDPMScheduler, LCMScheduler
 from torch import nn
 
+from policylab.models.ema import polyak_update
 from policylab.policies.base import DenoisingPolicy
 
 LCM_SIGMA_DATA = 0.5  # fixed inside diffusers' LCMScheduler boundary scalings
@@ -48,12 +49,6 @@ def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
     """(B,) sqrt(|x - y|^2 + c^2) - c over each chunk: L2 near 0, L1 for large errors."""
     sq = (x - y).pow(2).flatten(1).sum(1)
     return torch.sqrt(sq + c * c) - c
-
-
-def _ema_(target: nn.Module, source: nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, 1 - decay)
 
 
 class KarrasConsistencyPolicy(DenoisingPolicy):
@@ -169,14 +164,15 @@ class ConsistencyTrainingPolicy(KarrasConsistencyPolicy):
         cdf = torch.special.erf((log_s - self.p_mean) / (math.sqrt(2) * self.p_std))
         return torch.multinomial((cdf[1:] - cdf[:-1]).float().clamp_min(1e-12), n, replacement=True)
 
+    def on_optimizer_step(self) -> None:
+        """The target averages the weights after each optimizer step; the grid grows per step."""
+        polyak_update(self.target_model, self.model, 1 - self.target_ema_decay)
+        self.train_step += 1
+
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.training:
-            # the target lags one optimizer step behind: it averages the weights as of now
-            _ema_(self.target_model, self.model, self.target_ema_decay)
-            self.train_step += 1
         cond = self.encode_obs(self.normalize_obs(batch["obs"]))
         action = self.normalizer["action"].normalize(batch["action"])
-        n_scales = self.num_scales(int(self.train_step))
+        n_scales = self.num_scales(int(self.train_step) + 1)  # the step being taken, counted from 1
         sigmas = karras_sigmas(n_scales, self.sigma_min, self.sigma_max, self.rho).to(action.device)
         idx = self._draw_levels(sigmas, action.shape[0]).to(action.device)
         s_lo, s_hi = sigmas[idx], sigmas[idx + 1]
@@ -286,14 +282,15 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
         if self.teacher is None:
             raise RuntimeError("the teacher is not loaded: call on_train_start() (the workspace does)")
-        if self.training:
-            _ema_(self.target_model, self.model, self.target_ema_decay)
         nobs = self.normalize_obs(batch["obs"])
         cond = self.encode_obs(nobs)
         with torch.no_grad():
             teacher_cond = self.teacher.encode_obs(nobs)
         loss = self.distillation_loss(self.normalizer["action"].normalize(batch["action"]), cond, teacher_cond)
         return loss, {"loss": loss.item()}
+
+    def on_optimizer_step(self) -> None:
+        polyak_update(self.target_model, self.model, 1 - self.target_ema_decay)
 
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da): `num_inference_steps` of LCMScheduler."""

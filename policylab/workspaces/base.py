@@ -1,17 +1,38 @@
-"""What every workspace shares: seeding, device, distributed set-up, config schema checks."""
+"""What every workspace shares: the `train(cfg)` entry, config schemas, seeding, device, DDP
+helpers, the run logger, step cadences, and checkpoints of named modules and optimizers.
+
+A workspace subclasses `BaseWorkspace`, names its config sections in `schemas`, builds its
+modules in `__init__`, and says what a checkpoint holds:
+
+    checkpoint_modules()    {"policy": deployable policy, "ema_policy": ..., "critic": ..., ...}
+    optimizers              {name: torch.optim.Optimizer}
+    state_dict() / load_state_dict(state)   counters, schedulers, generators (plain tensors, numbers)
+
+`save_checkpoint` / `load_checkpoint` then write and read them: the policy stays
+`model.safetensors` + `config.yaml`, so `eval.py` and `from_checkpoint` load any workspace's
+checkpoints; further modules become `<name>.safetensors`; optimizers, counters and every rank's
+RNG state go into `training_state.pt` (loadable with `weights_only=True`).
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import os
 import random
 from pathlib import Path
+from typing import Any, ClassVar
 
+import hydra
 import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from policylab.common import checkpoint as ckpt
+from policylab.common.logging import RunLogger
 
 
 def seed_everything(seed: int) -> None:
@@ -103,3 +124,131 @@ def output_dir_from_hydra(default: str | Path = "outputs/run") -> Path:
         return Path(HydraConfig.get().runtime.output_dir)
     except ValueError:  # not inside a Hydra app (tests, notebooks)
         return Path(default)
+
+
+def due(count: int, every: int) -> bool:
+    """A cadence: True at counts every, 2*every, ...; `every <= 0` means never."""
+    return every > 0 and count > 0 and count % every == 0
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    mode: str = "offline"
+    project: str = "policylab"
+    name: str | None = None
+    log_every: int = 1
+
+
+class BaseWorkspace:
+    """The plumbing every training loop needs; subclasses implement `run()`.
+
+    Every schema needs a `training` section with at least `seed`, `device`, `resume`,
+    `dist_timeout_minutes`; `logging` follows `LoggingConfig`.
+    """
+
+    schemas: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, cfg: DictConfig, output_dir: str | Path):
+        self.cfg = cfg
+        self.c = {key: check_schema(cfg, key, schema) for key, schema in self.schemas.items()}
+        train = self.c["training"]
+        self.dist = init_distributed(train.device, train.dist_timeout_minutes)
+        self.device = resolve_device(train.device, self.dist)
+        # Under torchrun each rank composed its own config, so a `${now:}` run dir may differ: use rank 0's.
+        self.output_dir = Path(broadcast_object(str(output_dir), self.dist))
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.global_step = 0
+        seed_everything(train.seed)
+
+    def run(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        """{"policy": the deployable policy, "ema_policy": its EMA copy (optional), name: module, ...}."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Counters, schedulers, generators: plain tensors and numbers."""
+        return {"global_step": self.global_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+
+    def make_logger(self) -> RunLogger:
+        """`logs.jsonl` + wandb on rank 0; a resumed run appends to the same log."""
+        log_cfg = {k: v for k, v in OmegaConf.to_container(self.c["logging"]).items() if k != "log_every"}
+        return RunLogger(self.output_dir, resume=self.c["training"].resume, enabled=self.dist.is_main,
+                         config=OmegaConf.to_container(self.cfg, resolve=True), **log_cfg)
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Called on every rank (each contributes its RNG state); rank 0 writes."""
+        rng_per_rank = _gather_objects(ckpt.get_rng_state(), self.dist)
+        if not self.dist.is_main:
+            return
+        state = {**self.state_dict(), "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                 "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank}
+        modules = self.checkpoint_modules()
+        policy, ema_policy = modules.pop("policy"), modules.pop("ema_policy", None)
+        ckpt.save_checkpoint(path, self.cfg, policy, ema_policy, state, modules=modules)
+
+    def load_checkpoint(self, path: Path, load_rng: bool = True) -> dict:
+        """Weights, optimizers, counters and (with `load_rng`) RNG states from `path`; returns the
+        training state for what a subclass restores itself."""
+        state = ckpt.load_training_state(path)
+        modules = self.checkpoint_modules()
+        ckpt.load_weights(modules.pop("policy"), Path(path) / ckpt.MODEL)
+        modules.pop("ema_policy", None)  # restored from the training state by its owner (EMAModel)
+        if modules:
+            ckpt.load_modules(path, modules)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.load_state_dict(state)
+        if load_rng:
+            # Exact under DDP when resumed with the same number of ranks; otherwise every rank takes rank 0's.
+            per_rank = state.get("rng_per_rank", [])
+            ckpt.set_rng_state(per_rank[self.dist.rank] if len(per_rank) == self.dist.world_size else state["rng"])
+        return state
+
+    def barrier(self) -> None:
+        if self.dist.enabled:
+            dist.barrier()
+
+    def mean_over_ranks(self, value: float) -> float:
+        if not self.dist.enabled:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.item() / self.dist.world_size
+
+
+def _gather_objects(obj, dist_info: DistributedInfo) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] without DDP)."""
+    if not dist_info.enabled:
+        return [obj]
+    out = [None] * dist_info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def to_device(batch, device: torch.device):
+    """Tensors of a (nested) dict moved to `device`; other values as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Entry used by train.py and the ray sweep: build the workspace named in the config and run it."""
+    workspace_cls = hydra.utils.get_class(cfg.workspace._target_)
+    if not (isinstance(workspace_cls, type) and issubclass(workspace_cls, BaseWorkspace)):
+        raise TypeError(f"workspace._target_ {cfg.workspace._target_!r} is not a policylab workspace")
+    try:
+        return workspace_cls(copy.deepcopy(cfg), output_dir).run()
+    finally:
+        shutdown_distributed()

@@ -10,7 +10,6 @@ state, so `training.resume=true` continues the exact same run.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -26,25 +25,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from policylab.common.checkpoint import (
-    TopKCheckpointManager,
-    get_rng_state,
-    load_training_state,
-    load_weights,
-    save_checkpoint,
-    set_rng_state,
-)
-from policylab.common.logging import RunLogger
+from policylab.common.checkpoint import TopKCheckpointManager
 from policylab.data.datasets.base import make_dataloader
 from policylab.models.ema import EMAModel
 from policylab.workspaces.base import (
-    DistributedInfo,
+    BaseWorkspace,
+    LoggingConfig,
     broadcast_object,
-    check_schema,
-    init_distributed,
-    resolve_device,
+    due,
     seed_everything,
-    shutdown_distributed,
+    to_device,
 )
 
 
@@ -101,14 +91,6 @@ class EMAConfig:
 
 
 @dataclasses.dataclass
-class LoggingConfig:
-    mode: str = "offline"
-    project: str = "policylab"
-    name: str | None = None
-    log_every: int = 1
-
-
-@dataclasses.dataclass
 class CheckpointConfig:
     save_latest: bool = True
     monitor_key: str = "test/mean_score"
@@ -121,16 +103,12 @@ SCHEMAS = {"training": TrainingConfig, "dataloader": DataloaderConfig, "val_data
            "logging": LoggingConfig, "checkpoint": CheckpointConfig}
 
 
-class SupervisedWorkspace:
+class SupervisedWorkspace(BaseWorkspace):
+    schemas = SCHEMAS
+
     def __init__(self, cfg: DictConfig, output_dir: str | Path):
-        self.cfg = cfg
-        self.c = {key: check_schema(cfg, key, schema) for key, schema in SCHEMAS.items()}
+        super().__init__(cfg, output_dir)
         train = self.c["training"]
-        self.dist = init_distributed(train.device, train.dist_timeout_minutes)
-        self.device = resolve_device(train.device, self.dist)
-        # Under torchrun each rank composed its own config, so a `${now:}` run dir may differ: use rank 0's.
-        self.output_dir = Path(broadcast_object(str(output_dir), self.dist))
-        seed_everything(train.seed)
         self.policy = hydra.utils.instantiate(cfg.policy).to(self.device)
         self.ema = EMAModel(self.policy, **OmegaConf.to_container(self.c["ema"])) if train.use_ema else None
         if self.dist.enabled:  # same initial weights everywhere; then each rank its own noise and crops
@@ -138,15 +116,16 @@ class SupervisedWorkspace:
         opt = self.c["optimizer"]
         groups = self.policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        self.optimizers = {"policy": self.optimizer}
         self.data_generator = torch.Generator().manual_seed(train.seed)
-        self.global_step, self.epoch = 0, 0
+        self.lr_scheduler = None
+        self.epoch = 0
         self._t_start, self._time_up = time.monotonic(), False
 
     @property
     def eval_policy(self):
         return self.ema.averaged_model if self.ema is not None else self.policy
 
-    # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
         cfg, train = self.cfg, self.c["training"]
         dataset = hydra.utils.instantiate(cfg.task.dataset)
@@ -162,54 +141,40 @@ class SupervisedWorkspace:
         # Validation runs on rank 0 alone, over the whole validation set.
         val_loader = self._loader(val_dataset, self.c["val_dataloader"], shard=False) if len(val_dataset) else None
         steps_per_epoch = math.ceil(len(train_loader) / train.gradient_accumulate_every)
-        lr_scheduler = get_scheduler(self.c["lr_scheduler"].name, optimizer=self.optimizer,
-                                     num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
-                                     num_training_steps=steps_per_epoch * train.num_epochs)
-        latest = self.output_dir / "checkpoints" / "latest"
+        self.lr_scheduler = lr_scheduler = get_scheduler(
+            self.c["lr_scheduler"].name, optimizer=self.optimizer, num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
+            num_training_steps=steps_per_epoch * train.num_epochs)
+        latest = self.checkpoint_dir / "latest"
         if train.resume and latest.exists():
-            self.load_checkpoint(latest, lr_scheduler)
+            self.load_checkpoint(latest)
         main = self.dist.is_main
         env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir)) \
             if main and cfg.task.get("env_runner") is not None else None
-        topk = TopKCheckpointManager(self.output_dir / "checkpoints", self.c["checkpoint"].monitor_key,
+        topk = TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,
                                      self.c["checkpoint"].mode, self.c["checkpoint"].topk)
-        logger = RunLogger(self.output_dir, resume=train.resume, config=OmegaConf.to_container(cfg, resolve=True),
-                           enabled=main, **{k: v for k, v in OmegaConf.to_container(self.c["logging"]).items()
-                                            if k != "log_every"})
+        logger = self.make_logger()
         model = self._wrap_ddp()
         metrics: dict[str, Any] = {}
         while self.epoch < train.num_epochs and not self._done():
             train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
             self._time_up = self._over_time_budget()
             self.epoch += 1  # epochs done; cadences below count them
-            metrics = {"epoch": self.epoch, "train_loss": self._mean_over_ranks(train_loss)}
+            metrics = {"epoch": self.epoch, "train_loss": self.mean_over_ranks(train_loss)}
             if main:
                 metrics |= self._evaluate(env_runner, val_loader, dataset)
             if self._due(train.checkpoint_every):
-                self._checkpoint(lr_scheduler, topk, metrics)
-            self._barrier()  # other ranks wait here while rank 0 evaluates and writes
+                self._checkpoint(topk, metrics)
+            self.barrier()  # other ranks wait here while rank 0 evaluates and writes
             logger.log(metrics, step=self.global_step)
         logger.close()
-        self._barrier()
+        self.barrier()
         return metrics
 
-    # ------------------------------------------------------------------ distributed
     def _wrap_ddp(self):
         if not self.dist.enabled:
             return self.policy
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.policy, device_ids=device_ids)
-
-    def _barrier(self) -> None:
-        if self.dist.enabled:
-            torch.distributed.barrier()
-
-    def _mean_over_ranks(self, value: float) -> float:
-        if not self.dist.enabled:
-            return value
-        total = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(total)
-        return total.item() / self.dist.world_size
 
     def _over_time_budget(self) -> bool:
         """Checked at epoch ends only. Under DDP all ranks agree (any rank over budget stops all), since
@@ -236,7 +201,7 @@ class SupervisedWorkspace:
             step_now = (i + 1) % accum == 0 or i + 1 == n_batches
             # DDP all-reduces gradients in backward; accumulate locally and sync on the last micro-batch.
             with model.no_sync() if self.dist.enabled and not step_now else nullcontext():
-                loss, _ = model(_to_device(batch, self.device))
+                loss, _ = model(to_device(batch, self.device))
                 (loss / group_size).backward()
             losses.append(loss.item())
             if step_now:
@@ -255,6 +220,7 @@ class SupervisedWorkspace:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         lr_scheduler.step()
+        self.policy.on_optimizer_step()
         if self.ema is not None:
             self.ema.step(self.policy)
         self.global_step += 1
@@ -266,9 +232,8 @@ class SupervisedWorkspace:
     def _due(self, every: int) -> bool:
         """True after epochs every, 2*every, ...; and after the last epoch."""
         last = self.epoch >= self.c["training"].num_epochs or self._done()
-        return every > 0 and (self.epoch % every == 0 or last)
+        return due(self.epoch, every) or (every > 0 and last)
 
-    # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def _evaluate(self, env_runner, val_loader, dataset) -> dict[str, Any]:
         train, metrics = self.c["training"], {}
@@ -277,47 +242,45 @@ class SupervisedWorkspace:
         if env_runner is not None and self._due(train.rollout_every):
             metrics |= env_runner.run(policy)
         if val_loader is not None and self._due(train.val_every):
-            losses = [policy.compute_loss(_to_device(b, self.device))[0].item()
+            losses = [policy.compute_loss(to_device(b, self.device))[0].item()
                       for i, b in enumerate(val_loader) if train.max_val_steps is None or i < train.max_val_steps]
             metrics["val_loss"] = sum(losses) / max(len(losses), 1)
         if self._due(train.sample_every):
-            batch = _to_device(dataset.get_batch(list(range(min(len(dataset), 16)))), self.device)
+            batch = to_device(dataset.get_batch(list(range(min(len(dataset), 16)))), self.device)
             pred = policy.predict_action(batch["obs"])["action_pred"]
             metrics["train_action_mse"] = torch.nn.functional.mse_loss(pred, batch["action"]).item()
         self.policy.train()
         return metrics
 
-    # ------------------------------------------------------------------ checkpoints
-    def _checkpoint(self, lr_scheduler, topk: TopKCheckpointManager, metrics: dict) -> None:
-        """Called on every rank (each contributes its RNG state); rank 0 writes."""
-        rng_per_rank = _gather_objects(get_rng_state(), self.dist)
-        if not self.dist.is_main:
-            return
-        state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                 "global_step": self.global_step, "epoch": self.epoch, "rng": rng_per_rank[0],
-                 "rng_per_rank": rng_per_rank, "data_generator": self.data_generator.get_state()}
+    def checkpoint_modules(self) -> dict:
+        modules = {"policy": self.policy}
+        if self.ema is not None:
+            modules["ema_policy"] = self.ema.averaged_model
+        return modules
+
+    def state_dict(self) -> dict:
+        state = {**super().state_dict(), "epoch": self.epoch, "lr_scheduler": self.lr_scheduler.state_dict(),
+                 "data_generator": self.data_generator.get_state()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        ema_policy = self.ema.averaged_model if self.ema is not None else None
-        ckpt_root = self.output_dir / "checkpoints"
-        if self.c["checkpoint"].save_latest:
-            save_checkpoint(ckpt_root / "latest", self.cfg, self.policy, ema_policy, state)
-        path = topk.get_ckpt_path({**metrics, "epoch": self.epoch})
-        if path is not None:
-            save_checkpoint(path, self.cfg, self.policy, ema_policy, state)
+        return state
 
-    def load_checkpoint(self, path: Path, lr_scheduler) -> None:
-        state = load_training_state(path)
-        load_weights(self.policy, path / "model.safetensors")
-        self.optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.epoch = int(state["epoch"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.data_generator.set_state(state["data_generator"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.global_step, self.epoch = state["global_step"], state["epoch"]
-        # Exact under DDP when resumed with the same number of ranks; otherwise every rank takes rank 0's.
-        per_rank = state.get("rng_per_rank", [])
-        set_rng_state(per_rank[self.dist.rank] if len(per_rank) == self.dist.world_size else state["rng"])
-        self.data_generator.set_state(state["data_generator"])
+
+    def _checkpoint(self, topk: TopKCheckpointManager, metrics: dict) -> None:
+        """Called on every rank (each contributes its RNG state); rank 0 writes."""
+        if self.c["checkpoint"].save_latest:
+            self.save_checkpoint(self.checkpoint_dir / "latest")
+        path = topk.get_ckpt_path({**metrics, "epoch": self.epoch}) if self.dist.is_main else None
+        path = broadcast_object(path, self.dist)  # saving is collective: every rank gives its RNG state
+        if path is not None:
+            self.save_checkpoint(path)
 
     def _loader(self, dataset, c, shard: bool):
         """With `shard` under DDP each rank reads its own 1/world_size of every epoch."""
@@ -330,29 +293,3 @@ class SupervisedWorkspace:
         loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers)
         loader.dist_sampler = sampler
         return loader
-
-
-def _gather_objects(obj, dist_info: DistributedInfo) -> list:
-    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] without DDP)."""
-    if not dist_info.enabled:
-        return [obj]
-    out = [None] * dist_info.world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def _to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Entry used by train.py and the ray sweep: build the workspace named in the config and run it."""
-    workspace_cls = hydra.utils.get_class(cfg.workspace._target_)
-    try:
-        return workspace_cls(copy.deepcopy(cfg), output_dir).run()
-    finally:
-        shutdown_distributed()

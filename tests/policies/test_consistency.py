@@ -178,6 +178,7 @@ def train_bimodal(policy, steps: int, batch_size: int = 64, lr: float = 3e-3) ->
         opt.zero_grad()
         loss.backward()
         opt.step()
+        policy.on_optimizer_step()  # what the workspace calls after every optimizer step
     policy.eval()
 
 

@@ -62,3 +62,32 @@ def test_distill_names_a_mismatched_teacher(store, teacher, tmp_path):
 def test_distill_without_teacher_says_so(store, tmp_path):
     result = run_train(tiny(store, tmp_path / "run", "policy=consistency_distill", "training.num_epochs=1"))
     assert result.returncode != 0 and "policy.teacher" in result.stderr
+
+
+def test_target_network_updates_once_per_optimizer_step(store, tmp_path):
+    """With gradient_accumulate_every=2 the consistency target moves once per optimizer step
+    (it moved once per micro-batch when the update lived in compute_loss)."""
+    from policylab.workspaces.supervised import SupervisedWorkspace
+    from tests.helpers import compose_config
+
+    cfg = compose_config(["debug=tiny", "policy=consistency_training", f"task.dataset.zarr_path={store}",
+                          "logging.mode=disabled", "training.gradient_accumulate_every=2",
+                          "training.max_train_steps=3", "training.num_epochs=1", "training.rollout_every=0",
+                          "training.checkpoint_every=0", "training.use_ema=false"])
+    workspace = SupervisedWorkspace(cfg, tmp_path / "run")
+    policy = workspace.policy
+    targets = []
+    original = policy.on_optimizer_step
+
+    def spy():
+        before = [p.detach().clone() for p in policy.target_model.parameters()]
+        live = [p.detach().clone() for p in policy.model.parameters()]
+        original()
+        decay = policy.target_ema_decay
+        for b, m, t in zip(before, live, policy.target_model.parameters()):
+            torch.testing.assert_close(t, decay * b + (1 - decay) * m)
+        targets.append(int(policy.train_step))
+
+    policy.on_optimizer_step = spy
+    workspace.run()
+    assert workspace.global_step == 3 and targets == [1, 2, 3]
