@@ -35,11 +35,15 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_model
 
 import policylab.common.config  # noqa: F401  (registers ${calc:}) before configs are resolved
+from policylab.common.locking import atomic_write_text
 from policylab.common.safe_config import UnsafeConfigError, instantiate_trusted
 
 CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER, CHECKSUMS = (
     "config.yaml", "model.safetensors", "ema_model.safetensors", "training_state.pt", "normalizer.json",
     "checksums.json")
+TOPK_INDEX = "topk.json"
+# Names save_checkpoint and atomic_write_text give their temporary and superseded entries.
+_SCRATCH = re.compile(r"\..+\.(?:(?:tmp|link|old)-)?[0-9a-f]{8}")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 
 
@@ -162,6 +166,30 @@ def remove_checkpoint(ckpt_dir: str | Path) -> None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
+def clean_orphans(ckpt_root: str | Path) -> list[Path]:
+    """Remove what killed checkpoint writes leave in `ckpt_root`; returns the removed paths.
+
+    That is: `.<name>.tmp-*` directories (a save in progress), `.<name>.link-*` symlinks and
+    `.<name>.old-*` directories (a swap in progress), `.<name>.<id>` directories that no name
+    points to any more, and `.topk.json.tmp-*` files. Call it only while holding the run directory's
+    lock (`RunDirLock`): a concurrent writer's scratch directories look the same.
+    """
+    ckpt_root = Path(ckpt_root)
+    if not ckpt_root.is_dir():
+        return []
+    live = {p.resolve() for p in ckpt_root.iterdir() if p.is_symlink() and not p.name.startswith(".")}
+    removed = []
+    for path in sorted(ckpt_root.iterdir()):
+        if not _SCRATCH.fullmatch(path.name) or (not path.is_symlink() and path.resolve() in live):
+            continue
+        if path.is_symlink() or path.is_file():  # a hidden symlink is always a swap in progress
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def load_config(ckpt_dir: str | Path) -> DictConfig:
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / CONFIG).is_file():
@@ -257,8 +285,48 @@ class TopKCheckpointManager:
         if mode not in ("max", "min"):
             raise ValueError(f"topk mode must be 'max' or 'min', got {mode!r}")
         self.save_dir, self.monitor_key, self.mode, self.k, self.format_str = Path(save_dir), monitor_key, mode, k, format_str
-        self.index_path = self.save_dir / "topk.json"
-        self.entries: dict[str, float] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+        self.index_path = self.save_dir / TOPK_INDEX
+        self.entries: dict[str, float] = self._read_index()
+
+    def _read_index(self) -> dict[str, float]:
+        """topk.json; when it is torn or unreadable, the index rebuilt from the checkpoint names."""
+        if not self.index_path.exists():
+            return {}
+        try:
+            entries = json.loads(self.index_path.read_text())
+            if not isinstance(entries, dict) or not all(isinstance(v, (int, float)) for v in entries.values()):
+                raise ValueError("not a {name: value} mapping")
+            return {str(k): float(v) for k, v in entries.items()}
+        except (ValueError, OSError) as err:
+            entries = self._entries_from_names(err)
+            warnings.warn(f"{self.index_path} is unreadable ({err}); rebuilt it from the checkpoint directory "
+                          f"names: {sorted(entries)}", stacklevel=3)
+            atomic_write_text(self.index_path, json.dumps(entries, indent=2))
+            return entries
+
+    def _entries_from_names(self, err: Exception) -> dict[str, float]:
+        """{name: value} for the checkpoints in save_dir whose names `format_str` made (the value is in the
+        name, to its printed precision)."""
+        key = re.escape(self.monitor_key.replace("/", "_"))
+        # Turn the format string into a pattern: every field matches anything, `{value...}` is captured.
+        pattern, pos = "", 0
+        for match in re.finditer(r"\{(\w+)[^}]*\}", self.format_str):
+            pattern += re.escape(self.format_str[pos:match.start()])
+            field = match.group(1)
+            pattern += {"value": r"(?P<value>[-+0-9.eE]+|nan|inf|-inf)", "monitor_key": key}.get(field, r".+?")
+            pos = match.end()
+        pattern = re.compile(pattern + re.escape(self.format_str[pos:]))
+        entries = {}
+        for path in sorted(self.save_dir.iterdir()) if self.save_dir.is_dir() else []:
+            match = pattern.fullmatch(path.name)
+            if match and not path.name.startswith(".") and (path / CONFIG).is_file():
+                entries[path.name] = float(match.group("value"))
+        if not entries and any(p.is_dir() and not p.name.startswith(".") and p.name != "latest"
+                               for p in (self.save_dir.iterdir() if self.save_dir.is_dir() else [])):
+            raise CheckpointError(f"{self.index_path} is unreadable ({err}) and no checkpoint name in "
+                                  f"{self.save_dir} matches {self.format_str!r}; delete {self.index_path.name} "
+                                  f"to start a new index")
+        return entries
 
     def get_ckpt_path(self, metrics: Mapping) -> Path | None:
         """Where to save for these metrics, or None when the checkpoint does not make the top k."""
@@ -277,5 +345,5 @@ class TopKCheckpointManager:
             remove_checkpoint(self.save_dir / dropped)
         self.entries = keep
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        self.index_path.write_text(json.dumps(self.entries, indent=2))
+        atomic_write_text(self.index_path, json.dumps(self.entries, indent=2))
         return self.save_dir / name

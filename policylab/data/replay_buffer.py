@@ -24,12 +24,14 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from policylab.common.locking import WriterLock, store_lock
 from policylab.data.codecs import (
     compressors_for_format,
     get_compressor,
@@ -94,6 +96,7 @@ class ReplayBuffer:
         else:
             raise TypeError(f"root must be a zarr.Group or a dict, got {type(root).__name__}")
         self.root = root
+        self._writer_lock: WriterLock | None = None
         self._validate()
 
     # ---------------------------------------------------------------- constructors
@@ -122,14 +125,38 @@ class ReplayBuffer:
         mode 'r' reads; 'a' appends, creating the store if needed; 'w' starts an empty store.
         """
         path = Path(path)
-        if mode == "r" or (mode == "a" and path.exists()):
-            root = _open_root(open_store(path, mode), mode="r" if mode == "r" else "r+")
-            return cls(root)
+        if mode == "r":
+            return cls(_open_root(open_store(path, mode), mode="r"))
         if mode not in ("a", "w"):
             raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
-        root = zarr.open_group(open_store(path, "w"), mode="w", zarr_format=zarr_format)
-        cls._init_layout(root)
-        return cls(root)
+        # One writer per store: a second process appending would interleave its steps into our
+        # episodes. Taken before anything is opened (mode 'w' wipes, opening may truncate a torn append).
+        lock = store_lock(path).acquire()
+        try:
+            if mode == "a" and path.exists():
+                buffer = cls(_open_root(open_store(path, mode), mode="r+"))
+            else:
+                root = zarr.open_group(open_store(path, "w"), mode="w", zarr_format=zarr_format)
+                cls._init_layout(root)
+                buffer = cls(root)
+        except BaseException:
+            lock.release()
+            raise
+        buffer._writer_lock = lock
+        return buffer
+
+    def close(self) -> None:
+        """Release the store's writer lock (also released when the buffer is garbage-collected or
+        the process exits); the buffer must not be written afterwards."""
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
     def copy_from_store(cls, src_store, store=None, keys=None, chunks=None, compressors=None,

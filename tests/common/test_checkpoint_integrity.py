@@ -1,6 +1,7 @@
 """Checkpoint integrity: named extra modules, per-file sha256, optimizer states that load weights_only."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -11,6 +12,8 @@ from safetensors import safe_open
 from policylab.common import checkpoint as ckpt_mod
 from policylab.common.checkpoint import (
     CheckpointError,
+    TopKCheckpointManager,
+    clean_orphans,
     load_modules,
     load_policy,
     load_training_state,
@@ -122,3 +125,65 @@ def test_old_checkpoint_without_checksums_loads_with_one_warning(tmp_path, monke
         load_policy(out)
     assert torch.equal(loaded.weight, policy.weight)
     assert len([w for w in caught if "checksums.json" in str(w.message)]) == 1
+
+
+def _topk_run(root, scores):
+    topk = TopKCheckpointManager(root, "test/mean_score", mode="max", k=2)
+    for epoch, score in enumerate(scores):
+        path = topk.get_ckpt_path({"epoch": epoch, "test/mean_score": score})
+        if path is not None:
+            save_checkpoint(path, CFG, torch.nn.Linear(8, 8))
+    return topk
+
+
+def test_torn_topk_index_is_rebuilt_from_the_checkpoint_names(tmp_path):
+    topk = _topk_run(tmp_path, [0.1, 0.912, 0.3])
+    assert sorted(topk.entries) == ["epoch=0001-test_mean_score=0.912", "epoch=0002-test_mean_score=0.300"]
+    (tmp_path / "topk.json").write_text('{"epoch=0001-test_mean_score=0.912": 0.9')  # a torn write
+    with pytest.warns(UserWarning, match="topk.json is unreadable"):
+        again = TopKCheckpointManager(tmp_path, "test/mean_score", mode="max", k=2)
+    assert again.entries == {"epoch=0001-test_mean_score=0.912": 0.912, "epoch=0002-test_mean_score=0.300": 0.3}
+    assert json.loads((tmp_path / "topk.json").read_text()) == again.entries  # rewritten whole
+    again.get_ckpt_path({"epoch": 3, "test/mean_score": 0.5})  # keeps working: 0.3 is dropped
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "epoch=0001-test_mean_score=0.912", "topk.json"]
+
+
+def test_unrecoverable_topk_index_names_the_file(tmp_path):
+    _topk_run(tmp_path, [0.5])
+    (tmp_path / "topk.json").write_text("{")
+    with pytest.raises(CheckpointError, match="topk.json is unreadable"):
+        TopKCheckpointManager(tmp_path, "val_loss", mode="min", k=2, format_str="step-{epoch}")
+
+
+def test_topk_index_is_replaced_atomically(tmp_path, monkeypatch):
+    topk = _topk_run(tmp_path, [0.1])
+    before = (tmp_path / "topk.json").read_text()
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the process dies after writing the temp file, before the rename
+
+    monkeypatch.setattr("policylab.common.locking.os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        topk.get_ckpt_path({"epoch": 1, "test/mean_score": 0.2})
+    assert (tmp_path / "topk.json").read_text() == before
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_clean_orphans_removes_only_what_killed_writes_left(tmp_path):
+    _topk_run(tmp_path, [0.1, 0.2])
+    save_checkpoint(tmp_path / "latest", CFG, torch.nn.Linear(8, 8))
+    live = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / ".latest.tmp-0123abcd").mkdir()  # killed inside save_checkpoint
+    (tmp_path / ".latest.tmp-0123abcd" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".latest.89abcdef").mkdir()  # moved into place, but the symlink swap never happened
+    (tmp_path / ".epoch=0005-test_mean_score=0.700.deadbeef").mkdir()  # its top-k entry was dropped
+    os.symlink(".latest.89abcdef", tmp_path / ".latest.link-00112233")
+    (tmp_path / ".topk.json.tmp-a1b2c3d4").write_text("{")
+    (tmp_path / ".keep-me").write_text("not ours")
+    removed = clean_orphans(tmp_path)
+    assert sorted(p.name for p in removed) == [
+        ".epoch=0005-test_mean_score=0.700.deadbeef", ".latest.89abcdef", ".latest.link-00112233",
+        ".latest.tmp-0123abcd", ".topk.json.tmp-a1b2c3d4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*live, ".keep-me"])
+    assert load_policy(tmp_path / "latest") is not None and clean_orphans(tmp_path) == []
