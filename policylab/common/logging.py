@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from policylab.common.locking import atomic_write_text
+
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -20,19 +22,29 @@ def _jsonable(value):
 
 
 class RunLogger:
-    """Appends to `<output_dir>/logs.jsonl` (resumed runs keep appending) and to wandb."""
+    """Appends to `<output_dir>/logs.jsonl` and to wandb; one JSON object per line, each with its
+    `global_step`.
+
+    A fresh run (`resume=False`) starts the file anew. A resumed run appends; with
+    `resume_from_step` (the global_step of the checkpoint it resumed from) it first drops the lines
+    logged after that step, which the resumed run will log again, so no step appears twice. A torn
+    last line (the process died mid-write) is dropped either way.
+    """
 
     def __init__(self, output_dir: str | Path, mode: str = "offline", project: str = "policylab",
                  name: str | None = None, config: Mapping | None = None, resume: bool = False,
-                 enabled: bool = True):
+                 enabled: bool = True, resume_from_step: int | None = None):
         if mode not in WANDB_MODES:
             raise ValueError(f"logging.mode must be one of {WANDB_MODES}, got {mode!r}")
+        resume = resume or resume_from_step is not None
         self.enabled = enabled
         self.path = Path(output_dir) / "logs.jsonl"
         self.run = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists():
+            _truncate_log(self.path, resume_from_step)
         self._file = open(self.path, "a" if resume else "w")  # noqa: SIM115 - open for the run, closed in close()
         if mode != "disabled":
             import wandb
@@ -58,5 +70,39 @@ class RunLogger:
             self.run.finish()
 
 
+def _truncate_log(path: Path, last_step: int | None) -> None:
+    """Keep the lines of `path` with global_step <= `last_step` (all when None) and no torn last
+    line; replaced atomically, and only when something changes."""
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    keep = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                break  # torn by a crash mid-write
+            raise ValueError(f"{path}, line {i + 1}: not JSON ({line[:80]!r}); was it written by two runs "
+                             f"at once?") from None
+        if last_step is None or not isinstance(record, dict) or record.get("global_step", 0) <= last_step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if "".join(keep) != text:
+        atomic_write_text(path, "".join(keep))
+
+
 def read_logs(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a logs.jsonl; a torn last line (a crash mid-write) is skipped."""
+    lines = Path(path).read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}, line {i + 1}: not JSON ({line[:80]!r})") from None
+    return records
