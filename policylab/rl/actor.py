@@ -1,0 +1,220 @@
+"""The actor side of online RL: run the current policy in the env, with a simulated human, to episodes.
+
+`run_episode` is one episode of a policy in an env (usually `make_actor_env`'s: the task's env in an
+`InterventionWrapper` with the task's scripted expert as the human). It keeps the policy's
+observation history like `MultiStepWrapper` (the first observation repeated at reset), asks the
+policy for Ta actions every Ta env steps and records every env step in the layout of the demo
+stores (`policylab.data.generate.demos`), which the learner's stores (`policylab.rl.buffers`) take::
+
+    <obs key> (L, ...)     the env's obs the step's action was chosen from, store format: rgb
+                           (3, H, W) float in [0, 1] -> (H, W, 3) uint8; the rest float32
+    action (L, Da)         float32, the EXECUTED action (the human's while intervening), clipped to
+                           the env's action space as the env clips it
+    reward (L,)            float32
+    terminal (L,)          uint8, 1 only at the last step and only if the env terminated there
+                           (a time limit or `max_steps` is not terminal)
+    intervention (L,)      uint8, 1 where the executed action was the human's
+    embedding (L, D)       float32, only with `embed`: a frozen encoder on the step's obs window
+
+`EnvActor` wraps this for ray: it builds the env and the policy from plain config dicts, takes
+weights as a plain tensor dict and returns episodes as numpy dicts, so nothing but tensors, arrays
+and numbers crosses the process boundary. `remote_env_actor()` is its ray actor class, restarted
+by ray when its process dies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from policylab.common.safe_config import instantiate_trusted
+from policylab.data.generate.demos import to_store
+from policylab.envs.interventions import InterventionWrapper
+
+ACTION, REWARD, TERMINAL, INTERVENTION, EMBEDDING = "action", "reward", "terminal", "intervention", "embedding"
+
+
+def make_actor_env(task_cfg: DictConfig | Mapping, intervention: Mapping | None = None) -> gym.Env:
+    """The task's env (`env_runner.env_id` made with `env_runner.env_kwargs`), with a simulated human.
+
+    Args:
+        task_cfg: a task config (the `task` group): needs `env_runner.env_id`, and `demo.expert`
+            (a `_target_` of a `policylab.envs.experts.Expert`) when `intervention` is given.
+        intervention: `InterventionWrapper` kwargs (deviation_threshold, patience, stall_steps,
+            takeover_steps, ...); None: no human, the policy always acts.
+    """
+    cfg = _container(task_cfg)
+    runner = cfg.get("env_runner") or {}
+    if "env_id" not in runner:
+        raise KeyError("task config has no env_runner.env_id: the actor cannot make the env")
+    env = gym.make(runner["env_id"], **(runner.get("env_kwargs") or {}))
+    if intervention is None:
+        return env
+    expert_cfg = (cfg.get("demo") or {}).get("expert")
+    if expert_cfg is None:
+        raise KeyError("task config has no demo.expert: interventions need the task's scripted expert")
+    return InterventionWrapper(env, expert=instantiate_trusted(expert_cfg, "task.demo.expert"), **intervention)
+
+
+def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_steps: int, max_steps: int,
+                generator: torch.Generator | None = None,
+                embed: Callable[[dict[str, torch.Tensor]], np.ndarray | torch.Tensor] | None = None,
+                ) -> tuple[dict[str, np.ndarray], dict]:
+    """One episode of `policy` in `env` from `env.reset(seed=seed)`, recorded per env step.
+
+    Every Ta env steps the policy gets the last To observations `{key: (1, To, ...)}` float32 on
+    its device and returns `{"action": (1, >=Ta, Da)}`; the first Ta actions are executed one env
+    step at a time until the env terminates or truncates or `max_steps` steps ran.
+
+    Args:
+        policy: a policylab policy (`predict_action(obs, generator=...)`); run in eval mode under
+            no_grad, its training mode is restored afterwards.
+        env: a gymnasium env with dict observations; with an intervener in it, its `info` holds
+            `intervention` and `action` (the executed action), as `InterventionWrapper`'s.
+        seed: the env's reset seed; also seeds the policy's noise when `generator` is None.
+        n_obs_steps, n_action_steps: To and Ta.
+        max_steps: time limit in env steps.
+        generator: the policy's sampling generator (default: one on the policy's device seeded
+            with `seed`, so an episode is reproducible from its seed and weights).
+        embed: the obs window `{key: (1, To, ...)}` -> (D,) (or (1, D)), run on every step's
+            window; its outputs are recorded as `embedding (L, D)`.
+    Returns:
+        The episode `{key: (L, ...)}` in the layout of the module docstring, and stats: length,
+        success (any step's info["is_success"]), return (sum of rewards), n_interventions,
+        n_intervened_steps, intervention_rate (intervened / L), wall_s and env_steps_per_s
+        (whole episode), policy_s (time in predict_action and embed).
+    """
+    if n_obs_steps < 1 or n_action_steps < 1 or max_steps < 1:
+        raise ValueError(f"n_obs_steps ({n_obs_steps}), n_action_steps ({n_action_steps}) and max_steps "
+                         f"({max_steps}) must be >= 1")
+    device = _device(policy)
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    space = env.observation_space
+    low, high = _action_bounds(env.action_space)
+    was_training = policy.training
+    policy.eval()
+    start = time.perf_counter()
+    policy_s = 0.0
+    rows, success, terminated = [], False, False
+    try:
+        with torch.no_grad():
+            obs, _ = env.reset(seed=seed)
+            history = deque([obs] * n_obs_steps, maxlen=n_obs_steps)
+            done = False
+            while not done:
+                tic = time.perf_counter()
+                chunk = _predict_chunk(policy, _window(history, device), generator, n_action_steps)
+                policy_s += time.perf_counter() - tic
+                for policy_action in chunk:
+                    row = to_store(obs, space)
+                    if embed is not None:
+                        tic = time.perf_counter()
+                        row[EMBEDDING] = _embedding(embed(_window(history, device)), len(rows))
+                        policy_s += time.perf_counter() - tic
+                    obs, reward, terminated, truncated, info = env.step(policy_action)
+                    human = "intervention" in info  # an intervener is in the env
+                    executed = np.asarray(info["action"] if human else policy_action, dtype=np.float64)
+                    row[ACTION] = np.clip(executed, low, high).astype(np.float32)
+                    row[REWARD] = np.float32(reward)
+                    row[INTERVENTION] = np.uint8(bool(info["intervention"]) if human else 0)
+                    rows.append(row)
+                    history.append(obs)
+                    success |= bool(info.get("is_success", False))
+                    done = bool(terminated) or bool(truncated) or len(rows) >= max_steps
+                    if done:
+                        break
+    finally:
+        policy.train(was_training)
+    wall_s = time.perf_counter() - start
+    episode = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    episode[TERMINAL] = np.zeros(len(rows), np.uint8)
+    episode[TERMINAL][-1] = bool(terminated)
+    validate_episode(episode)
+    n_intervened = int(episode[INTERVENTION].sum())
+    stats = {"length": len(rows), "success": success, "return": float(episode[REWARD].sum(dtype=np.float64)),
+             "n_interventions": _n_interventions(env, episode[INTERVENTION]),
+             "n_intervened_steps": n_intervened, "intervention_rate": n_intervened / len(rows),
+             "wall_s": wall_s, "env_steps_per_s": len(rows) / max(wall_s, 1e-9), "policy_s": policy_s}
+    return episode, stats
+
+
+def validate_episode(episode: Mapping[str, np.ndarray]) -> None:
+    """Raise ValueError naming the key if lengths differ, a number is NaN/inf or a flag is not 0/1."""
+    for key in (ACTION, REWARD, TERMINAL, INTERVENTION):
+        if key not in episode:
+            raise ValueError(f"episode has no key {key!r}; it has {sorted(episode)}")
+    length = len(episode[ACTION])
+    for key, value in episode.items():
+        if len(value) != length:
+            raise ValueError(f"episode key {key!r} has {len(value)} steps but {ACTION!r} has {length}")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            step = int(np.flatnonzero(~np.isfinite(value.reshape(length, -1)).all(axis=1))[0])
+            raise ValueError(f"episode key {key!r} has a NaN or inf value, first at step {step}")
+    for key in (TERMINAL, INTERVENTION):
+        if not np.isin(episode[key], (0, 1)).all():
+            raise ValueError(f"episode key {key!r} must hold 0/1 flags")
+    if episode[TERMINAL][:-1].any():
+        raise ValueError(f"episode key {TERMINAL!r} is set before the last step")
+
+
+def _predict_chunk(policy, window: dict[str, torch.Tensor], generator: torch.Generator,
+                   n_action_steps: int) -> np.ndarray:
+    """The policy's actions for `window` -> (Ta, Da) float64 numpy, checked."""
+    action = policy.predict_action(window, generator=generator)["action"]
+    if action.ndim != 3 or action.shape[0] != 1 or action.shape[1] < n_action_steps:
+        raise ValueError(f"policy's 'action' must be (1, >=Ta={n_action_steps}, Da), got {tuple(action.shape)}")
+    chunk = action[0, :n_action_steps].detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(chunk).all():
+        raise ValueError("policy's 'action' holds NaN or inf")
+    return chunk
+
+
+def _window(history: deque, device: torch.device) -> dict[str, torch.Tensor]:
+    """The last To env obs -> {key: (1, To, ...)} float32 on `device` (images stay (3, H, W) in [0, 1])."""
+    return {key: torch.as_tensor(np.stack([o[key] for o in history]), dtype=torch.float32, device=device)[None]
+            for key in history[-1]}
+
+
+def _embedding(value, step: int) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float32).numpy()
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim == 2 and value.shape[0] == 1:
+        value = value[0]
+    if value.ndim != 1:
+        raise ValueError(f"embed must return (D,) or (1, D) for key {EMBEDDING!r}, got {value.shape} at step {step}")
+    return value
+
+
+def _action_bounds(space: gym.Space) -> tuple[np.ndarray | float, np.ndarray | float]:
+    if isinstance(space, gym.spaces.Box):
+        return space.low.astype(np.float64), space.high.astype(np.float64)
+    return -np.inf, np.inf
+
+
+def _n_interventions(env: gym.Env, flags: np.ndarray) -> int:
+    """Takeovers: the intervener's own count if it keeps one, else the runs of intervened steps."""
+    try:
+        return int(env.get_wrapper_attr("get_intervention_stats")()["n_interventions"])
+    except AttributeError:
+        return int(flags[0] + np.count_nonzero(np.diff(flags.astype(np.int8)) == 1))
+
+
+def _device(policy) -> torch.device:
+    try:
+        return next(policy.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _container(cfg: DictConfig | Mapping) -> dict:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
