@@ -1,0 +1,137 @@
+"""Q-function ensembles for actor-critic fine-tuning (ConRFT's `Critic` + `ensemblize`).
+
+    CriticEnsemble(obs {key: (B, To, ...)}, action (B, Da')) -> Q (E, B)
+
+The observation encoder is the critic's own (ConRFT's critic never uses the actor's Octo):
+
+    low-dim keys, the whole window flattened (B, To*Do) -> Dense(proprio_dim) -> LayerNorm -> tanh
+    each rgb key, last frame (B, C, H, W) -> image encoder -> Dense(image_dim) -> LayerNorm -> tanh
+
+and is shared by the members. Each of the E members is an MLP over [features, action]:
+[Dense -> LayerNorm -> tanh] x hidden_dims, then a Dense(1) per member, or one Dense(1) shared by
+all (`shared_head`, what ConRFT's flax code does: its head sits outside the vmap). The members run
+as one batched matmul per layer, so E costs about one member's time on a CPU.
+Kernels are xavier-uniform, biases zero, LayerNorm eps 1e-6, as in flax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from policylab.models.conrft_mlp import LAYER_NORM_EPS, _dense_ln_tanh
+
+
+class EnsembleLinear(nn.Module):
+    """E independent Dense layers applied to (E, B, in) in one batched matmul."""
+
+    def __init__(self, ensemble_size: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, out_features))
+        bound = math.sqrt(6 / (in_features + out_features))  # xavier-uniform per member
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with a separate scale and offset per member: (E, B, D)."""
+
+    def __init__(self, ensemble_size: int, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, features))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
+        return x * self.weight + self.bias
+
+
+class CriticObsEncoder(nn.Module):
+    """Observation window -> critic features (B, Df), as ConRFT's critic encodes.
+
+    shape_meta: the task's; `type: rgb` keys go through `image_encoder`, the rest are low-dim.
+    image_encoder: a partial taking `shape_meta` restricted to one rgb key (e.g. the multi-image
+        ResNet encoder with GroupNorm) and giving (B, D) for (B, C, H, W) frames; needed only
+        when there are rgb keys.
+    """
+
+    def __init__(self, shape_meta: Mapping, n_obs_steps: int, proprio_dim: int = 64, image_dim: int = 256,
+                 image_encoder: Callable | None = None):
+        super().__init__()
+        obs_meta = shape_meta["obs"]
+        self.rgb_keys = sorted(k for k, v in obs_meta.items() if v.get("type", "low_dim") == "rgb")
+        self.low_dim_keys = sorted(k for k in obs_meta if k not in self.rgb_keys)
+        self.n_obs_steps = n_obs_steps
+        self.output_dim = 0
+        if self.low_dim_keys:
+            low_dim = sum(math.prod(obs_meta[k]["shape"]) for k in self.low_dim_keys) * n_obs_steps
+            self.proprio = _dense_ln_tanh(low_dim, proprio_dim)
+            self.output_dim += proprio_dim
+        if self.rgb_keys and image_encoder is None:
+            raise ValueError(f"rgb keys {self.rgb_keys} need critic.obs_encoder.image_encoder")
+        self.image_encoders = nn.ModuleDict()
+        self.image_projections = nn.ModuleDict()
+        for key in self.rgb_keys:
+            encoder = image_encoder(shape_meta={"obs": {key: obs_meta[key]}, "action": shape_meta["action"]})
+            self.image_encoders[key] = encoder
+            self.image_projections[key] = _dense_ln_tanh(encoder.output_dim(), image_dim)
+            self.output_dim += image_dim
+
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized obs {key: (B, To', ...)} (rgb in [0, 1]) -> (B, Df); the last To steps are used."""
+        features = []
+        if self.low_dim_keys:
+            window = [obs[k][:, -self.n_obs_steps:].flatten(1) for k in self.low_dim_keys]
+            features.append(self.proprio(torch.cat(window, dim=-1)))
+        for key in self.rgb_keys:
+            last = obs[key][:, -1]
+            features.append(self.image_projections[key](self.image_encoders[key]({key: last})))
+        return torch.cat(features, dim=-1)
+
+
+class CriticEnsemble(nn.Module):
+    """E Q-functions over a shared observation encoder.
+
+    obs_encoder: a partial of `CriticObsEncoder` (filled with shape_meta and n_obs_steps).
+    action_dim: Da' = Ta * Da, the flattened executed chunk the critic scores.
+    """
+
+    def __init__(self, shape_meta: Mapping, n_obs_steps: int, action_dim: int, obs_encoder: Callable,
+                 hidden_dims: Sequence[int] = (256, 256), ensemble_size: int = 2, shared_head: bool = False):
+        super().__init__()
+        self.encoder = obs_encoder(shape_meta=shape_meta, n_obs_steps=n_obs_steps)
+        self.ensemble_size, self.action_dim, self.shared_head = ensemble_size, action_dim, shared_head
+        layers, width = [], self.encoder.output_dim + action_dim
+        for hidden in hidden_dims:
+            layers += [EnsembleLinear(ensemble_size, width, hidden), EnsembleLayerNorm(ensemble_size, hidden),
+                       nn.Tanh()]
+            width = hidden
+        self.trunk = nn.Sequential(*layers)
+        self.head = EnsembleLinear(1 if shared_head else ensemble_size, width, 1)
+
+    def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(obs)
+
+    def q_from_features(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """features (B, Df), action (B, Da') or (B, N, Da') -> Q (E, B) or (E, B, N)."""
+        if action.shape[-1] != self.action_dim:
+            raise ValueError(f"critic scores actions of dim {self.action_dim}, got {tuple(action.shape)}")
+        if action.dim() == 3:  # N candidate actions per state: fold them into the batch
+            b, n = action.shape[:2]
+            q = self.q_from_features(features.repeat_interleave(n, dim=0), action.reshape(b * n, -1))
+            return q.reshape(self.ensemble_size, b, n)
+        x = torch.cat([features, action], dim=-1).expand(self.ensemble_size, -1, -1)
+        hidden = self.trunk(x)
+        if self.shared_head:
+            return (hidden @ self.head.weight[0] + self.head.bias[0]).squeeze(-1)
+        return self.head(hidden).squeeze(-1)
+
+    def forward(self, obs: Mapping[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
+        """obs {key: (B, To, ...)}, action (B, Da') -> Q (E, B)."""
+        return self.q_from_features(self.encode(obs), action)

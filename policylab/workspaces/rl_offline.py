@@ -1,0 +1,207 @@
+"""Stage I of ConRFT (Cal-ConRFT): offline actor-critic fine-tuning on the demonstrations.
+
+    python train.py workspace=rl_offline task=pick_cube_lowdim policy.init=<SFT checkpoint> [conrft=code]
+
+The actor starts from a supervised checkpoint (`policy.init`, e.g. a `policy=conrft_actor` run):
+its policy config replaces `policy` (the path is kept as `init_from`), so the saved `config.yaml` rebuilds the actor and `eval.py`,
+`from_checkpoint` and the policy server load RL checkpoints like any other. Without `init` the
+actor is built from `policy` and its normalizer fitted on the demos. The critic comes from
+`critic`, the stage's hyper-parameters from the `conrft` preset (`conrft.common` + `conrft.offline`).
+
+Step-based: one step is one learner iteration of `rl.conrft.ConRFT.train_step` (critic_actor_ratio
+updates, each on a fresh batch). Checkpoints hold the actor (`model.safetensors`), `critic` and
+`target_critic`, both optimizers, the sampler's generator and every RNG state: `training.resume`
+continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
+
+from policylab.common import checkpoint as ckpt
+from policylab.data.replay_buffer import ReplayBuffer
+from policylab.rl.conrft import ConRFT, ConRFTConfig
+from policylab.rl.transitions import TransitionSampler
+from policylab.workspaces.base import BaseWorkspace, LoggingConfig, due, to_device
+
+
+@dataclasses.dataclass
+class RLTrainingConfig:
+    seed: int = 42
+    device: str = "cpu"
+    resume: bool = False
+    num_steps: int = 20_000               # learner iterations
+    batch_size: int = 256
+    max_train_minutes: float | None = None  # stop at the first step past this budget (evaluation excluded)
+    log_every: int = 50
+    eval_every: int = 2_000               # steps between env-runner evaluations (0: never)
+    eval_at_end: bool = True
+    checkpoint_every: int = 2_000         # steps between checkpoints (0: only at the end)
+    torch_threads: int | None = None      # intra-op threads of the learner (None: torch's default)
+    dist_timeout_minutes: float = 60.0
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    gamma: float = 0.98                   # discount of rewards over an action chunk and of MC returns
+    scale: float = 1.0                    # r' = scale * r + bias (ConRFT: success 10, else -0.05)
+    bias: float = 0.0
+    reward_neg: float | None = None       # raw failure reward, for the sparse MC-return rule
+    is_sparse: bool = True
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    save_latest: bool = True
+    monitor_key: str = "test/success_rate"
+    mode: str = "max"
+    topk: int = 2
+
+
+class OfflineRLWorkspace(BaseWorkspace):
+    schemas: ClassVar[dict[str, type]] = {"training": RLTrainingConfig, "reward": RewardConfig, "logging": LoggingConfig,
+               "checkpoint": CheckpointConfig}
+    stage = "offline"
+
+    def __init__(self, cfg: DictConfig, output_dir: str | Path):
+        super().__init__(cfg, output_dir)
+        train = self.c["training"]
+        if train.torch_threads:
+            torch.set_num_threads(train.torch_threads)
+        actor = self.build_actor()
+        critic = hydra.utils.instantiate(cfg.critic)(
+            shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=actor.n_obs_steps,
+            action_dim=actor.n_action_steps * actor.action_dim)
+        stage_cfg = {**OmegaConf.to_container(cfg.conrft.common), **OmegaConf.to_container(cfg.conrft[self.stage])}
+        self.agent = ConRFT(actor, critic, ConRFTConfig(**stage_cfg)).to(self.device)
+        self.optimizers = self.agent.optimizers
+        self.init_critic()
+        self.generator = torch.Generator().manual_seed(train.seed)
+        self.env_runner = None
+        self._t_start = time.monotonic()
+
+    @property
+    def actor(self):
+        return self.agent.actor
+
+    def build_actor(self):
+        """The actor from `policy.init` (its config replaces `policy`) or from `policy` itself."""
+        init = self.init_path = self.cfg.policy.get("init")
+        if init is None:
+            policy_cfg = OmegaConf.masked_copy(self.cfg.policy, [k for k in self.cfg.policy if k != "init"])
+            actor = hydra.utils.instantiate(policy_cfg)
+            actor.set_normalizer(hydra.utils.instantiate(self.cfg.task.dataset).get_normalizer())
+            return actor
+        init_cfg = ckpt.load_config(init)
+        actor = ckpt.load_policy(init, use_ema=True)  # allow-listed targets only
+        with open_dict(self.cfg):  # the saved config rebuilds the actor; `init_from` records where it began
+            self.cfg.policy = init_cfg.policy
+            self.cfg.init_from = str(init)
+        return actor.train().requires_grad_(True)
+
+    def init_critic(self) -> None:
+        """Stage I starts the critic from scratch."""
+
+    def checkpoint_modules(self) -> dict:
+        return {"policy": self.actor, "critic": self.agent.critic, "target_critic": self.agent.target_critic}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state(), "n_updates": self.agent.n_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+        self.agent.n_updates = int(state["n_updates"])
+
+    def sampler_kwargs(self) -> dict:
+        r = self.c["reward"]
+        return {"horizon": self.actor.horizon, "n_obs_steps": self.actor.n_obs_steps,
+                "n_action_steps": self.actor.n_action_steps, "gamma": r.gamma, "reward_scale": r.scale,
+                "reward_bias": r.bias, "reward_neg": r.reward_neg, "is_sparse_reward": r.is_sparse}
+
+    def demo_replay_buffer(self) -> ReplayBuffer:
+        path = self.cfg.task.dataset.zarr_path
+        return ReplayBuffer.copy_from_path(path)
+
+    def resume_if_asked(self) -> None:
+        latest = self.checkpoint_dir / "latest"
+        if not self.c["training"].resume:
+            return
+        if not latest.exists():
+            raise FileNotFoundError(f"training.resume=true but {latest} does not exist: nothing to resume")
+        self.load_checkpoint(latest)
+        print(f"resumed from {latest} at step {self.global_step}")
+
+    def over_time_budget(self) -> bool:
+        budget = self.c["training"].max_train_minutes
+        return budget is not None and time.monotonic() - self._t_start > 60 * budget
+
+    def evaluate(self) -> dict[str, Any]:
+        if self.env_runner is None and self.cfg.task.get("env_runner") is not None:
+            self.env_runner = hydra.utils.instantiate(self.cfg.task.env_runner, output_dir=str(self.output_dir))
+        if self.env_runner is None:
+            return {}
+        self.actor.eval()
+        try:
+            return self.env_runner.run(self.actor)
+        finally:
+            self.actor.train()
+
+    def checkpoint(self, topk: ckpt.TopKCheckpointManager, metrics: dict) -> None:
+        if self.c["checkpoint"].save_latest:
+            self.save_checkpoint(self.checkpoint_dir / "latest")
+        path = topk.get_ckpt_path({**metrics, "epoch": self.global_step})
+        if path is not None:
+            self.save_checkpoint(path)
+
+    def run(self) -> dict[str, Any]:
+        train = self.c["training"]
+        sampler = TransitionSampler(self.demo_replay_buffer(), OmegaConf.to_container(self.cfg.task.shape_meta),
+                                    **self.sampler_kwargs())
+        self.resume_if_asked()
+        topk = ckpt.TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,
+                                          self.c["checkpoint"].mode, self.c["checkpoint"].topk,
+                                          format_str="step={epoch:07d}-{monitor_key}={value:.3f}")
+        logger = self.make_logger()
+        print(f"Stage I (Cal-ConRFT) in {self.output_dir}: {len(sampler)} demo transitions")
+        sample = lambda: to_device(sampler.sample(train.batch_size, self.generator), self.device)
+        metrics: dict[str, Any] = {}
+        bar = tqdm(total=train.num_steps, initial=self.global_step, desc="cal-conrft", mininterval=1.0)
+        while self.global_step < train.num_steps and not self.over_time_budget():
+            metrics = self.agent.train_step(sample, self.generator)
+            self.global_step += 1
+            bar.update(1)
+            if due(self.global_step, train.log_every):
+                bar.set_postfix(critic=f"{metrics['critic_loss']:.3f}", q=f"{metrics['q_data']:.2f}")
+                logger.log(metrics, step=self.global_step)
+            if due(self.global_step, train.eval_every):
+                logger.log(self.evaluate(), step=self.global_step)
+            if due(self.global_step, train.checkpoint_every):
+                self.checkpoint(topk, metrics)
+        bar.close()
+        final = self.evaluate() if train.eval_at_end else {}
+        logger.log(final, step=self.global_step)
+        self.checkpoint(topk, {**metrics, **final})
+        logger.close()
+        print(f"done at step {self.global_step}: {_summary(final)}; checkpoint {self.checkpoint_dir / 'latest'}")
+        return {**metrics, **final}
+
+
+def _summary(metrics: dict) -> str:
+    keys = ("test/success_rate", "test/mean_score")
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics) or "no evaluation"
+
+
+def load_stage_checkpoint(path: str | Path, agent: ConRFT) -> None:
+    """Actor, critic and target critic from an RL checkpoint (optimizers are not taken)."""
+    ckpt.load_weights(agent.actor, Path(path) / ckpt.MODEL)
+    ckpt.load_modules(path, {"critic": agent.critic, "target_critic": agent.target_critic})
+
