@@ -24,6 +24,7 @@ by ray when its process dies.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -100,8 +101,7 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
     low, high = _action_bounds(env.action_space)
     was_training = policy.training
     policy.eval()
-    start = time.perf_counter()
-    policy_s = 0.0
+    start, policy_s = time.perf_counter(), 0.0
     rows, success, terminated = [], False, False
     try:
         with torch.no_grad():
@@ -119,11 +119,8 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
                         row[EMBEDDING] = _embedding(embed(_window(history, device)), len(rows))
                         policy_s += time.perf_counter() - tic
                     obs, reward, terminated, truncated, info = env.step(policy_action)
-                    human = "intervention" in info  # an intervener is in the env
-                    executed = np.asarray(info["action"] if human else policy_action, dtype=np.float64)
-                    row[ACTION] = np.clip(executed, low, high).astype(np.float32)
+                    row[ACTION], row[INTERVENTION] = _executed(info, policy_action, low, high)
                     row[REWARD] = np.float32(reward)
-                    row[INTERVENTION] = np.uint8(bool(info["intervention"]) if human else 0)
                     rows.append(row)
                     history.append(obs)
                     success |= bool(info.get("is_success", False))
@@ -138,11 +135,94 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
     episode[TERMINAL][-1] = bool(terminated)
     validate_episode(episode)
     n_intervened = int(episode[INTERVENTION].sum())
-    stats = {"length": len(rows), "success": success, "return": float(episode[REWARD].sum(dtype=np.float64)),
-             "n_interventions": _n_interventions(env, episode[INTERVENTION]),
-             "n_intervened_steps": n_intervened, "intervention_rate": n_intervened / len(rows),
-             "wall_s": wall_s, "env_steps_per_s": len(rows) / max(wall_s, 1e-9), "policy_s": policy_s}
-    return episode, stats
+    return episode, {"length": len(rows), "success": success, "return": float(episode[REWARD].sum(dtype=np.float64)),
+                     "n_interventions": _n_interventions(env, episode[INTERVENTION]),
+                     "n_intervened_steps": n_intervened, "intervention_rate": n_intervened / len(rows),
+                     "wall_s": wall_s, "env_steps_per_s": len(rows) / max(wall_s, 1e-9), "policy_s": policy_s}
+
+
+def policy_weights(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full state_dict (normalizer buffers included) as detached CPU tensors, for `EnvActor.set_weights`."""
+    return {key: value.detach().to("cpu", copy=True) for key, value in policy.state_dict().items()}
+
+
+class EnvActor:
+    """One env and one copy of the policy in a process; a ray actor through `remote_env_actor()`.
+
+    Everything it takes and returns is plain: config dicts, a tensor state_dict, numpy episodes and
+    stats of numbers. Ray restarts a killed actor by running `__init__` again with the same
+    arguments, which leaves it without weights: pass the current weights with every `run_episode`
+    (their ObjectRef, so they are copied once into the object store); a version the actor
+    already holds is not loaded again.
+
+    Args:
+        task_cfg: the task config (`make_actor_env`).
+        policy_cfg: the policy config (a `_target_` tree, resolved), built with the allow-list of
+            `policylab.common.safe_config`.
+        intervention: `InterventionWrapper` kwargs, or None for no simulated human.
+        n_obs_steps, n_action_steps, max_steps: To, Ta, and the episode time limit in env steps.
+        device: where the policy runs.
+        torch_threads: torch's intra-op threads in this process (actors share the machine's cores).
+        embed: record `embedding (L, D)`: the policy's own `encode_obs` on every step's normalized
+            obs window, flattened (the frozen-encoder features the learner reads instead of images).
+    """
+
+    def __init__(self, task_cfg: Mapping, policy_cfg: Mapping, intervention: Mapping | None, n_obs_steps: int,
+                 n_action_steps: int, max_steps: int, device: str = "cpu", torch_threads: int = 1,
+                 embed: bool = False):
+        torch.set_num_threads(torch_threads)
+        self.env = make_actor_env(task_cfg, intervention)
+        self.device = torch.device(device)
+        self.policy = instantiate_trusted(_container(policy_cfg), "policy").to(self.device).eval()
+        self.n_obs_steps, self.n_action_steps, self.max_steps = n_obs_steps, n_action_steps, max_steps
+        self.embed = self._embed if embed else None
+        self.version: int | None = None
+
+    def set_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
+        """Load a full policy state_dict (normalizer buffers included) as weights `version`."""
+        missing, unexpected = self.policy.load_state_dict(dict(state_dict), strict=False)
+        if missing or unexpected:
+            raise KeyError(f"weights version {version} do not fit the actor's policy: missing keys {missing[:5]}, "
+                           f"unexpected keys {unexpected[:5]}")
+        self.policy.to(self.device)  # fields a fresh normalizer grew while loading are made on the CPU
+        self.version = int(version)
+
+    def run_episode(self, seed: int, weights: Mapping[str, torch.Tensor] | None = None, version: int | None = None,
+                    max_steps: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """`run_episode` with the current weights (first loading `weights` as `version` if it is new).
+
+        Returns the episode and its stats plus weights_version, actor_pid and seed; `max_steps`
+        overrides the actor's time limit for this episode.
+        """
+        if weights is not None:
+            if version is None:
+                raise ValueError("weights need their version (an int the learner increments when it publishes)")
+            if int(version) != self.version:
+                self.set_weights(weights, version)
+        if self.version is None:
+            raise RuntimeError("the actor has no weights yet (a new or restarted actor): pass weights and version")
+        episode, stats = run_episode(self.policy, self.env, seed, self.n_obs_steps, self.n_action_steps,
+                                     max_steps or self.max_steps, embed=self.embed)
+        stats.update(weights_version=self.version, actor_pid=os.getpid(), seed=int(seed))
+        return episode, stats
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _embed(self, window: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.policy.encode_obs(self.policy.normalize_obs(window)).reshape(-1)
+
+
+def remote_env_actor(num_cpus: float = 1, **options):
+    """`EnvActor` as a ray actor class that ray restarts whenever its process dies.
+
+    A call running when the process dies raises a ray error (no retry: the learner decides, and
+    an episode is never half-delivered); later calls on the same handle reach the restarted actor.
+    `options`: further `ray.remote` options (num_gpus, resources, ...).
+    """
+    import ray  # ray is needed only by the online workspace
+
+    return ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=num_cpus, **options)(EnvActor)
 
 
 def validate_episode(episode: Mapping[str, np.ndarray]) -> None:
@@ -174,6 +254,13 @@ def _predict_chunk(policy, window: dict[str, torch.Tensor], generator: torch.Gen
     if not np.isfinite(chunk).all():
         raise ValueError("policy's 'action' holds NaN or inf")
     return chunk
+
+
+def _executed(info: Mapping, policy_action: np.ndarray, low, high) -> tuple[np.ndarray, np.uint8]:
+    """The executed action (Da,) float32, as the env clips it, and whether the human chose it."""
+    human = "intervention" in info  # only an intervener's info has it
+    executed = np.asarray(info["action"] if human else policy_action, dtype=np.float64)
+    return np.clip(executed, low, high).astype(np.float32), np.uint8(bool(info["intervention"]) if human else 0)
 
 
 def _window(history: deque, device: torch.device) -> dict[str, torch.Tensor]:

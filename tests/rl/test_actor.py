@@ -3,6 +3,10 @@ the obs window, interventions, and the ray actor surviving a kill -9 mid-episode
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import gymnasium as gym
 import hydra
 import numpy as np
@@ -12,7 +16,13 @@ from omegaconf import OmegaConf
 
 from policylab.data.generate.demos import to_store
 from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer
-from policylab.rl.actor import make_actor_env, run_episode
+from policylab.rl.actor import (
+    EnvActor,
+    make_actor_env,
+    policy_weights,
+    remote_env_actor,
+    run_episode,
+)
 from tests.helpers import compose_config
 
 TO, TA = 2, 4
@@ -138,3 +148,56 @@ def test_without_intervener_actions_are_the_policys(cfg):
     assert stats["length"] == 6 and not episode["intervention"].any() and stats["n_interventions"] == 0
     assert np.abs(episode["action"]).max() <= 0.5
     assert policy.policy.training  # its mode before the episode is restored
+
+
+def test_env_actor_in_process(cfg):
+    """The ray actor's class, called directly: weights by version, refusal without them."""
+    actor = EnvActor(OmegaConf.to_container(cfg.task), OmegaConf.to_container(cfg.policy), None, TO, TA, max_steps=5,
+                     embed=True)
+    with pytest.raises(RuntimeError, match="no weights"):
+        actor.run_episode(0)
+    weights = policy_weights(make_policy(cfg))
+    episode, stats = actor.run_episode(0, weights, version=1)
+    assert stats["weights_version"] == 1 and stats["actor_pid"] == os.getpid() and stats["length"] == 5
+    assert episode["embedding"].shape[0] == 5 and episode["embedding"].dtype == np.float32
+    with pytest.raises(KeyError, match="missing keys"):
+        actor.set_weights({k: v for k, v in weights.items() if "normalizer" not in k}, version=2)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_actor_survives_kill(cfg, ray_session):
+    ray = ray_session
+    actor = remote_env_actor(num_cpus=1).remote(OmegaConf.to_container(cfg.task), OmegaConf.to_container(cfg.policy),
+                                                INTERVENTION, TO, TA, max_steps=8)
+    weights = ray.put(policy_weights(make_policy(cfg)))
+    episode, stats = ray.get(actor.run_episode.remote(0, weights, 1), timeout=120)
+    pid = stats["actor_pid"]
+    assert stats["weights_version"] == 1 and pid != os.getpid() and stats["length"] == 8
+    assert episode["action"].dtype == np.float32 and episode["intervention"].dtype == np.uint8
+
+    # near-zero actions without a human: the cube never moves, so the episode only ends by the kill
+    still = ray.put(policy_weights(make_policy(cfg, action_scale=1e-3)))
+    long_call = actor.run_episode.remote(1, still, 2, max_steps=10**7)
+    time.sleep(1.5)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(long_call, timeout=60)
+
+    deadline = time.monotonic() + 60
+    while True:  # the restarted actor has no weights: every call carries them
+        try:
+            _, stats = ray.get(actor.run_episode.remote(2, weights, 3), timeout=60)
+            break
+        except ray.exceptions.RayActorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert stats["weights_version"] == 3 and stats["actor_pid"] != pid and stats["length"] == 8
+    ray.kill(actor, no_restart=True)
