@@ -13,10 +13,19 @@ by default, so files also go back to Diffusion Policy's code (zarr 2); pass `zar
 zarr 3 writes every chunk file atomically. A process killed mid-episode therefore leaves either
 no trace in `episode_ends` or a torn last entry that still holds the fill value 0; both are
 detected on open, and the partial episode is discarded with a warning.
+
+Corruption is loud: zarr reads a missing chunk file as the fill value (zeros), so stores made by
+policylab write every chunk (even all-zero ones) and say so in a root attribute
+(`policylab_all_chunks`); a chunk file missing inside their written range is an error on open naming
+the store, array and chunk. Stores from elsewhere (no attribute) get a warning instead, since
+writers may legitimately skip all-zero chunks. A chunk that fails to decode is re-raised naming
+the store, array and chunk. `update_meta` never leaves a meta array missing, and
+`python -m policylab.data.repair` fixes stores an older version left so.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -41,6 +50,9 @@ from policylab.data.codecs import (
 log = logging.getLogger(__name__)
 
 EPISODE_ENDS = "episode_ends"
+ALL_CHUNKS_ATTR = "policylab_all_chunks"  # root attribute: every chunk in the written range has a file
+# zarr 3 skips chunks equal to the fill value by default; a missing file must mean lost data.
+_WRITE_ALL_CHUNKS = {"array.write_empty_chunks": True}
 
 
 class ReplayBufferError(ValueError):
@@ -83,10 +95,34 @@ def _copy_raw(src_store, dst_store, prefix: str) -> None:
     sync(run())
 
 
+_METADATA_FILES = (".zarray", ".zattrs", ".zgroup", "zarr.json")
+
+
+def _is_metadata_key(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] in _METADATA_FILES
+
+
+def _list(store, prefix: str) -> list[str]:
+    async def run():
+        return [key async for key in store.list_prefix(prefix)]
+
+    return sync(run())
+
+
+def _copy_keys(src_store, dst_store, keys) -> None:
+    async def run():
+        prototype = default_buffer_prototype()
+        for key in keys:
+            await dst_store.set(key, await src_store.get(key, prototype=prototype))
+
+    sync(run())
+
+
 class ReplayBuffer:
     """Episodes of `{key: (L, ...)}` arrays, on a numpy dict or a zarr group."""
 
-    def __init__(self, root: zarr.Group | dict):
+    def __init__(self, root: zarr.Group | dict, check_chunks: bool = True):
+        """`check_chunks=False` skips the missing-chunk check (for the repair tool, which reports them)."""
         if isinstance(root, zarr.Group):
             self._check_layout_zarr(root)
         elif isinstance(root, Mapping):
@@ -97,6 +133,7 @@ class ReplayBuffer:
             raise TypeError(f"root must be a zarr.Group or a dict, got {type(root).__name__}")
         self.root = root
         self._writer_lock: WriterLock | None = None
+        self._check_chunks_on_open = check_chunks
         self._validate()
 
     # ---------------------------------------------------------------- constructors
@@ -119,14 +156,15 @@ class ReplayBuffer:
         return cls(group)
 
     @classmethod
-    def create_from_path(cls, path, mode: str = "r", zarr_format: int = 2) -> ReplayBuffer:
+    def create_from_path(cls, path, mode: str = "r", zarr_format: int = 2, check_chunks: bool = True) -> ReplayBuffer:
         """Open a store on disk, in place (data stays on disk; for data larger than RAM).
 
-        mode 'r' reads; 'a' appends, creating the store if needed; 'w' starts an empty store.
+        mode 'r' reads; 'a' appends, creating the store if needed; 'w' starts an empty store. Writers
+        hold the store's writer lock until `close()` (or exit): a second writing process gets LockError.
         """
         path = Path(path)
         if mode == "r":
-            return cls(_open_root(open_store(path, mode), mode="r"))
+            return cls(_open_root(open_store(path, mode), mode="r"), check_chunks=check_chunks)
         if mode not in ("a", "w"):
             raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
         # One writer per store: a second process appending would interleave its steps into our
@@ -134,7 +172,7 @@ class ReplayBuffer:
         lock = store_lock(path).acquire()
         try:
             if mode == "a" and path.exists():
-                buffer = cls(_open_root(open_store(path, mode), mode="r+"))
+                buffer = cls(_open_root(open_store(path, mode), mode="r+"), check_chunks=check_chunks)
             else:
                 root = zarr.open_group(open_store(path, "w"), mode="w", zarr_format=zarr_format)
                 cls._init_layout(root)
@@ -214,6 +252,7 @@ class ReplayBuffer:
         """Write every array into an empty store (recompressing as asked)."""
         chunks, compressors = dict(chunks or {}), dict(compressors or {})
         root = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+        root.attrs[ALL_CHUNKS_ATTR] = True
         root.require_group("data")
         root.require_group("meta")
         meta_items = self.meta.items() if self.backend == "numpy" else self.meta.arrays()
@@ -307,12 +346,14 @@ class ReplayBuffer:
         episode = {key: np.asarray(value) for key, value in data.items()}
         length = self._check_episode(episode)
         start, stop = self.n_steps, self.n_steps + length
-        for key, value in episode.items():
-            if key not in self:
-                self._create_array(key, value, self._per_key(chunks, key), self._per_key(compressors, key, "default"))
-            arr = self.data[key]
-            self._resize(key, (stop, *arr.shape[1:]))
-            self.data[key][start:stop] = value
+        with zarr.config.set(_WRITE_ALL_CHUNKS):
+            for key, value in episode.items():
+                if key not in self:
+                    self._create_array(key, value, self._per_key(chunks, key),
+                                       self._per_key(compressors, key, "default"))
+                arr = self.data[key]
+                self._resize(key, (stop, *arr.shape[1:]))
+                self.data[key][start:stop] = value
         self._append_episode_end(stop)
 
     def extend(self, data: Mapping[str, np.ndarray]) -> None:
@@ -357,10 +398,46 @@ class ReplayBuffer:
             value = np.asarray(value)
             if self.backend == "numpy":
                 self.meta[key] = value
-            else:
+            elif isinstance(self.root.store, (zarr.storage.LocalStore, zarr.storage.MemoryStore)):
+                self._swap_meta_array(key, value)
+            else:  # a zip store cannot overwrite a key in place; zip stores are written whole anyway
                 if key in self.meta:
                     del self.meta[key]
                 self._write_array(self.meta, key, value, value.shape or (1,), "default")
+
+    def _swap_meta_array(self, key: str, value: np.ndarray) -> None:
+        """Replace meta/<key> so that a crash at any moment leaves the old or the new array, never none.
+
+        The new array is encoded in memory, then its files are put in place (each atomically): chunks
+        first, metadata (shape) last, then chunks past the new end are deleted. When dtype and
+        per-row shape are unchanged, the old metadata reads the new chunks correctly, so every
+        intermediate state is a valid array (old shape; for a grown list such as episode seeds, the
+        old values). A changed dtype needs the old metadata deleted first (a short window; the repair
+        tool handles a crash there).
+        """
+        store, prefix = self.root.store, f"{self.meta.path}/{key}/"
+        existing = self.meta[key] if key in self.meta.array_keys() else None
+        memory = zarr.storage.MemoryStore()
+        same_layout = existing is not None and existing.dtype == value.dtype and existing.shape[1:] == value.shape[1:]
+        if same_layout:  # keep the stored metadata (codec, chunks), change only the shape
+            _copy_keys(store, memory, [k for k in _list(store, prefix) if _is_metadata_key(k)])
+            arr = zarr.open_array(memory, path=f"{self.meta.path}/{key}", mode="r+")
+            arr.resize(value.shape)
+            if value.shape[0]:
+                arr[:] = value
+        else:
+            group = zarr.open_group(memory, path=self.meta.path, mode="a", zarr_format=self.root.metadata.zarr_format)
+            self._write_array(group, key, value, (max(1024, value.shape[0] if value.ndim else 1), *value.shape[1:])
+                              if value.ndim else (1,), "default")
+        new_keys = _list(memory, prefix)
+        old_keys = _list(store, prefix)
+        if existing is not None and not same_layout:
+            sync(store.delete_dir(prefix.rstrip("/")))
+        _copy_keys(memory, store, [k for k in new_keys if not _is_metadata_key(k)])
+        _copy_keys(memory, store, [k for k in new_keys if _is_metadata_key(k)])
+        stale = [k for k in old_keys if k not in set(new_keys)] if same_layout else []
+        for k in stale:
+            sync(store.delete(k))
 
     # ---------------------------------------------------------------- chunks / compressors
     def get_chunks(self) -> dict[str, tuple[int, ...]]:
@@ -386,6 +463,8 @@ class ReplayBuffer:
     # ---------------------------------------------------------------- internals
     @staticmethod
     def _init_layout(root: zarr.Group) -> None:
+        if not list(root.group_keys()):  # a new store: every chunk it gets is written by this code
+            root.attrs[ALL_CHUNKS_ATTR] = True
         root.require_group("data")
         meta = root.require_group("meta")
         if EPISODE_ENDS not in meta:
@@ -424,6 +503,8 @@ class ReplayBuffer:
                 raise ReplayBufferError(
                     f"data/{key} has {length} steps but meta/episode_ends ends at {n_steps}")
         self._n_episodes, self._n_steps = len(ends), n_steps
+        if self.backend == "zarr" and self._check_chunks_on_open:
+            self._check_chunks()
         if len(ends) != self.meta[EPISODE_ENDS].shape[0] or any(n > n_steps for n in lengths.values()):
             log.warning("store has data past the last complete episode (interrupted add_episode); "
                         "it is ignored%s", " and truncated" if self._writable() else "")
@@ -431,6 +512,39 @@ class ReplayBuffer:
                 for key in lengths:
                     self._resize(key, (n_steps, *self.data[key].shape[1:]))
                 self._set_episode_ends(ends)
+
+    def find_missing_chunks(self) -> dict[str, list[str]]:
+        """{data key: chunk keys (e.g. "1.0", "c/1/0") missing inside rows [0, n_steps)} (zarr backend)."""
+        if self.backend != "zarr":
+            return {}
+        missing = {}
+        for key, arr in self.data.arrays():
+            grid = arr.shards or arr.chunks  # a sharded array stores one file per shard
+            rows = min(self._n_steps, arr.shape[0])
+            counts = [math.ceil(rows / grid[0]), *(math.ceil(n / c) for n, c in zip(arr.shape[1:], grid[1:]))]
+            prefix = f"{arr.path}/"
+            present = set(_list(self.root.store, prefix))
+            expected = (prefix + arr.metadata.encode_chunk_key(c) for c in itertools.product(*map(range, counts)))
+            absent = [k[len(prefix):] for k in expected if k not in present]
+            if absent:
+                missing[key] = absent
+        return missing
+
+    def _check_chunks(self) -> None:
+        missing = self.find_missing_chunks()
+        if not missing:
+            return
+        key, chunks = next(iter(missing.items()))
+        more = f" and {len(chunks) - 1} more" if len(chunks) > 1 else ""
+        where = (f"store {self.root.store}: data/{key} has no chunk file {chunks[0]!r}{more} inside its written "
+                 f"range; those steps would read as zeros")
+        others = sorted(set(missing) - {key})
+        where += f" (also missing chunks in {others})" if others else ""
+        if self.root.attrs.get(ALL_CHUNKS_ATTR):
+            raise ReplayBufferError(f"{where}. The store is damaged (a deleted or lost file); "
+                                    f"`python -m policylab.data.repair` reports it")
+        log.warning("%s. If a writer skipped all-zero chunks this is harmless; if files were lost, the data is "
+                    "wrong", where)
 
     def _raw_items(self):
         if self.backend == "numpy":
@@ -479,10 +593,11 @@ class ReplayBuffer:
     def _write_array(group: zarr.Group, key: str, value, chunks, compressor) -> None:
         fmt = group.metadata.zarr_format
         chunks = tuple(chunks) if chunks is not None else get_optimal_chunks(value.shape, value.dtype)
-        arr = group.create_array(key, shape=value.shape, chunks=chunks, dtype=value.dtype, fill_value=0,
-                                 compressors=compressors_for_format(compressor, fmt, key), overwrite=True)
-        if value.shape[0]:
-            arr[:] = value
+        with zarr.config.set(_WRITE_ALL_CHUNKS):
+            arr = group.create_array(key, shape=value.shape, chunks=chunks, dtype=value.dtype, fill_value=0,
+                                     compressors=compressors_for_format(compressor, fmt, key), overwrite=True)
+            if value.shape[0]:
+                arr[:] = value
 
     def _resize(self, key: str, shape: tuple[int, ...]) -> None:
         arr = self.data[key]
@@ -534,5 +649,22 @@ class ReplayBuffer:
         out = np.empty((n_steps, *arr.shape[1:]), dtype=arr.dtype)
         step = max(arr.chunks[0], 1) * max(1, 64 // max(arr.chunks[0], 1))
         for start in range(0, n_steps, step):
-            out[start:start + step] = arr[start:min(start + step, n_steps)]
+            try:
+                out[start:start + step] = arr[start:min(start + step, n_steps)]
+            except Exception as err:  # codecs raise their own types (e.g. blosc's RuntimeError)
+                raise ReplayBufferError(ReplayBuffer._undecodable(arr, start, min(start + step, n_steps), err)) from err
         return out
+
+    @staticmethod
+    def _undecodable(arr, start: int, stop: int, err: Exception) -> str:
+        """Which chunk of rows [start, stop) of `arr` fails to decode, as a message naming store, array, chunk."""
+        rows = arr.chunks[0]
+        for first in range(start - start % rows, stop, rows):
+            try:
+                arr[first:min(first + rows, arr.shape[0])]
+            except Exception as chunk_err:  # noqa: BLE001 - any codec error: the same one, now pinned to a chunk
+                index = (first // rows, *(0 for _ in arr.shape[1:]))
+                return (f"store {arr.store}: {arr.path} chunk {arr.metadata.encode_chunk_key(index)!r} (rows "
+                        f"{first}..{min(first + rows, arr.shape[0]) - 1}) cannot be decoded, the file is corrupt: "
+                        f"{type(chunk_err).__name__}: {chunk_err}")
+        return f"store {arr.store}: {arr.path} rows {start}..{stop - 1} cannot be read: {type(err).__name__}: {err}"

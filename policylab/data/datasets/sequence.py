@@ -150,11 +150,27 @@ class SequenceDataset(BaseDataset):
         return self._format(raw, batched=True)
 
     def get_validation_dataset(self) -> SequenceDataset:
+        """The held-out episodes; raises ValueError naming the episode and key if one holds NaN or inf
+        (training episodes get the same check when the normalizer is fitted)."""
+        self._check_finite(self.val_mask, "validation")
         val = copy.copy(self)
         # Only the held-out episodes, not the ones max_train_episodes dropped (DP mixes them in).
         val.sampler = SequenceSampler(self.replay_buffer, episode_mask=self.val_mask, **self._sampler_args)
         val.train_mask = self.val_mask
         return val
+
+    def _check_finite(self, mask: np.ndarray, which: str) -> None:
+        """Non-finite action or low-dim obs values in the episodes of `mask` are an error naming them."""
+        keys = {self.action_zarr_key} | {a["zarr_key"] for a in self.shape_meta["obs"].values() if a["type"] != "rgb"}
+        ends = self.replay_buffer.episode_ends
+        for episode in np.flatnonzero(mask):
+            start = int(ends[episode - 1]) if episode > 0 else 0
+            for key in sorted(keys):
+                value = np.asarray(self.replay_buffer[key][start:int(ends[episode])])
+                if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                    bad = np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
+                    raise ValueError(f"{which} episode {episode}: key {key!r} has NaN or inf values at "
+                                     f"{len(bad)} steps (first: step {int(bad[0])} of the episode)")
 
     def _episode_steps(self, mask: np.ndarray) -> np.ndarray:
         ends = self.replay_buffer.episode_ends
