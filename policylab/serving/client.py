@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 
 import numpy as np
 import torch
@@ -21,10 +22,12 @@ class RemotePolicyError(RuntimeError):
 
 
 class RemotePolicy:
-    """Args: url (ws://host:port), token (shared secret or None), timeout (s per request)."""
+    """Args: url (ws://host:port), token (shared secret; None reads POLICYLAB_SERVER_TOKEN, if set),
+    timeout (s per request)."""
 
     def __init__(self, url: str = "ws://127.0.0.1:8765", token: str | None = None, timeout: float = 5.0,
                  max_message_bytes: int = 16 * 2**20):
+        token = token or os.environ.get("POLICYLAB_SERVER_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.timeout = timeout
         self._stack = contextlib.ExitStack()

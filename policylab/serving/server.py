@@ -2,10 +2,16 @@
 
     python -m policylab.serving.server --checkpoint outputs/.../checkpoints/latest [--port 8765]
 
-Safe defaults: binds 127.0.0.1 (reach it from another machine through an SSH tunnel, or pass
---host deliberately), caps message size, and can require a shared token (`Authorization:
-Bearer <token>` at the handshake). A malformed request gets an error reply; the server keeps
-serving. Requests are answered one at a time: the policy is one model on one device.
+    POLICYLAB_SERVER_TOKEN=... python -m policylab.serving.server --checkpoint ... --host 0.0.0.0
+    python -m policylab.serving.server --checkpoint ... --host 0.0.0.0 --token-file <file>
+
+Safe defaults: binds 127.0.0.1 (reach it from another machine through an SSH tunnel). Any other
+address needs a shared token (`Authorization: Bearer <token>` at the handshake, compared in
+constant time) or an explicit `--insecure`. The token comes from a file or the environment, never
+from argv (which `ps` shows to every user). Message size, concurrent connections and batch size
+are capped; a malformed request, or a policy output that is NaN or inf (e.g. for finite but extreme
+inputs), gets an error reply and the server keeps serving. Requests are answered one at a time:
+the policy is one model on one device.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import ipaddress
 import logging
+import os
 import threading
 from http import HTTPStatus
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,20 +35,41 @@ from policylab.serving.protocol import ProtocolError, check_obs, decode, encode
 
 log = logging.getLogger(__name__)
 
+TOKEN_ENV = "POLICYLAB_SERVER_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to any interface
+        return False
+
 
 class PolicyServer:
     """Args:
         policy: any object with the policy contract (predict_action, shape_meta, n_obs_steps, n_action_steps).
         host / port: where to listen (port 0 picks a free one; see `.port` after start).
-        token: shared secret clients must send; None accepts any local client.
+        token: shared secret clients must send; required unless `host` is a loopback address or
+            `insecure` is set.
         max_message_bytes: larger messages close that connection (WebSocket code 1009).
+        max_connections: further clients are refused at the handshake (HTTP 503) while this many are open.
+        max_batch: the largest batch B one predict request may carry.
     """
 
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-                 max_message_bytes: int = 16 * 2**20):
+                 max_message_bytes: int = 16 * 2**20, max_connections: int = 16, max_batch: int = 64,
+                 insecure: bool = False):
+        if not token and not insecure and not is_loopback(host):
+            raise ValueError(f"refusing to serve on {host!r} without a token: anyone who can reach it could "
+                             f"drive the policy. Set a token ({TOKEN_ENV} or --token-file), bind 127.0.0.1 and "
+                             f"tunnel, or pass --insecure (insecure=True) deliberately")
         self.policy, self.host, self.port = policy, host, port
-        self.token, self.max_message_bytes = token, max_message_bytes
+        self.token, self.max_message_bytes = token or None, max_message_bytes
+        self.max_connections, self.max_batch = max_connections, max_batch
         self.n_requests = self.n_errors = 0
+        self._n_open = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -72,15 +102,24 @@ class PolicyServer:
 
     def _predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_obs(arrays, self.policy.shape_meta, self.policy.n_obs_steps)
+        batch = next(iter(arrays.values())).shape[0] if arrays else 0
+        if batch > self.max_batch:
+            raise ProtocolError(f"batch of {batch} exceeds this server's cap of {self.max_batch}; split the request")
         device = getattr(self.policy, "device", "cpu")
         obs = {k: torch.from_numpy(np.array(arrays[k], np.float32)).to(device) for k in self.policy.shape_meta["obs"]}
         with torch.no_grad():
             result = self.policy.predict_action(obs)
-        return {k: result[k].detach().cpu().numpy().astype(np.float32)
-                for k in ("action", "action_pred") if k in result}
+        out = {k: result[k].detach().cpu().numpy().astype(np.float32) for k in ("action", "action_pred") if k in result}
+        for key, value in out.items():
+            if not np.isfinite(value).all():
+                raise ProtocolError(f"the policy's {key} holds NaN or inf for this observation (finite but "
+                                    f"extreme inputs?); refusing to send it as actions")
+        return out
 
-    # ------------------------------------------------------------------ asyncio plumbing
     def _authorize(self, connection, request):
+        if self._n_open >= self.max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"{self.max_connections} connections open, the server's limit\n")
         if self.token is None:
             return None
         given = request.headers.get("Authorization", "")
@@ -89,11 +128,14 @@ class PolicyServer:
         return None
 
     async def _connection(self, websocket) -> None:
+        self._n_open += 1  # the event loop is one thread: no lock needed
         try:
             async for message in websocket:
                 await websocket.send(await asyncio.to_thread(self.handle, message))
         except websockets.ConnectionClosed:
             pass
+        finally:
+            self._n_open -= 1
 
     async def serve(self) -> None:
         self._stop = asyncio.Event()
@@ -104,7 +146,6 @@ class PolicyServer:
             self._ready.set()
             await self._stop.wait()
 
-    # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 10.0) -> PolicyServer:
         """Serve from a background thread (returns once listening)."""
         def run():
@@ -134,19 +175,39 @@ class PolicyServer:
         self.stop()
 
 
+def read_token(token_file: str | None) -> str | None:
+    """The shared token from `token_file` (first line) or the POLICYLAB_SERVER_TOKEN variable; None if neither."""
+    if token_file:
+        token = Path(token_file).read_text().strip()
+        if not token:
+            raise SystemExit(f"--token-file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # No abbreviations: `--token <secret>` must fail, not be read as --token-file.
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--checkpoint", required=True, help="a policylab checkpoint directory")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--token", default=None, help="shared token clients must present")
+    parser.add_argument("--token-file", default=None,
+                        help=f"file holding the shared token clients must present (or set {TOKEN_ENV})")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without a token (anyone reaching the port can use it)")
     parser.add_argument("--max-message-mb", type=float, default=16.0)
+    parser.add_argument("--max-connections", type=int, default=16)
+    parser.add_argument("--max-batch", type=int, default=64)
     args = parser.parse_args(argv)
+    token = read_token(args.token_file)
+    if not token and not args.insecure and not is_loopback(args.host):
+        parser.error(f"--host {args.host} needs a token ({TOKEN_ENV} or --token-file) or --insecure")
     from policylab.policies.base import BasePolicy
 
     policy = BasePolicy.from_checkpoint(args.checkpoint, device=args.device).eval()
-    server = PolicyServer(policy, args.host, args.port, args.token, int(args.max_message_mb * 2**20))
+    server = PolicyServer(policy, args.host, args.port, token, int(args.max_message_mb * 2**20),
+                          max_connections=args.max_connections, max_batch=args.max_batch, insecure=args.insecure)
     asyncio.run(server.serve())
 
 
