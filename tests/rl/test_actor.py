@@ -23,6 +23,7 @@ from policylab.rl.actor import (
     remote_env_actor,
     run_episode,
 )
+from policylab.rl.buffers import OnlineReplayStore
 from tests.helpers import compose_config
 
 TO, TA = 2, 4
@@ -80,7 +81,7 @@ class Spy:
         return self.policy.predict_action(obs, generator=generator)
 
 
-def test_episode_layout_windows_and_interventions(cfg):
+def test_episode_layout_windows_and_interventions(cfg, tmp_path):
     env = Recorder(make_actor_env(cfg.task, INTERVENTION))
     spy, embedded = Spy(make_policy(cfg)), []
 
@@ -128,6 +129,12 @@ def test_episode_layout_windows_and_interventions(cfg):
     again, _ = run_episode(make_policy(cfg), make_actor_env(cfg.task, INTERVENTION), seed=3, n_obs_steps=TO,
                            n_action_steps=TA, max_steps=max_steps)
     np.testing.assert_array_equal(again["action"], episode["action"])  # same seed, same episode
+
+    # the learner's store takes it as it is
+    store = OnlineReplayStore(tmp_path / "online.zarr", cfg.task.shape_meta, cfg.horizon, TO, TA, gamma=0.99,
+                              embedding_key="embedding")
+    store.add_episode(episode)
+    assert store.n_steps == L
 
 
 def test_takeover_episode_terminates_at_success(cfg):
