@@ -190,6 +190,23 @@ def clean_orphans(ckpt_root: str | Path) -> list[Path]:
     return removed
 
 
+def find_resume_checkpoint(ckpt_root: str | Path, resume: bool | str) -> Path | None:
+    """The checkpoint `training.resume` asks for: False -> None (a fresh run); True -> `<ckpt_root>/latest`,
+    a CheckpointError naming the directory when there is none (it silently started fresh before);
+    "auto" -> `latest` when it exists, else None (resume if possible, quietly)."""
+    latest = Path(ckpt_root) / "latest"
+    if resume is False or resume is None:
+        return None
+    if resume == "auto":
+        return latest if (latest / CONFIG).is_file() else None
+    if resume is True:
+        if not (latest / CONFIG).is_file():
+            raise CheckpointError(f"training.resume=true but {latest} holds no checkpoint; point hydra.run.dir at "
+                                  f"the run to resume, or use training.resume=auto to start fresh when there is none")
+        return latest
+    raise ValueError(f"training.resume must be true, false or 'auto', got {resume!r}")
+
+
 def load_config(ckpt_dir: str | Path) -> DictConfig:
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / CONFIG).is_file():

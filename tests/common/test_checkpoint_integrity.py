@@ -14,6 +14,7 @@ from policylab.common.checkpoint import (
     CheckpointError,
     TopKCheckpointManager,
     clean_orphans,
+    find_resume_checkpoint,
     load_modules,
     load_policy,
     load_training_state,
@@ -187,3 +188,14 @@ def test_clean_orphans_removes_only_what_killed_writes_left(tmp_path):
         ".latest.tmp-0123abcd", ".topk.json.tmp-a1b2c3d4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*live, ".keep-me"])
     assert load_policy(tmp_path / "latest") is not None and clean_orphans(tmp_path) == []
+
+
+def test_resume_true_without_checkpoint_is_an_error_and_auto_is_quiet(tmp_path):
+    root = tmp_path / "checkpoints"
+    with pytest.raises(CheckpointError, match="training.resume=true but .*latest holds no checkpoint"):
+        find_resume_checkpoint(root, True)
+    assert find_resume_checkpoint(root, "auto") is None and find_resume_checkpoint(root, False) is None
+    save_checkpoint(root / "latest", CFG, torch.nn.Linear(8, 8))
+    assert find_resume_checkpoint(root, True) == find_resume_checkpoint(root, "auto") == root / "latest"
+    with pytest.raises(ValueError, match="training.resume"):
+        find_resume_checkpoint(root, "yes")
