@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from policylab.common import checkpoint as ckpt
+from policylab.common.locking import RunDirLock
 from policylab.common.logging import RunLogger
 
 
@@ -142,8 +143,9 @@ class LoggingConfig:
 class BaseWorkspace:
     """The plumbing every training loop needs; subclasses implement `run()`.
 
-    Every schema needs a `training` section with at least `seed`, `device`, `resume`,
-    `dist_timeout_minutes`; `logging` follows `LoggingConfig`.
+    Every schema needs a `training` section with at least `seed`, `device`, `resume` (true, false or
+    "auto"), `dist_timeout_minutes`; `logging` follows `LoggingConfig`. `run()` starts with
+    `start_run()`; `train()` calls `end_run()` however the run ends.
     """
 
     schemas: ClassVar[dict[str, type]] = {}
@@ -158,6 +160,8 @@ class BaseWorkspace:
         self.output_dir = Path(broadcast_object(str(output_dir), self.dist))
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.global_step = 0
+        self.resumed_from_step: int | None = None
+        self._run_lock: RunDirLock | None = None
         seed_everything(train.seed)
 
     def run(self) -> dict[str, Any]:
@@ -178,10 +182,27 @@ class BaseWorkspace:
     def load_state_dict(self, state: dict) -> None:
         self.global_step = int(state["global_step"])
 
+    def start_run(self) -> Path | None:
+        """Take the run directory (rank 0 holds its writer lock: one run per directory), remove what
+        killed checkpoint writes left behind, and return the checkpoint that `training.resume`
+        asks for: None for a fresh run; true and none there is an error; "auto" resumes if it can."""
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._run_lock = RunDirLock(self.output_dir).acquire()
+            ckpt.clean_orphans(self.checkpoint_dir)
+        return ckpt.find_resume_checkpoint(self.checkpoint_dir, self.c["training"].resume)
+
+    def end_run(self) -> None:
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
+
     def make_logger(self) -> RunLogger:
-        """`logs.jsonl` + wandb on rank 0; a resumed run appends to the same log."""
+        """`logs.jsonl` + wandb on rank 0. A resumed run appends, after dropping the lines logged
+        past its checkpoint (it logs those steps again)."""
         log_cfg = {k: v for k, v in OmegaConf.to_container(self.c["logging"]).items() if k != "log_every"}
-        return RunLogger(self.output_dir, resume=self.c["training"].resume, enabled=self.dist.is_main,
+        return RunLogger(self.output_dir, resume=self.resumed_from_step is not None, enabled=self.dist.is_main,
+                         resume_from_step=self.resumed_from_step,
                          config=OmegaConf.to_container(self.cfg, resolve=True), **log_cfg)
 
     def save_checkpoint(self, path: Path) -> None:
@@ -207,6 +228,7 @@ class BaseWorkspace:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.load_state_dict(state)
+        self.resumed_from_step = self.global_step
         if load_rng:
             # Exact under DDP when resumed with the same number of ranks; otherwise every rank takes rank 0's.
             per_rank = state.get("rng_per_rank", [])
@@ -248,7 +270,11 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     workspace_cls = hydra.utils.get_class(cfg.workspace._target_)
     if not (isinstance(workspace_cls, type) and issubclass(workspace_cls, BaseWorkspace)):
         raise TypeError(f"workspace._target_ {cfg.workspace._target_!r} is not a policylab workspace")
+    workspace = None
     try:
-        return workspace_cls(copy.deepcopy(cfg), output_dir).run()
+        workspace = workspace_cls(copy.deepcopy(cfg), output_dir)
+        return workspace.run()
     finally:
+        if workspace is not None:
+            workspace.end_run()
         shutdown_distributed()

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from policylab.common import checkpoint as ckpt
 from policylab.data.replay_buffer import ReplayBuffer
+from policylab.data.sampler import downsample_mask, get_val_mask
 from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.transitions import TransitionSampler
 from policylab.workspaces.base import BaseWorkspace, LoggingConfig, due, to_device
@@ -37,7 +39,7 @@ from policylab.workspaces.base import BaseWorkspace, LoggingConfig, due, to_devi
 class RLTrainingConfig:
     seed: int = 42
     device: str = "cpu"
-    resume: bool = False
+    resume: Any = False  # true | false | "auto" (resume when there is a checkpoint)
     num_steps: int = 20_000               # learner iterations
     batch_size: int = 256
     max_train_minutes: float | None = None  # stop at the first step past this budget (evaluation excluded)
@@ -128,17 +130,22 @@ class OfflineRLWorkspace(BaseWorkspace):
                 "reward_bias": r.bias, "reward_neg": r.reward_neg, "is_sparse_reward": r.is_sparse}
 
     def demo_replay_buffer(self) -> ReplayBuffer:
-        path = self.cfg.task.dataset.zarr_path
-        return ReplayBuffer.copy_from_path(path)
+        """The task dataset's training episodes (same `val_ratio` / `max_train_episodes` / `seed`
+        selection as `SequenceDataset`, so the RL stages see the demos the supervised stage saw)."""
+        d = self.cfg.task.dataset
+        store = ReplayBuffer.copy_from_path(d.zarr_path)
+        train_mask = downsample_mask(~get_val_mask(store.n_episodes, d.get("val_ratio", 0.0), seed=d.get("seed", 42)),
+                                     d.get("max_train_episodes"), seed=d.get("seed", 42))
+        demos = ReplayBuffer.create_empty_numpy()
+        for i in np.flatnonzero(train_mask):
+            demos.add_episode(store.get_episode(int(i), copy=True))
+        return demos
 
     def resume_if_asked(self) -> None:
-        latest = self.checkpoint_dir / "latest"
-        if not self.c["training"].resume:
-            return
-        if not latest.exists():
-            raise FileNotFoundError(f"training.resume=true but {latest} does not exist: nothing to resume")
-        self.load_checkpoint(latest)
-        print(f"resumed from {latest} at step {self.global_step}")
+        resume_from = self.start_run()
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            print(f"resumed from {resume_from} at step {self.global_step}")
 
     def over_time_budget(self) -> bool:
         budget = self.c["training"].max_train_minutes

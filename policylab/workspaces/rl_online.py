@@ -128,8 +128,8 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         import ray
 
         train, o = self.c["training"], self.c["online"]
+        self.resume_if_asked()  # takes the run directory first: the stores live in it
         demo, online = self.stores()
-        self.resume_if_asked()
         self.next_episode = max(self.next_episode, online.n_episodes)
         mixed = MixedSampler(demo.sampler, online.sampler, o.online_fraction)
         topk = ckpt.TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,

@@ -48,7 +48,7 @@ class TrainingConfig:
     gradient_accumulate_every: int = 1
     max_grad_norm: float | None = None
     use_ema: bool = True
-    resume: bool = False
+    resume: Any = False  # true | false | "auto" (resume when there is a checkpoint)
     rollout_every: int = 50
     val_every: int = 1
     sample_every: int = 5
@@ -144,9 +144,9 @@ class SupervisedWorkspace(BaseWorkspace):
         self.lr_scheduler = lr_scheduler = get_scheduler(
             self.c["lr_scheduler"].name, optimizer=self.optimizer, num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
             num_training_steps=steps_per_epoch * train.num_epochs)
-        latest = self.checkpoint_dir / "latest"
-        if train.resume and latest.exists():
-            self.load_checkpoint(latest)
+        resume_from = self.start_run()
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
         main = self.dist.is_main
         env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir)) \
             if main and cfg.task.get("env_runner") is not None else None

@@ -1,0 +1,187 @@
+"""ConRFT's update: Cal-QL gap and TD target by hand, the critic ensemble, augmentation, presets,
+and a learning test where RL fine-tuning must beat the behaviour-cloned actor."""
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer
+from policylab.data.replay_buffer import ReplayBuffer
+from policylab.models.conrft_mlp import ConRFTMLP
+from policylab.models.critic import CriticEnsemble, CriticObsEncoder
+from policylab.policies.consistency import ConsistencyBCPolicy
+from policylab.rl.buffers import MixedSampler, OnlineReplayStore
+from policylab.rl.conrft import ConRFT, ConRFTConfig, augment, calql_gap, td_target
+from policylab.rl.transitions import TransitionSampler
+from tests.helpers import compose_config
+
+
+def test_calql_gap_by_hand():
+    q_data = torch.tensor([[1.0, 0.0]])                          # E=1, B=2
+    q_cand = torch.tensor([[[0.0, 2.0], [-3.0, -1.0]]])          # N=2 candidates per state
+    mc = torch.tensor([0.5, -2.0])
+    gap, ood = calql_gap(q_data, q_cand, mc, temp=1.0)
+    # state 0: candidates floored at 0.5 -> [0.5, 2.0], plus q_data 1.0
+    ood0 = math.log((math.exp(0.5) + math.exp(2.0) + math.exp(1.0)) / 3)
+    # state 1: floored at -2 -> [-2, -1], plus 0.0
+    ood1 = math.log((math.exp(-2.0) + math.exp(-1.0) + math.exp(0.0)) / 3)
+    assert ood[0].tolist() == pytest.approx([ood0, ood1], abs=1e-6)
+    assert gap.item() == pytest.approx(((ood0 - 1.0) + (ood1 - 0.0)) / 2, abs=1e-6)
+    # equal values: the soft maximum is their mean, so the gap vanishes
+    gap_eq, _ = calql_gap(torch.ones(2, 3), torch.ones(2, 3, 4), torch.zeros(3), temp=0.5)
+    assert gap_eq.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_td_target_takes_the_ensemble_minimum_and_masks_terminals():
+    next_q = torch.tensor([[1.0, 5.0, 2.0], [3.0, 4.0, -1.0]])
+    target = td_target(torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0.9, 0.81, 0.9]),
+                       torch.tensor([0.0, 0.0, 1.0]), next_q)
+    assert target.tolist() == pytest.approx([0.9, 1.0 + 0.81 * 4.0, 0.5])
+
+
+def low_dim_critic(shared_head=False, ensemble_size=2):
+    shape_meta = {"obs": {"s": {"shape": [3]}, "v": {"shape": [1]}}, "action": {"shape": [2]}}
+    return CriticEnsemble(shape_meta, n_obs_steps=2, action_dim=4, obs_encoder=functools.partial(CriticObsEncoder),
+                          hidden_dims=(16, 16), ensemble_size=ensemble_size, shared_head=shared_head)
+
+
+@pytest.mark.parametrize("shared_head", [False, True])
+def test_critic_members_are_independent_mlps(shared_head):
+    torch.manual_seed(0)
+    critic = low_dim_critic(shared_head)
+    obs = {"s": torch.randn(5, 2, 3), "v": torch.randn(5, 2, 1)}
+    action = torch.rand(5, 4) * 2 - 1
+    q = critic(obs, action)
+    assert q.shape == (2, 5) and not torch.allclose(q[0], q[1])
+    # member 0 by hand: [Dense -> LayerNorm -> tanh] x 2 with its own slices of the batched weights
+    x = torch.cat([critic.encoder(obs), action], -1)
+    for dense, norm in [(critic.trunk[0], critic.trunk[1]), (critic.trunk[3], critic.trunk[4])]:
+        x = x @ dense.weight[0] + dense.bias[0]
+        x = torch.tanh(torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6) * norm.weight[0] + norm.bias[0])
+    head = x @ critic.head.weight[0] + critic.head.bias[0]
+    torch.testing.assert_close(q[0], head.squeeze(-1), atol=1e-5, rtol=1e-5)
+    # N candidate actions per state fold into the batch
+    many = critic.q_from_features(critic.encode(obs), action.unsqueeze(1).expand(-1, 3, -1))
+    torch.testing.assert_close(many, q.unsqueeze(-1).expand(-1, -1, 3), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in critic.head.parameters()) == (17 if shared_head else 34)
+
+
+def test_critic_refuses_a_wrong_action_size():
+    with pytest.raises(ValueError, match="dim 4"):
+        low_dim_critic()({"s": torch.zeros(1, 2, 3), "v": torch.zeros(1, 2, 1)}, torch.zeros(1, 3))
+
+
+def test_random_shift_is_a_crop_of_the_padded_image():
+    images = torch.arange(2 * 2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 2, 3, 8, 8)
+    obs = {"cam": images, "s": torch.zeros(2, 2, 1)}
+    assert augment(obs, ["cam"], 0)["cam"] is images
+    out = augment(obs, ["cam"], 2, torch.Generator().manual_seed(0))["cam"]
+    padded = torch.nn.functional.pad(images.reshape(2, 6, 8, 8), (2,) * 4, mode="replicate")
+    for b in range(2):
+        crops = [padded[b, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[b].reshape(6, 8, 8), c) for c in crops)
+    assert out.shape == images.shape
+
+
+@pytest.mark.parametrize("preset, stage1, stage2", [
+    ("paper", (1.0, 0.1, 0.01), (0.5, 1.0)),
+    ("code", (1.0, 0.0, 0.1), (0.1, 1.0)),
+])
+def test_presets(preset, stage1, stage2):
+    cfg = compose_config(["workspace=rl_online", "task=pick_cube_lowdim", f"conrft={preset}"])
+    off, on = cfg.conrft.offline, cfg.conrft.online
+    assert (off.bc_weight, off.q_weight, off.cql_alpha) == stage1 and off.calql
+    assert (on.bc_weight, on.q_weight) == stage2 and not on.calql
+    assert cfg.conrft.common.discount == cfg.reward.gamma == 0.98 and cfg.conrft.common.tau == 0.005
+    assert cfg.training.publish_every == 50 and cfg.training.training_starts == 100
+
+
+class Bandit:
+    """One-step task: observe s in [-1, 1], succeed (reward 1) iff |a - s| < 0.25.
+
+    Half the demonstrations succeed (a = s), half do the mirror move (a = -s): behaviour cloning
+    learns their mean, a ~ 0, which succeeds only for |s| < 0.25; a critic tells the modes apart.
+    """
+
+    shape_meta = {"obs": {"s": {"shape": [1]}}, "action": {"shape": [1]}}
+
+    @staticmethod
+    def reward(s, a):
+        return (np.abs(a - s) < 0.25).astype(np.float32)
+
+    @classmethod
+    def demos(cls, n, rng) -> ReplayBuffer:
+        buffer = ReplayBuffer.create_empty_numpy()
+        for i in range(n):
+            s = rng.uniform(-1, 1, (1, 1)).astype(np.float32)
+            a = s if i % 2 == 0 else -s
+            buffer.add_episode({"s": s, "action": a.astype(np.float32), "reward": cls.reward(s, a)[:, 0],
+                                "terminal": np.ones(1, np.uint8)})
+        return buffer
+
+
+def bandit_actor():
+    policy = ConsistencyBCPolicy(Bandit.shape_meta, horizon=1, n_obs_steps=1, n_action_steps=1,
+                                 model=functools.partial(ConRFTMLP, hidden_dims=(64, 64), cond_proj_dim=16))
+    normalizer = LinearNormalizer()
+    normalizer["s"] = SingleFieldLinearNormalizer.create_identity(1)
+    normalizer["action"] = SingleFieldLinearNormalizer.create_identity(1)
+    policy.set_normalizer(normalizer)
+    return policy
+
+
+def success_rate(policy, n=400, seed=1):
+    s = torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (n, 1, 1)).astype(np.float32))
+    a = policy.predict_action({"s": s}, generator=torch.Generator().manual_seed(seed))["action"]
+    return float(Bandit.reward(s.numpy()[:, 0], a.numpy()[:, 0]).mean())
+
+
+def test_rl_fine_tuning_beats_behaviour_cloning(tmp_path):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    demos = Bandit.demos(200, rng)
+    kwargs = {"horizon": 1, "n_obs_steps": 1, "n_action_steps": 1, "gamma": 0.9, "reward_neg": 0.0,
+              "is_sparse_reward": True}
+    demo_sampler = TransitionSampler(demos, Bandit.shape_meta, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+
+    actor = bandit_actor()
+    bc_opt = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    for _ in range(300):  # the supervised stage
+        batch = demo_sampler.sample(64, gen)
+        loss, _ = actor.compute_loss(batch)
+        bc_opt.zero_grad()
+        loss.backward()
+        bc_opt.step()
+    actor.eval()
+    bc_success = success_rate(actor)
+    actor.train()
+
+    critic = CriticEnsemble(Bandit.shape_meta, 1, 1, functools.partial(CriticObsEncoder, proprio_dim=16),
+                            hidden_dims=(64, 64))
+    cfg = ConRFTConfig(bc_weight=1.0, q_weight=0.1, calql=True, cql_alpha=0.01, actor_lr=1e-3, critic_lr=1e-3)
+    agent = ConRFT(actor, critic, cfg)
+    for _ in range(150):  # Stage I on the demos
+        agent.train_step(lambda: demo_sampler.sample(64, gen), gen)
+
+    agent.cfg = ConRFTConfig(bc_weight=0.1, q_weight=1.0, calql=False, actor_lr=1e-3, critic_lr=1e-3)
+    online = OnlineReplayStore(tmp_path / "online.zarr", Bandit.shape_meta, **kwargs)
+    mixed = MixedSampler(demo_sampler, online.sampler, 0.5)
+    for _ in range(30):  # Stage II: act, store, update
+        actor.eval()
+        s = rng.uniform(-1, 1, (8, 1, 1)).astype(np.float32)
+        a = actor.predict_action({"s": torch.from_numpy(s)})["action"].numpy()[:, 0]
+        actor.train()
+        for i in range(8):
+            online.add_episode({"s": s[i], "action": a[i][None], "reward": Bandit.reward(s[i], a[i][None])[:, 0],
+                                "terminal": np.ones(1, np.uint8)})
+        for _ in range(5):
+            metrics = agent.train_step(lambda: mixed.sample(64, gen), gen)
+    actor.eval()
+    rl_success = success_rate(actor)
+    assert math.isfinite(metrics["critic_loss"]) and online.n_episodes == 240
+    assert bc_success < 0.5, bc_success          # the mean of two modes
+    assert rl_success > bc_success + 0.3, (bc_success, rl_success)
