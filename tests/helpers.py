@@ -30,8 +30,9 @@ def compose_config(overrides: list[str]):
         return compose(config_name="train", overrides=overrides, return_hydra_config=False)
 
 
-def run_train(overrides: list[str], timeout: float = 300, **popen) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+def run_train(overrides: list[str], timeout: float = 300, env_extra: dict | None = None,
+              **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **(env_extra or {})}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, **popen)
 

@@ -156,11 +156,15 @@ class OfflineRLWorkspace(BaseWorkspace):
             self.env_runner = hydra.utils.instantiate(self.cfg.task.env_runner, output_dir=str(self.output_dir))
         if self.env_runner is None:
             return {}
+        # Rollouts draw from the global RNGs: restore them, so evaluating (or not, or at the end of a
+        # shorter run that is resumed later) never changes the training that follows.
+        rng = ckpt.get_rng_state()
         self.actor.eval()
         try:
             return self.env_runner.run(self.actor)
         finally:
             self.actor.train()
+            ckpt.set_rng_state(rng)
 
     def checkpoint(self, topk: ckpt.TopKCheckpointManager, metrics: dict) -> None:
         if self.c["checkpoint"].save_latest:

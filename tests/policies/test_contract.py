@@ -151,7 +151,9 @@ def test_yaml_typo_in_a_section_names_the_key():
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_composes(name):
     cfg = compose_config([f"experiment={name}"])
-    assert cfg.policy._target_ and cfg.task.shape_meta and cfg.horizon % 4 == 0
+    assert cfg.policy._target_ and cfg.task.shape_meta
+    if "ConditionalUnet1D" in str(cfg.policy.get("model", {}).get("_target_", "")):
+        assert cfg.horizon % 4 == 0, "the UNet halves the horizon twice"
 
 
 def test_cpu_experiments_share_one_backbone():

@@ -1,0 +1,169 @@
+"""ConRFT end to end through train.py on pick-cube: SFT -> Stage I (rl_offline) -> Stage II
+(rl_online, a learner and one ray actor with the simulated human), exact resume of Stage I,
+eval.py on an RL checkpoint, and the faults: an actor killed mid-run, the learner killed and
+resumed with its buffers intact."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from eval import main as eval_main
+from policylab.common.checkpoint import load_training_state
+from policylab.common.logging import read_logs
+from policylab.data.generate.__main__ import main as generate
+from policylab.data.replay_buffer import ReplayBuffer
+from tests.helpers import REPO, run_train
+
+ENV = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "pick_cube.zarr"
+    generate(["task=pick_cube_lowdim", "n=4", "images=false", f"out={out}"])
+    return out
+
+
+def common(store, run_dir, *extra):
+    return ["task=pick_cube_lowdim", f"task.dataset.zarr_path={store}", "task.dataset.val_ratio=0",
+            f"hydra.run.dir={run_dir}", "logging.mode=disabled", *extra]
+
+
+@pytest.fixture(scope="module")
+def sft(store, tmp_path_factory):
+    """A tiny supervised ConRFT actor with this project's chunk option (T 8, Ta 4)."""
+    run_dir = tmp_path_factory.mktemp("sft")
+    result = run_train(common(store, run_dir, "policy=conrft_actor", "debug=tiny", "training.num_epochs=1",
+                              "training.rollout_every=0"), env_extra=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir / "checkpoints" / "latest"
+
+
+def offline(store, run_dir, init, *extra):
+    return common(store, run_dir, "workspace=rl_offline", "debug=tiny_rl", f"policy.init={init}", *extra)
+
+
+@pytest.fixture(scope="module")
+def stage1(store, sft, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("stage1")
+    result = run_train(offline(store, run_dir, sft), env_extra=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_stage1_checkpoint_holds_actor_critic_and_target(stage1):
+    latest = stage1 / "checkpoints" / "latest"
+    names = {p.name for p in latest.iterdir()}
+    assert {"model.safetensors", "critic.safetensors", "target_critic.safetensors", "config.yaml"} <= names
+    state = load_training_state(latest)
+    assert set(state["optimizers"]) == {"actor", "critic"} and state["global_step"] == 4
+    logs = read_logs(stage1 / "logs.jsonl")
+    updates = [r for r in logs if "critic_loss" in r]
+    assert [r["global_step"] for r in updates] == [1, 2, 3, 4]
+    assert all("cql_gap" in r and "bc_loss" in r and "q_pi" in r for r in updates)
+
+
+def test_stage1_resume_is_exact(store, sft, stage1, tmp_path):
+    part = tmp_path / "part"
+    first = run_train(offline(store, part, sft, "training.num_steps=2"), env_extra=ENV)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_train(offline(store, part, sft, "training.resume=true"), env_extra=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = {r["global_step"]: r["critic_loss"] for r in read_logs(stage1 / "logs.jsonl") if "critic_loss" in r}
+    got = {r["global_step"]: r["critic_loss"] for r in read_logs(part / "logs.jsonl") if "critic_loss" in r}
+    assert got.keys() == want.keys()
+    for step in want:
+        assert got[step] == pytest.approx(want[step], abs=1e-6), step
+    fresh = run_train(offline(store, tmp_path / "empty", sft, "training.resume=true"), env_extra=ENV)
+    assert fresh.returncode != 0 and "holds no checkpoint" in fresh.stderr
+
+
+def online(store, run_dir, init, *extra):
+    return common(store, run_dir, "workspace=rl_online", "debug=tiny_rl", f"policy.init={init}",
+                  "training.num_steps=100000", "training.training_starts=12", "training.publish_every=2",
+                  "training.checkpoint_every=3",
+                  "training.max_train_minutes=5", "online.intervention.takeover_steps=4", *extra)
+
+
+def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
+    run_dir = tmp_path / "online"
+    result = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=40"),
+                       env_extra=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = read_logs(run_dir / "logs.jsonl")
+    episodes = [r for r in logs if "episode/success" in r]
+    onl = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr")
+    demos = ReplayBuffer.create_from_path(run_dir / "buffers" / "demos.zarr")
+    assert onl.n_episodes == len(episodes) and onl.n_steps >= 40
+    first_actions, first_episodes = onl["action"][:], onl.n_episodes  # the store grows when resumed
+    intervened = int(onl["intervention"][:].sum())
+    assert intervened > 0, "the simulated human never took over"
+    assert demos.n_steps > 4 * 12 - 1 and demos.n_episodes > 4, "intervened segments reach the demo store"
+    assert any("critic_loss" in r for r in logs) and max(r["episode/weights_version"] for r in episodes) >= 1
+    assert "td_loss" in next(r for r in logs if "critic_loss" in r) and not any("cql_gap" in r for r in logs)
+
+    more = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=70",
+                            "training.resume=true"), env_extra=ENV)
+    assert more.returncode == 0, more.stderr[-3000:]
+    again = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr")
+    assert again.n_episodes > first_episodes and again.n_steps >= 70
+    torch.testing.assert_close(torch.from_numpy(again["action"][: len(first_actions)]),
+                               torch.from_numpy(first_actions))  # resumed on top of the same episodes
+
+    ckpt = run_dir / "checkpoints" / "latest"
+    log = eval_main(["--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "eval"), "n_test=1", "n_train=0",
+                     "max_steps=10"])
+    assert 0 <= log["test/mean_score"] <= 1
+    assert json.loads((tmp_path / "eval" / "eval_log.json").read_text())["test/mean_score"] == log["test/mean_score"]
+
+
+def _children_named(pid: int, name: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    return [int(line.split()[0]) for line in out if name in line]
+
+
+def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp_path):
+    run_dir = tmp_path / "faults"
+    args = online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=400")
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    learner = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    logs = run_dir / "logs.jsonl"
+
+    def episodes() -> int:
+        return sum("episode/success" in r for r in read_logs(logs)) if logs.exists() else 0
+
+    def wait_for(condition, what, timeout=240):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert learner.poll() is None, f"learner exited early: {learner.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.5)
+
+    try:
+        wait_for(lambda: episodes() >= 2, "two episodes")
+        actors = _children_named(learner.pid, "ray::EnvActor")
+        assert actors, "no ray actor process found"
+        os.kill(actors[0], signal.SIGKILL)
+        before = episodes()
+        wait_for(lambda: any(r.get("actor_restarts", 0) >= 1 for r in read_logs(logs)), "the restart")
+        wait_for(lambda: episodes() >= before + 2, "episodes after the restart")
+        wait_for(lambda: (run_dir / "checkpoints" / "latest" / "config.yaml").exists(), "a checkpoint")
+        os.killpg(learner.pid, signal.SIGKILL)
+        learner.wait(timeout=30)
+    finally:
+        if learner.poll() is None:
+            os.killpg(learner.pid, signal.SIGKILL)
+    stored = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr").n_episodes
+    # an episode is stored before it is logged: a kill between the two leaves one more stored
+    assert stored >= episodes() >= before + 2, "every finished episode reached the store"
+
+    resumed = run_train(args[:-1] + ["training.max_env_steps=0", "training.resume=true"], env_extra=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr").n_episodes == stored
