@@ -1,0 +1,227 @@
+"""ConRFT throughput on pick-cube (state obs): learner updates, actor env steps, weight publishing.
+
+    python bench/rl_throughput.py [--seconds 20] [--rounds 4] [--batch_size 256]
+                                  [--out bench/results/rl_throughput.json]
+
+Three measurements, each comparing its variants side by side in rounds (on a shared machine,
+load changes hit every variant alike):
+
+  learner  one learner iteration (`ConRFT.train_step`: critic_actor_ratio = 2 updates, each on a
+           fresh batch of `--batch_size` transitions) for Stage I (Cal-QL: 30 candidate actions
+           per state) and Stage II (plain TD), with 1 and 2 torch threads. Reported: updates/s and
+           the share of time spent sampling batches.
+  actor    `rl.actor.run_episode` of the ConRFT actor (`policy=conrft_actor`, the SFT network,
+           untrained weights) in the env, without and with the simulated human
+           (`envs/interventions.py`, the Stage II default): env steps/s and the share of time in
+           the policy.
+  publish  the learner's weight hand-off: `policy_weights` + `ray.put`, and the round trip of
+           `EnvActor.set_weights` on a local ray actor (what an actor pays once per new version).
+
+Demonstrations come from the project's scripted expert (10 episodes, generated into a temporary
+directory). Prints a table last, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from policylab.data.generate.__main__ import main as generate
+from policylab.rl.actor import EnvActor, make_actor_env, policy_weights, run_episode
+from policylab.rl.conrft import ConRFT, ConRFTConfig
+from policylab.rl.transitions import TransitionSampler
+from policylab.workspaces.rl_offline import OfflineRLWorkspace
+
+
+def compose_cfg(store: Path, workspace: str):
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        cfg = compose(config_name="train", overrides=[
+            f"workspace={workspace}", "task=pick_cube_lowdim", "policy=conrft_actor",
+            f"task.dataset.zarr_path={store}", "task.dataset.val_ratio=0", "logging.mode=disabled"])
+    OmegaConf.resolve(cfg)  # as train.py does
+    return cfg
+
+
+class Learner:
+    """One ConRFT agent (a stage's loss weights) and its sampler; times `train_step`."""
+
+    def __init__(self, ws: OfflineRLWorkspace, stage: str, threads: int, batch_size: int):
+        cfg = ws.cfg
+        stage_cfg = {**OmegaConf.to_container(cfg.conrft.common), **OmegaConf.to_container(cfg.conrft[stage])}
+        critic = hydra.utils.instantiate(cfg.critic)(  # a fresh critic per variant
+            shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=ws.actor.n_obs_steps,
+            action_dim=ws.actor.n_action_steps * ws.actor.action_dim)
+        self.agent = ConRFT(ws.actor, critic, ConRFTConfig(**stage_cfg))
+        self.sampler = TransitionSampler(ws.demo_replay_buffer(), OmegaConf.to_container(cfg.task.shape_meta),
+                                         **ws.sampler_kwargs())
+        self.generator = torch.Generator().manual_seed(0)
+        self.threads, self.batch_size = threads, batch_size
+        self.ratio = self.agent.cfg.critic_actor_ratio
+        self.rounds: list[tuple[int, float, float]] = []  # (iterations, seconds, sampling seconds)
+
+    def run(self, seconds: float) -> float:
+        torch.set_num_threads(self.threads)
+        sample_s = 0.0
+
+        def sample():
+            nonlocal sample_s
+            tic = time.perf_counter()
+            batch = self.sampler.sample(self.batch_size, self.generator)
+            sample_s += time.perf_counter() - tic
+            return batch
+
+        self.agent.train_step(sample, self.generator)  # warm-up, not timed
+        sample_s, n, start = 0.0, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.agent.train_step(sample, self.generator)
+            n += 1
+        spent = time.perf_counter() - start
+        self.rounds.append((n, spent, sample_s))
+        return n * self.ratio / spent
+
+    def summary(self) -> dict:
+        n, wall, sample = (sum(r[i] for r in self.rounds) for i in range(3))
+        return {"iterations": n, "seconds": wall, "updates_per_s": n * self.ratio / wall,
+                "iterations_per_s": n / wall, "sample_share": sample / wall,
+                "round_updates_per_s": [r[0] * self.ratio / r[1] for r in self.rounds]}
+
+
+class Actor:
+    """`run_episode` over seeded episodes; counts env steps and policy time."""
+
+    def __init__(self, ws: OfflineRLWorkspace, intervention: dict | None):
+        self.env = make_actor_env(ws.cfg.task, intervention)
+        self.policy = ws.actor
+        self.max_steps = int(ws.cfg.task.env_runner.max_steps)
+        self.seed = 0
+        self.rounds: list[tuple[int, float, float, float]] = []  # (steps, seconds, policy s, intervened steps)
+
+    def run(self, seconds: float) -> float:
+        torch.set_num_threads(1)
+        steps, spent, policy_s, intervened = 0, 0.0, 0.0, 0
+        while spent < seconds:
+            _, stats = run_episode(self.policy, self.env, self.seed, self.policy.n_obs_steps,
+                                   self.policy.n_action_steps, self.max_steps)
+            self.seed += 1
+            steps += stats["length"]
+            spent += stats["wall_s"]
+            policy_s += stats["policy_s"]
+            intervened += stats["n_intervened_steps"]
+        self.rounds.append((steps, spent, policy_s, intervened))
+        return steps / spent
+
+    def summary(self) -> dict:
+        steps, wall, policy_s, intervened = (sum(r[i] for r in self.rounds) for i in range(4))
+        return {"env_steps": steps, "seconds": wall, "env_steps_per_s": steps / wall,
+                "policy_share": policy_s / wall, "intervention_rate": intervened / steps,
+                "round_env_steps_per_s": [r[0] / r[1] for r in self.rounds]}
+
+
+def publish_latency(ws: OfflineRLWorkspace, repeats: int) -> dict:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        policy_cfg = OmegaConf.to_container(ws.cfg.policy, resolve=True)
+        policy_cfg.pop("init", None)
+        actor = ray.remote(num_cpus=1)(EnvActor).remote(
+            OmegaConf.to_container(ws.cfg.task, resolve=True), policy_cfg, None, ws.actor.n_obs_steps,
+            ws.actor.n_action_steps, 10)
+        put_ms, round_trip_ms = [], []
+        for version in range(repeats + 1):
+            tic = time.perf_counter()
+            ref = ray.put(policy_weights(ws.actor))
+            put = time.perf_counter() - tic
+            ray.get(actor.set_weights.remote(ref, version))
+            if version:  # the first call also starts the actor process
+                put_ms.append(1e3 * put)
+                round_trip_ms.append(1e3 * (time.perf_counter() - tic))
+        size = sum(t.numel() * t.element_size() for t in policy_weights(ws.actor).values())
+        return {"weights_kb": size / 1024, "put_ms_median": statistics.median(put_ms),
+                "set_weights_round_trip_ms_median": statistics.median(round_trip_ms), "repeats": repeats}
+    finally:
+        ray.shutdown()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per variant")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--publish_repeats", type=int, default=20)
+    parser.add_argument("--out", default="bench/results/rl_throughput.json")
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "pick_cube.zarr"
+        generate(["task=pick_cube_lowdim", "n=10", "images=false", f"out={store}"])
+        ws = OfflineRLWorkspace(compose_cfg(store, "rl_offline"), Path(tmp) / "run")
+        learners = {(stage, threads): Learner(ws, stage, threads, args.batch_size)
+                    for stage in ("offline", "online") for threads in (1, 2)}
+        intervention = OmegaConf.to_container(compose_cfg(store, "rl_online").online.intervention)
+        actors = {"policy only": Actor(ws, None), "simulated human": Actor(ws, intervention)}
+        per_round = args.seconds / args.rounds
+        for r in range(args.rounds):
+            rates = {f"learner {stage}/{threads}t": learner.run(per_round)
+                     for (stage, threads), learner in learners.items()}
+            rates.update({f"actor {name}": actor.run(per_round) for name, actor in actors.items()})
+            print(f"round {r + 1}/{args.rounds} (load {os.getloadavg()[0]:.2f}): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
+        publish = publish_latency(ws, args.publish_repeats)
+        for actor in actors.values():
+            actor.env.close()
+    load_end = os.getloadavg()
+
+    learner_rows = [{"stage": {"offline": "I (Cal-QL)", "online": "II (TD)"}[stage], "torch_threads": threads,
+                     **learner.summary()} for (stage, threads), learner in learners.items()]
+    actor_rows = [{"variant": name, **actor.summary()} for name, actor in actors.items()]
+    speed = {(r["stage"], r["torch_threads"]): r["updates_per_s"] for r in learner_rows}
+    ratios = {"stage II / stage I (1 thread)": speed[("II (TD)", 1)] / speed[("I (Cal-QL)", 1)],
+              "2 threads / 1 thread (stage I)": speed[("I (Cal-QL)", 2)] / speed[("I (Cal-QL)", 1)],
+              "simulated human / policy only (actor)":
+                  actor_rows[1]["env_steps_per_s"] / actor_rows[0]["env_steps_per_s"]}
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "learner": learner_rows,
+              "actor": actor_rows, "publish": publish, "ratios": ratios,
+              "loadavg_start": load_start, "loadavg_end": load_end, "cpu_count": os.cpu_count(),
+              "torch": torch.__version__}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+    print(f"\nConRFT throughput, pick-cube state obs, batch {args.batch_size} "
+          f"(load {load_start[0]:.2f} -> {load_end[0]:.2f}, {os.cpu_count()} CPUs)")
+    print(f"{'learner':<26}{'updates/s':>12}{'sampling':>10}")
+    for r in learner_rows:
+        print(f"{'stage ' + r['stage'] + ', ' + str(r['torch_threads']) + ' thr':<26}"
+              f"{r['updates_per_s']:>12.1f}{r['sample_share']:>10.1%}")
+    print(f"{'actor':<26}{'env steps/s':>12}{'policy':>10}{'intervened':>12}")
+    for r in actor_rows:
+        print(f"{r['variant']:<26}{r['env_steps_per_s']:>12.1f}{r['policy_share']:>10.1%}"
+              f"{r['intervention_rate']:>12.1%}")
+    print(f"publish: {publish['weights_kb']:.0f} KB of weights, ray.put {publish['put_ms_median']:.2f} ms, "
+          f"set_weights round trip {publish['set_weights_round_trip_ms_median']:.1f} ms (medians of "
+          f"{publish['repeats']})")
+    for name, value in ratios.items():
+        print(f"ratio {name}: {value:.2f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
