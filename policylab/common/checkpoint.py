@@ -36,7 +36,6 @@ from safetensors.torch import load_file, save_model
 
 import policylab.common.config  # noqa: F401  (registers ${calc:}) before configs are resolved
 from policylab.common.locking import atomic_write_text
-from policylab.common.safe_config import UnsafeConfigError, instantiate_trusted
 
 CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER, CHECKSUMS = (
     "config.yaml", "model.safetensors", "ema_model.safetensors", "training_state.pt", "normalizer.json",
@@ -236,22 +235,6 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit {type(module).__name__}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-
-
-def load_policy(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
-    """Rebuild any policylab policy from a checkpoint directory alone; its config may only name
-    allow-listed targets (`policylab.common.safe_config`), else UnsafeConfigError."""
-    ckpt_dir = Path(ckpt_dir)
-    cfg = load_config(ckpt_dir)
-    if "policy" not in cfg or "_target_" not in cfg.policy:
-        raise CheckpointError(f"{ckpt_dir / CONFIG} has no policy._target_")
-    try:  # the config came from elsewhere: build only allow-listed targets (safe_config.py)
-        policy = instantiate_trusted(cfg.policy, "policy")
-    except UnsafeConfigError as err:
-        raise UnsafeConfigError(f"{ckpt_dir / CONFIG}: {err}") from None
-    weights = ckpt_dir / (EMA_MODEL if use_ema and (ckpt_dir / EMA_MODEL).exists() else MODEL)
-    load_weights(policy, weights)
-    return policy.to(device).eval()
 
 
 def load_modules(ckpt_dir: str | Path, modules: Mapping[str, torch.nn.Module]) -> None:

@@ -97,8 +97,8 @@ class BasePolicy(nn.Module, abc.ABC):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> BasePolicy:
         """Rebuild the policy from a checkpoint directory alone (its config.yaml and weights)."""
-        from policylab.common.checkpoint import (
-            load_policy,  # checkpoint imports policies' base
+        from policylab.policies.loading import (
+            load_policy,  # loading builds policies: import late
         )
 
         return load_policy(path, device=device, use_ema=use_ema)

@@ -229,7 +229,7 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
             return
         if self.teacher_path is None:
             raise ValueError("policy.teacher must name a DiffusionPolicy checkpoint directory to distill")
-        from policylab.common.checkpoint import load_policy
+        from policylab.policies.loading import load_policy
 
         teacher = load_policy(self.teacher_path, device=self.device).requires_grad_(False)
         mine, theirs = self.model.state_dict(), teacher.model.state_dict()

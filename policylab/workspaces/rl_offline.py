@@ -30,6 +30,7 @@ from tqdm import tqdm
 from policylab.common import checkpoint as ckpt
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import downsample_mask, get_val_mask
+from policylab.policies.loading import load_policy
 from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.transitions import TransitionSampler
 from policylab.workspaces.base import BaseWorkspace, LoggingConfig, due, to_device
@@ -103,7 +104,7 @@ class OfflineRLWorkspace(BaseWorkspace):
             actor.set_normalizer(hydra.utils.instantiate(self.cfg.task.dataset).get_normalizer())
             return actor
         init_cfg = ckpt.load_config(init)
-        actor = ckpt.load_policy(init, use_ema=True)  # allow-listed targets only
+        actor = load_policy(init, use_ema=True)  # allow-listed targets only
         with open_dict(self.cfg):  # the saved config rebuilds the actor; `init_from` records where it began
             self.cfg.policy = init_cfg.policy
             self.cfg.init_from = str(init)

@@ -13,10 +13,10 @@ from policylab.common.checkpoint import (
     CheckpointError,
     TopKCheckpointManager,
     get_rng_state,
-    load_policy,
     save_checkpoint,
     set_rng_state,
 )
+from policylab.policies.loading import load_policy
 
 pytestmark = pytest.mark.usefixtures("allow_torch_linear")
 

@@ -16,11 +16,11 @@ from policylab.common.checkpoint import (
     clean_orphans,
     find_resume_checkpoint,
     load_modules,
-    load_policy,
     load_training_state,
     load_weights,
     save_checkpoint,
 )
+from policylab.policies.loading import load_policy
 
 pytestmark = pytest.mark.usefixtures("allow_torch_linear")
 

@@ -12,12 +12,12 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from policylab.common.checkpoint import load_policy
 from policylab.common.safe_config import (
     UnsafeConfigError,
     check_config,
     instantiate_trusted,
 )
+from policylab.policies.loading import load_policy
 from tests.helpers import CONFIG_DIR, REPO
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from policylab.common.checkpoint import load_policy, remove_checkpoint, save_checkpoint
+from policylab.common.checkpoint import remove_checkpoint, save_checkpoint
 from policylab.data.datasets.sequence import SequenceDataset
+from policylab.policies.loading import load_policy
 from tests.helpers import CONFIG_DIR, compose_config, make_pusht_store
 
 POLICIES = sorted(p.stem for p in (CONFIG_DIR / "policy").glob("*.yaml"))

@@ -3,6 +3,7 @@ and a learning test where RL fine-tuning must beat the behaviour-cloned actor.""
 
 import functools
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ class Bandit:
     learns their mean, a ~ 0, which succeeds only for |s| < 0.25; a critic tells the modes apart.
     """
 
-    shape_meta = {"obs": {"s": {"shape": [1]}}, "action": {"shape": [1]}}
+    shape_meta: ClassVar[dict] = {"obs": {"s": {"shape": [1]}}, "action": {"shape": [1]}}
 
     @staticmethod
     def reward(s, a):

@@ -78,8 +78,8 @@ def test_stage1_resume_is_exact(store, sft, stage1, tmp_path):
     want = {r["global_step"]: r["critic_loss"] for r in read_logs(stage1 / "logs.jsonl") if "critic_loss" in r}
     got = {r["global_step"]: r["critic_loss"] for r in read_logs(part / "logs.jsonl") if "critic_loss" in r}
     assert got.keys() == want.keys()
-    for step in want:
-        assert got[step] == pytest.approx(want[step], abs=1e-6), step
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, abs=1e-6), step
     fresh = run_train(offline(store, tmp_path / "empty", sft, "training.resume=true"), env_extra=ENV)
     assert fresh.returncode != 0 and "holds no checkpoint" in fresh.stderr
 
@@ -123,9 +123,20 @@ def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
     assert json.loads((tmp_path / "eval" / "eval_log.json").read_text())["test/mean_score"] == log["test/mean_score"]
 
 
-def _children_named(pid: int, name: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
-    return [int(line.split()[0]) for line in out if name in line]
+def _descendants_named(root: int, name: str) -> list[int]:
+    """Processes below `root` (ray's raylet and workers are started by the learner) named `name`."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(maxsplit=2) for line in out.splitlines()[1:]]
+    parent = {int(pid): int(ppid) for pid, ppid, *_ in rows}
+
+    def below(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 1)
+            if pid == root:
+                return True
+        return False
+
+    return [int(pid) for pid, _, *args in rows if args and name in args[0] and below(int(pid))]
 
 
 def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp_path):
@@ -148,7 +159,7 @@ def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp
 
     try:
         wait_for(lambda: episodes() >= 2, "two episodes")
-        actors = _children_named(learner.pid, "ray::EnvActor")
+        actors = _descendants_named(learner.pid, "ray::EnvActor")
         assert actors, "no ray actor process found"
         os.kill(actors[0], signal.SIGKILL)
         before = episodes()
