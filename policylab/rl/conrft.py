@@ -86,15 +86,35 @@ class ConRFT(nn.Module):
         return actions.reshape(cond.shape[0], n, -1)
 
     def prepare(self, batch: Mapping) -> dict:
-        """Normalize observations and actions once; encode the actor's condition."""
+        """Normalize observations and actions once; the actor's condition at s and s'.
+
+        With "embedding" / "next_embedding" in the batch (a frozen encoder's features, stored with
+        the transitions by whoever acted), those are the condition and the actor's observation
+        encoder is never run here (ConRFT's Octo path).
+        """
         actor = self.actor
         nobs, nnext = actor.normalize_obs(batch["obs"]), actor.normalize_obs(batch["next_obs"])
         chunk = actor.normalizer["action"].normalize(batch["action"])
-        with torch.no_grad():
-            next_cond = actor.encode_obs(nnext)
-        return {"nobs": nobs, "nnext": nnext, "chunk": chunk, "action": self.executed(chunk),
+        if "embedding" in batch:
+            cond, next_cond = self.cond_from_embedding(batch["embedding"]), self.cond_from_embedding(batch["next_embedding"])
+        else:
+            cond = None  # encoded in the actor loss, with gradients into the actor's encoder
+            with torch.no_grad():
+                next_cond = actor.encode_obs(nnext)
+        return {"nobs": nobs, "nnext": nnext, "chunk": chunk, "action": self.executed(chunk), "cond": cond,
                 "next_cond": next_cond, "reward": batch["reward"], "discount": batch["discount"],
                 "done": batch["done"], "mc_return": batch["mc_return"]}
+
+    def cond_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Stored (B, D) features -> what `actor.encode_obs` returns: (B, D), or tokens (B, n, D/n)."""
+        actor = self.actor
+        if actor.model.obs_conditioning != "tokens":
+            return embedding
+        n_tokens = 1 if actor.encodes_window else actor.n_obs_steps
+        return embedding.reshape(embedding.shape[0], n_tokens, -1)
+
+    def actor_cond(self, b: Mapping) -> torch.Tensor:
+        return b["cond"] if b["cond"] is not None else self.actor.encode_obs(b["nobs"])
 
     def critic_loss(self, b: Mapping, obs: Mapping, next_obs: Mapping) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -109,7 +129,7 @@ class ConRFT(nn.Module):
             return td, metrics
         n = cfg.cql_n_actions
         with torch.no_grad():
-            cond = self.actor.encode_obs(b["nobs"])
+            cond = self.actor_cond(b)
             batch_size, action_dim = b["action"].shape
             uniform = torch.rand(batch_size, n, action_dim, device=q.device) * 2 - 1
             candidates = torch.cat([uniform, self.sample_executed(cond, n), self.sample_executed(b["next_cond"], n)],
@@ -121,7 +141,7 @@ class ConRFT(nn.Module):
         return loss, metrics
 
     def actor_loss(self, b: Mapping, obs: Mapping) -> tuple[torch.Tensor, dict]:
-        cond = self.actor.encode_obs(b["nobs"])
+        cond = self.actor_cond(b)
         bc = self.actor.bc_loss(b["chunk"], cond)
         self.critic.requires_grad_(False)  # the Q term moves the actor only
         try:

@@ -32,6 +32,11 @@ from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import downsample_mask, get_val_mask
 from policylab.policies.loading import load_policy
 from policylab.rl.conrft import ConRFT, ConRFTConfig
+from policylab.rl.embeddings import (
+    EMBEDDING_KEY,
+    episode_embeddings,
+    has_frozen_encoder,
+)
 from policylab.rl.transitions import TransitionSampler
 from policylab.workspaces.base import BaseWorkspace, LoggingConfig, due, to_device
 
@@ -80,6 +85,9 @@ class OfflineRLWorkspace(BaseWorkspace):
         if train.torch_threads:
             torch.set_num_threads(train.torch_threads)
         actor = self.build_actor()
+        # A frozen observation encoder (Octo, as ConRFT) runs where transitions are recorded, never
+        # in the learner: its features are stored as `embedding` with every transition.
+        self.embed = has_frozen_encoder(actor)
         critic = hydra.utils.instantiate(cfg.critic)(
             shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=actor.n_obs_steps,
             action_dim=actor.n_action_steps * actor.action_dim)
@@ -108,7 +116,10 @@ class OfflineRLWorkspace(BaseWorkspace):
         with open_dict(self.cfg):  # the saved config rebuilds the actor; `init_from` records where it began
             self.cfg.policy = init_cfg.policy
             self.cfg.init_from = str(init)
-        return actor.train().requires_grad_(True)
+        actor.train().requires_grad_(True)
+        if has_frozen_encoder(actor):
+            actor.obs_encoder.requires_grad_(False)
+        return actor
 
     def init_critic(self) -> None:
         """Stage I starts the critic from scratch."""
@@ -128,7 +139,8 @@ class OfflineRLWorkspace(BaseWorkspace):
         r = self.c["reward"]
         return {"horizon": self.actor.horizon, "n_obs_steps": self.actor.n_obs_steps,
                 "n_action_steps": self.actor.n_action_steps, "gamma": r.gamma, "reward_scale": r.scale,
-                "reward_bias": r.bias, "reward_neg": r.reward_neg, "is_sparse_reward": r.is_sparse}
+                "reward_bias": r.bias, "reward_neg": r.reward_neg, "is_sparse_reward": r.is_sparse,
+                "embedding_key": EMBEDDING_KEY if self.embed else None}
 
     def demo_replay_buffer(self) -> ReplayBuffer:
         """The task dataset's training episodes (same `val_ratio` / `max_train_episodes` / `seed`
@@ -138,8 +150,13 @@ class OfflineRLWorkspace(BaseWorkspace):
         train_mask = downsample_mask(~get_val_mask(store.n_episodes, d.get("val_ratio", 0.0), seed=d.get("seed", 42)),
                                      d.get("max_train_episodes"), seed=d.get("seed", 42))
         demos = ReplayBuffer.create_empty_numpy()
-        for i in np.flatnonzero(train_mask):
-            demos.add_episode(store.get_episode(int(i), copy=True))
+        shape_meta = OmegaConf.to_container(self.cfg.task.shape_meta, resolve=True)
+        chosen = np.flatnonzero(train_mask)
+        for i in tqdm(chosen, desc="demo embeddings", disable=not self.embed):
+            episode = store.get_episode(int(i), copy=True)
+            if self.embed:
+                episode[EMBEDDING_KEY] = episode_embeddings(self.actor, episode, shape_meta)
+            demos.add_episode(episode)
         return demos
 
     def resume_if_asked(self) -> None:

@@ -46,6 +46,9 @@ class OnlineTrainingConfig(RLTrainingConfig):
     max_env_steps: int | None = 20_000
     training_starts: int = 100            # online transitions before the first update (ConRFT: 100)
     publish_every: int = 50               # learner iterations between weight publications (ConRFT: 50)
+    # Learner iterations allowed per online env step (None: as many as the learner manages, as
+    # ConRFT). A cap makes a run's update-to-data ratio independent of how fast the machine is.
+    max_updates_per_env_step: float | None = None
     eval_every: int = 1_000
 
 
@@ -111,7 +114,8 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         intervention = None if o.intervention is None else OmegaConf.to_container(o.intervention)
         actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor)
         return [actor_cls.remote(task_cfg, policy_cfg, intervention, self.actor.n_obs_steps,
-                                 self.actor.n_action_steps, o.max_episode_steps, "cpu", o.actor_torch_threads)
+                                 self.actor.n_action_steps, o.max_episode_steps, "cpu", o.actor_torch_threads,
+                                 self.embed)
                 for _ in range(o.n_actors)]
 
     def publish(self):
@@ -155,7 +159,7 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         restarts = 0
         bar = tqdm(total=train.max_env_steps, initial=online.n_steps, desc="hil-conrft env steps", mininterval=1.0)
         while not self._finished(online):
-            can_train = online.sampler.__len__() >= train.training_starts
+            can_train = online.sampler.__len__() >= train.training_starts and self._within_update_budget(online)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0 if can_train else 0.5)
             for ref in ready:
                 actor = pending.pop(ref)
@@ -195,6 +199,10 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         logger.close()
         print(f"done: {self.global_step} updates, {online.n_steps} env steps: {_summary(final)}")
         return {**metrics, **final}
+
+    def _within_update_budget(self, online: OnlineReplayStore) -> bool:
+        ratio = self.c["training"].max_updates_per_env_step
+        return ratio is None or self.global_step < ratio * online.n_steps
 
     def _finished(self, online: OnlineReplayStore) -> bool:
         train = self.c["training"]

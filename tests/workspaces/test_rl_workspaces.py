@@ -93,8 +93,8 @@ def online(store, run_dir, init, *extra):
 
 def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
     run_dir = tmp_path / "online"
-    result = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=40"),
-                       env_extra=ENV)
+    result = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=40",
+                              "training.max_updates_per_env_step=0.5"), env_extra=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = read_logs(run_dir / "logs.jsonl")
     episodes = [r for r in logs if "episode/success" in r]
@@ -107,6 +107,7 @@ def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
     assert demos.n_steps > 4 * 12 - 1 and demos.n_episodes > 4, "intervened segments reach the demo store"
     assert any("critic_loss" in r for r in logs) and max(r["episode/weights_version"] for r in episodes) >= 1
     assert "td_loss" in next(r for r in logs if "critic_loss" in r) and not any("cql_gap" in r for r in logs)
+    assert all(r["global_step"] <= 0.5 * r["env_steps"] + 1 for r in logs if "critic_loss" in r), "update budget"
 
     more = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=70",
                             "training.resume=true"), env_extra=ENV)
@@ -178,3 +179,20 @@ def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp
     resumed = run_train(args[:-1] + ["training.max_env_steps=0", "training.resume=true"], env_extra=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr").n_episodes == stored
+
+
+def test_seed_sweep_of_stage1_runs(store, sft, tmp_path):
+    """`ray_train_multirun.py` runs RL workspaces too: two seeds of Stage I, summarized."""
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    overrides = [o for o in offline(store, tmp_path, sft) if not o.startswith("hydra.run.dir")]
+    result = subprocess.run([sys.executable, str(REPO / "ray_train_multirun.py"), "--seeds", "1,2", *overrides,
+                             f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert sorted(r["seed"] for r in summary["runs"]) == [1, 2]
+    assert all(r["status"] == "finished" and r["n_evals"] == 1 for r in summary["runs"])
+    losses = [[r["critic_loss"] for r in read_logs(sweep_dir / f"seed_{s}" / "logs.jsonl") if "critic_loss" in r]
+              for s in (1, 2)]
+    assert len(losses[0]) == 4 and losses[0] != losses[1], "each seed trains on its own draws"
