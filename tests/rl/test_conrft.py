@@ -90,9 +90,11 @@ def test_random_shift_is_a_crop_of_the_padded_image():
 @pytest.mark.parametrize("preset, stage1, stage2", [
     ("paper", (1.0, 0.1, 0.01), (0.5, 1.0)),
     ("code", (1.0, 0.0, 0.1), (0.1, 1.0)),
+    ("anchored", (1.0, 0.1, 0.01), (1.0, 0.1)),
+    (None, (1.0, 0.1, 0.01), (1.0, 0.1)),  # the default is `anchored`
 ])
 def test_presets(preset, stage1, stage2):
-    cfg = compose_config(["workspace=rl_online", "task=pick_cube_lowdim", f"conrft={preset}"])
+    cfg = compose_config(["workspace=rl_online", "task=pick_cube_lowdim"] + ([f"conrft={preset}"] if preset else []))
     off, on = cfg.conrft.offline, cfg.conrft.online
     assert (off.bc_weight, off.q_weight, off.cql_alpha) == stage1 and off.calql
     assert (on.bc_weight, on.q_weight) == stage2 and not on.calql
