@@ -47,7 +47,7 @@ from policylab.data.generate.__main__ import main as generate
 from policylab.rl.actor import EnvActor, make_actor_env, policy_weights, run_episode
 from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.transitions import TransitionSampler
-from policylab.workspaces.rl_offline import OfflineRLWorkspace
+from policylab.workspaces.rl_offline import OfflineRLWorkspace, policy_build_config
 
 
 def compose_cfg(store: Path, workspace: str):
@@ -139,8 +139,7 @@ def publish_latency(ws: OfflineRLWorkspace, repeats: int) -> dict:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        policy_cfg = OmegaConf.to_container(ws.cfg.policy, resolve=True)
-        policy_cfg.pop("init", None)
+        policy_cfg = policy_build_config(ws.cfg.policy)
         actor = ray.remote(num_cpus=1)(EnvActor).remote(
             OmegaConf.to_container(ws.cfg.task, resolve=True), policy_cfg, None, ws.actor.n_obs_steps,
             ws.actor.n_action_steps, 10)

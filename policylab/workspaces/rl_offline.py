@@ -74,6 +74,15 @@ class CheckpointConfig:
     topk: int = 2
 
 
+WORKSPACE_POLICY_KEYS = ("init", "freeze_encoder")  # under `policy`, read by the RL workspaces only
+
+
+def policy_build_config(policy_cfg) -> dict:
+    """The `policy` config without the RL workspace's own keys: what builds the actor."""
+    cfg = OmegaConf.to_container(policy_cfg, resolve=True)
+    return {k: v for k, v in cfg.items() if k not in WORKSPACE_POLICY_KEYS}
+
+
 class OfflineRLWorkspace(BaseWorkspace):
     schemas: ClassVar[dict[str, type]] = {"training": RLTrainingConfig, "reward": RewardConfig, "logging": LoggingConfig,
                "checkpoint": CheckpointConfig}
@@ -104,21 +113,31 @@ class OfflineRLWorkspace(BaseWorkspace):
         return self.agent.actor
 
     def build_actor(self):
-        """The actor from `policy.init` (its config replaces `policy`) or from `policy` itself."""
+        """The actor from `policy.init` (its config replaces `policy`) or from `policy` itself;
+        `policy.freeze_encoder` freezes its observation encoder (e.g. an Octo trained in SFT)."""
         init = self.init_path = self.cfg.policy.get("init")
+        freeze = bool(self.cfg.policy.get("freeze_encoder", False))
         if init is None:
-            policy_cfg = OmegaConf.masked_copy(self.cfg.policy, [k for k in self.cfg.policy if k != "init"])
-            actor = hydra.utils.instantiate(policy_cfg)
+            actor = hydra.utils.instantiate(policy_build_config(self.cfg.policy))
             actor.set_normalizer(hydra.utils.instantiate(self.cfg.task.dataset).get_normalizer())
-            return actor
-        init_cfg = ckpt.load_config(init)
-        actor = load_policy(init, use_ema=True)  # allow-listed targets only
-        with open_dict(self.cfg):  # the saved config rebuilds the actor; `init_from` records where it began
-            self.cfg.policy = init_cfg.policy
-            self.cfg.init_from = str(init)
+        else:
+            init_cfg = ckpt.load_config(init)
+            actor = load_policy(init, use_ema=True)  # allow-listed targets only
+            with open_dict(self.cfg):  # the saved config rebuilds the actor; `init_from` records where it began
+                self.cfg.policy = init_cfg.policy
+                self.cfg.init_from = str(init)
+        if freeze:
+            encoder_cfg = self.cfg.policy.get("obs_encoder")
+            if encoder_cfg is None or "frozen" not in encoder_cfg:
+                raise ValueError("policy.freeze_encoder=true needs an observation encoder with a `frozen` option "
+                                 f"(e.g. policy/obs_encoder=octo_*), got {encoder_cfg and encoder_cfg.get('_target_')}")
+            with open_dict(self.cfg):  # saved, and read by the ray actors
+                self.cfg.policy.obs_encoder.frozen = True
+            actor.obs_encoder.frozen = True
         actor.train().requires_grad_(True)
         if has_frozen_encoder(actor):
             actor.obs_encoder.requires_grad_(False)
+            actor.obs_encoder.train()  # a frozen encoder keeps itself in eval mode
         return actor
 
     def init_critic(self) -> None:

@@ -37,6 +37,7 @@ from policylab.workspaces.rl_offline import (
     OfflineRLWorkspace,
     RewardConfig,
     RLTrainingConfig,
+    policy_build_config,
 )
 
 
@@ -109,8 +110,7 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
                 ray.init(num_cpus=max(2, int(o.n_actors * o.num_cpus_per_actor) + 1), include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
         task_cfg = OmegaConf.to_container(self.cfg.task, resolve=True)
-        policy_cfg = OmegaConf.to_container(self.cfg.policy, resolve=True)
-        policy_cfg.pop("init", None)
+        policy_cfg = policy_build_config(self.cfg.policy)
         intervention = None if o.intervention is None else OmegaConf.to_container(o.intervention)
         actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor)
         return [actor_cls.remote(task_cfg, policy_cfg, intervention, self.actor.n_obs_steps,

@@ -1,0 +1,63 @@
+"""ConRFT from images with an Octo encoder trained in SFT and frozen for RL (ConRFT's setting):
+SFT -> Stage I -> Stage II through train.py on pick-cube images, then eval.py on the result."""
+
+import os
+
+import numpy as np
+import pytest
+
+from eval import main as eval_main
+from policylab.common.checkpoint import load_config
+from policylab.common.logging import read_logs
+from policylab.data.generate.__main__ import main as generate
+from policylab.data.replay_buffer import ReplayBuffer
+from tests.helpers import run_train
+
+ENV = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "pick_cube.zarr"
+    generate(["task=pick_cube_image", "n=2", "images=true", f"out={out}"])
+    return out
+
+
+def common(store, run_dir, *extra):
+    return ["task=pick_cube_image", f"task.dataset.zarr_path={store}", "task.dataset.val_ratio=0",
+            f"hydra.run.dir={run_dir}", "logging.mode=disabled", *extra]
+
+
+def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):
+    sft = tmp_path / "sft"
+    result = run_train(common(store, sft, "policy=conrft_actor", "policy/obs_encoder=octo_tiny", "debug=tiny",
+                              "training.num_epochs=1", "training.rollout_every=0"), env_extra=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_config(sft / "checkpoints" / "latest").policy.obs_encoder.frozen is False
+
+    stage1 = tmp_path / "stage1"
+    result = run_train(common(store, stage1, "workspace=rl_offline", "debug=tiny_rl",
+                              f"policy.init={sft / 'checkpoints' / 'latest'}", "policy.freeze_encoder=true",
+                              "training.num_steps=2", "training.batch_size=8"), env_extra=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = load_config(stage1 / "checkpoints" / "latest")
+    assert saved.policy.obs_encoder.frozen is True and "init" not in saved.policy
+    assert "demo embeddings" in result.stderr  # computed once, before training
+
+    stage2 = tmp_path / "stage2"
+    result = run_train(common(store, stage2, "workspace=rl_online", "debug=tiny_rl",
+                              f"policy.init={stage1 / 'checkpoints' / 'latest'}", "training.batch_size=8",
+                              "training.num_steps=100000", "training.training_starts=4", "training.max_env_steps=24",
+                              "training.max_train_minutes=5", "task.env_runner.max_steps=8",
+                              "online.intervention.takeover_steps=3"), env_extra=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    online = ReplayBuffer.create_from_path(stage2 / "buffers" / "online.zarr")
+    demos = ReplayBuffer.create_from_path(stage2 / "buffers" / "demos.zarr")
+    assert "embedding" in online and "embedding" in demos and "front" in online
+    assert online["embedding"].shape[1] == demos["embedding"].shape[1] and online.n_steps >= 16
+    assert np.isfinite(online["embedding"][:]).all()
+    assert any("critic_loss" in r for r in read_logs(stage2 / "logs.jsonl"))
+
+    log = eval_main(["--checkpoint", str(stage2 / "checkpoints" / "latest"), "--output_dir", str(tmp_path / "eval"),
+                     "n_test=1", "n_train=0", "max_steps=5"])
+    assert 0 <= log["test/mean_score"] <= 1
