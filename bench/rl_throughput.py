@@ -1,6 +1,6 @@
-"""ConRFT throughput on pick-cube (state obs): learner updates, actor env steps, weight publishing.
+"""ConRFT throughput on pick-cube, state and images: learner updates, actor env steps, weight publishing.
 
-    python bench/rl_throughput.py [--seconds 20] [--rounds 4] [--batch_size 256]
+    python bench/rl_throughput.py [--seconds 20] [--rounds 4] [--batch_size 256] [--image_rounds 1]
                                   [--out bench/results/rl_throughput.json]
 
 Three measurements, each comparing its variants side by side in rounds (on a shared machine,
@@ -8,17 +8,21 @@ load changes hit every variant alike):
 
   learner  one learner iteration (`ConRFT.train_step`: critic_actor_ratio = 2 updates, each on a
            fresh batch of `--batch_size` transitions) for Stage I (Cal-QL: 30 candidate actions
-           per state) and Stage II (plain TD), with 1 and 2 torch threads. Reported: updates/s and
-           the share of time spent sampling batches.
-  actor    `rl.actor.run_episode` of the ConRFT actor (`policy=conrft_actor`, the SFT network,
-           untrained weights) in the env, without and with the simulated human
-           (`envs/interventions.py`, the Stage II default): env steps/s and the share of time in
-           the policy.
+           per state) and Stage II (plain TD), with 1 and 2 torch threads, on state obs (ConRFT's
+           MLP actor) and on images (2 cameras 96x96 + proprio; the actor's Octo-tiny encoder is
+           frozen, so batches carry its stored embeddings; the critic's ResNet18-GroupNorm encoder
+           runs on every batch, after the random shift). Reported: updates/s and the share of
+           time spent sampling batches. A round always runs one iteration after a warm-up one,
+           however long it takes; the image learners run in the first `--image_rounds` rounds.
+  actor    `rl.actor.run_episode` of the ConRFT actor (untrained weights) in the env: state obs
+           without and with the simulated human (`envs/interventions.py`, the Stage II default),
+           and images with the Octo-tiny embedding recorded on every step. Reported: env steps/s
+           and the share of time in the policy (and the embedding).
   publish  the learner's weight hand-off: `policy_weights` + `ray.put`, and the round trip of
            `EnvActor.set_weights` on a local ray actor (what an actor pays once per new version).
 
-Demonstrations come from the project's scripted expert (10 episodes, generated into a temporary
-directory). Prints a table last, writes JSON.
+Demonstrations come from the project's scripted expert (10 episodes with images, generated into a
+temporary directory). Prints a table last, writes JSON.
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.transitions import TransitionSampler
 from policylab.workspaces.rl_offline import OfflineRLWorkspace, policy_build_config
 
+OCTO = ["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"]
 
-def compose_cfg(store: Path, workspace: str):
+
+def compose_cfg(store: Path, workspace: str, task: str = "pick_cube_lowdim", extra: tuple = ()):
     with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = compose(config_name="train", overrides=[
-            f"workspace={workspace}", "task=pick_cube_lowdim", "policy=conrft_actor",
-            f"task.dataset.zarr_path={store}", "task.dataset.val_ratio=0", "logging.mode=disabled"])
+            f"workspace={workspace}", f"task={task}", "policy=conrft_actor", f"task.dataset.zarr_path={store}",
+            "task.dataset.val_ratio=0", "logging.mode=disabled", *extra])
     OmegaConf.resolve(cfg)  # as train.py does
     return cfg
 
@@ -106,9 +112,11 @@ class Learner:
 class Actor:
     """`run_episode` over seeded episodes; counts env steps and policy time."""
 
-    def __init__(self, ws: OfflineRLWorkspace, intervention: dict | None):
+    def __init__(self, ws: OfflineRLWorkspace, intervention: dict | None, embed: bool = False):
         self.env = make_actor_env(ws.cfg.task, intervention)
         self.policy = ws.actor
+        # as EnvActor(embed=True): the frozen encoder's features recorded on every step
+        self.embed = (lambda w: self.policy.encode_obs(self.policy.normalize_obs(w)).reshape(-1)) if embed else None
         self.max_steps = int(ws.cfg.task.env_runner.max_steps)
         self.seed = 0
         self.rounds: list[tuple[int, float, float, float]] = []  # (steps, seconds, policy s, intervened steps)
@@ -118,7 +126,7 @@ class Actor:
         steps, spent, policy_s, intervened = 0, 0.0, 0.0, 0
         while spent < seconds:
             _, stats = run_episode(self.policy, self.env, self.seed, self.policy.n_obs_steps,
-                                   self.policy.n_action_steps, self.max_steps)
+                                   self.policy.n_action_steps, self.max_steps, embed=self.embed)
             self.seed += 1
             steps += stats["length"]
             spent += stats["wall_s"]
@@ -164,6 +172,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per variant")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--image_rounds", type=int, default=1,
+                        help="rounds that include the image learners (tens of seconds per update at batch 256)")
     parser.add_argument("--publish_repeats", type=int, default=20)
     parser.add_argument("--out", default="bench/results/rl_throughput.json")
     args = parser.parse_args()
@@ -171,32 +181,39 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "pick_cube.zarr"
-        generate(["task=pick_cube_lowdim", "n=10", "images=false", f"out={store}"])
+        generate(["task=pick_cube_lowdim", "n=10", "images=true", f"out={store}"])
         ws = OfflineRLWorkspace(compose_cfg(store, "rl_offline"), Path(tmp) / "run")
-        learners = {(stage, threads): Learner(ws, stage, threads, args.batch_size)
+        image_ws = OfflineRLWorkspace(compose_cfg(store, "rl_offline", "pick_cube_image", OCTO), Path(tmp) / "image")
+        learners = {(obs, stage, threads): Learner(w, stage, threads, args.batch_size)
+                    for obs, w in (("state", ws), ("image", image_ws))
                     for stage in ("offline", "online") for threads in (1, 2)}
         intervention = OmegaConf.to_container(compose_cfg(store, "rl_online").online.intervention)
-        actors = {"policy only": Actor(ws, None), "simulated human": Actor(ws, intervention)}
+        actors = {"state, policy only": Actor(ws, None), "state, simulated human": Actor(ws, intervention),
+                  "image (Octo-tiny), policy only": Actor(image_ws, None, embed=True)}
         per_round = args.seconds / args.rounds
         for r in range(args.rounds):
-            rates = {f"learner {stage}/{threads}t": learner.run(per_round)
-                     for (stage, threads), learner in learners.items()}
+            rates = {f"learner {obs} {stage}/{threads}t": learner.run(per_round)
+                     for (obs, stage, threads), learner in learners.items() if obs == "state" or r < args.image_rounds}
             rates.update({f"actor {name}": actor.run(per_round) for name, actor in actors.items()})
             print(f"round {r + 1}/{args.rounds} (load {os.getloadavg()[0]:.2f}): "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
+                  + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()), flush=True)
         publish = publish_latency(ws, args.publish_repeats)
         for actor in actors.values():
             actor.env.close()
     load_end = os.getloadavg()
 
-    learner_rows = [{"stage": {"offline": "I (Cal-QL)", "online": "II (TD)"}[stage], "torch_threads": threads,
-                     **learner.summary()} for (stage, threads), learner in learners.items()]
+    learner_rows = [{"obs": obs, "stage": {"offline": "I (Cal-QL)", "online": "II (TD)"}[stage],
+                     "torch_threads": threads, **learner.summary()}
+                    for (obs, stage, threads), learner in learners.items()]
     actor_rows = [{"variant": name, **actor.summary()} for name, actor in actors.items()]
-    speed = {(r["stage"], r["torch_threads"]): r["updates_per_s"] for r in learner_rows}
-    ratios = {"stage II / stage I (1 thread)": speed[("II (TD)", 1)] / speed[("I (Cal-QL)", 1)],
-              "2 threads / 1 thread (stage I)": speed[("I (Cal-QL)", 2)] / speed[("I (Cal-QL)", 1)],
-              "simulated human / policy only (actor)":
-                  actor_rows[1]["env_steps_per_s"] / actor_rows[0]["env_steps_per_s"]}
+    speed = {(r["obs"], r["stage"], r["torch_threads"]): r["updates_per_s"] for r in learner_rows}
+    env_speed = {r["variant"]: r["env_steps_per_s"] for r in actor_rows}
+    ratios = {
+        "state: stage II / stage I (1 thread)": speed[("state", "II (TD)", 1)] / speed[("state", "I (Cal-QL)", 1)],
+        "state: 2 threads / 1 thread (stage I)": speed[("state", "I (Cal-QL)", 2)] / speed[("state", "I (Cal-QL)", 1)],
+        "image / state (stage II, 2 threads)": speed[("image", "II (TD)", 2)] / speed[("state", "II (TD)", 2)],
+        "actor: simulated human / policy only": env_speed["state, simulated human"] / env_speed["state, policy only"],
+        "actor: image / state": env_speed["image (Octo-tiny), policy only"] / env_speed["state, policy only"]}
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "learner": learner_rows,
               "actor": actor_rows, "publish": publish, "ratios": ratios,
               "loadavg_start": load_start, "loadavg_end": load_end, "cpu_count": os.cpu_count(),
@@ -204,15 +221,16 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 
-    print(f"\nConRFT throughput, pick-cube state obs, batch {args.batch_size} "
-          f"(load {load_start[0]:.2f} -> {load_end[0]:.2f}, {os.cpu_count()} CPUs)")
-    print(f"{'learner':<26}{'updates/s':>12}{'sampling':>10}")
+    print(f"\nConRFT throughput on pick-cube, batch {args.batch_size} (load {load_start[0]:.2f} -> "
+          f"{load_end[0]:.2f}, {os.cpu_count()} CPUs); image: 2 cameras 96x96, frozen Octo-tiny actor encoder "
+          "(stored embeddings), ResNet18-GroupNorm critic encoder")
+    print(f"{'learner':<34}{'updates/s':>12}{'sampling':>10}")
     for r in learner_rows:
-        print(f"{'stage ' + r['stage'] + ', ' + str(r['torch_threads']) + ' thr':<26}"
-              f"{r['updates_per_s']:>12.1f}{r['sample_share']:>10.1%}")
-    print(f"{'actor':<26}{'env steps/s':>12}{'policy':>10}{'intervened':>12}")
+        print(f"{r['obs'] + ', stage ' + r['stage'] + ', ' + str(r['torch_threads']) + ' thr':<34}"
+              f"{r['updates_per_s']:>12.2f}{r['sample_share']:>10.1%}")
+    print(f"{'actor':<34}{'env steps/s':>12}{'policy':>10}{'intervened':>12}")
     for r in actor_rows:
-        print(f"{r['variant']:<26}{r['env_steps_per_s']:>12.1f}{r['policy_share']:>10.1%}"
+        print(f"{r['variant']:<34}{r['env_steps_per_s']:>12.1f}{r['policy_share']:>10.1%}"
               f"{r['intervention_rate']:>12.1%}")
     print(f"publish: {publish['weights_kb']:.0f} KB of weights, ray.put {publish['put_ms_median']:.2f} ms, "
           f"set_weights round trip {publish['set_weights_round_trip_ms_median']:.1f} ms (medians of "
