@@ -116,3 +116,25 @@ def test_corrupt_checkpoint_is_a_clear_error(store, tmp_path):
         load_training_state(ckpt)
     with pytest.raises(CheckpointError, match="no config.yaml"):
         BasePolicy.from_checkpoint(tmp_path)
+
+
+def test_second_run_on_a_live_run_directory_is_refused(store, tmp_path):
+    """Two train.py on one run directory: the second fails naming the first; the first's logs stay whole."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    first = subprocess.Popen([sys.executable, str(REPO / "train.py"),
+                              *tiny(store, run_dir, "training.num_epochs=1000", "training.rollout_every=0")],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "logs.jsonl").exists() or not read_logs(run_dir / "logs.jsonl"):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start logging"
+            time.sleep(0.5)
+        second = run_train(tiny(store, run_dir, "training.resume=auto"))
+        assert second.returncode != 0
+        assert f"pid {first.pid}" in second.stderr and ".writer.lock" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    assert all("global_step" in r for r in read_logs(run_dir / "logs.jsonl"))  # parseable, one writer
