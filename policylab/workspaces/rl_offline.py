@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from policylab.common import checkpoint as ckpt
+from policylab.common.safe_config import instantiate_trusted
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import downsample_mask, get_val_mask
 from policylab.policies.loading import load_policy
@@ -97,7 +98,7 @@ class OfflineRLWorkspace(BaseWorkspace):
         # A frozen observation encoder (Octo, as ConRFT) runs where transitions are recorded, never
         # in the learner: its features are stored as `embedding` with every transition.
         self.embed = has_frozen_encoder(actor)
-        critic = hydra.utils.instantiate(cfg.critic)(
+        critic = self.build_critic()(
             shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=actor.n_obs_steps,
             action_dim=actor.n_action_steps * actor.action_dim)
         stage_cfg = {**OmegaConf.to_container(cfg.conrft.common), **OmegaConf.to_container(cfg.conrft[self.stage])}
@@ -139,6 +140,22 @@ class OfflineRLWorkspace(BaseWorkspace):
             actor.obs_encoder.requires_grad_(False)
             actor.obs_encoder.train()  # a frozen encoder keeps itself in eval mode
         return actor
+
+    def build_critic(self):
+        """The critic factory: the init checkpoint's own `critic` config when it holds a critic (Stage
+        II continues Stage I's network; that config came from a file, so only allow-listed targets
+        are built), else `critic` from this run's config."""
+        init = self.init_path
+        if init is None or not (Path(init) / "critic.safetensors").exists():
+            return hydra.utils.instantiate(self.cfg.critic)
+        init_critic = ckpt.load_config(init).get("critic")
+        if init_critic is None:
+            raise ValueError(f"{init} holds a critic but its config.yaml has no `critic` section")
+        if OmegaConf.to_container(init_critic, resolve=True) != OmegaConf.to_container(self.cfg.critic, resolve=True):
+            print(f"critic: using {init}'s critic config (this run's `critic` differs and is ignored)")
+        with open_dict(self.cfg):
+            self.cfg.critic = init_critic
+        return instantiate_trusted(self.cfg.critic, "critic")
 
     def init_critic(self) -> None:
         """Stage I starts the critic from scratch."""

@@ -94,8 +94,9 @@ def online(store, run_dir, init, *extra):
 def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
     run_dir = tmp_path / "online"
     result = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=40",
-                              "training.max_updates_per_env_step=0.5"), env_extra=ENV)
+                              "training.max_updates_per_env_step=0.5", "critic.hidden_dims=[8]"), env_extra=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "critic config (this run's `critic` differs and is ignored)" in result.stdout  # Stage I's network
     logs = read_logs(run_dir / "logs.jsonl")
     episodes = [r for r in logs if "episode/success" in r]
     onl = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr")
