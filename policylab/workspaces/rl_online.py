@@ -144,10 +144,12 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         weights = self.publish()
         pending: dict = {}
 
-        def submit(actor) -> None:
-            seed = o.train_start_seed + self.next_episode
-            self.next_episode += 1
-            pending[actor.run_episode.remote(seed, weights, self.weights_version)] = actor
+        def submit(actor, seed: int | None = None) -> None:
+            """Start an episode on `actor`: the next seed, or `seed` again (an episode that died with its actor)."""
+            if seed is None:
+                seed = o.train_start_seed + self.next_episode
+                self.next_episode += 1
+            pending[actor.run_episode.remote(seed, weights, self.weights_version)] = (actor, seed)
 
         for actor in actors:
             submit(actor)
@@ -162,13 +164,13 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
             can_train = online.sampler.__len__() >= train.training_starts and self._within_update_budget(online)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0 if can_train else 0.5)
             for ref in ready:
-                actor = pending.pop(ref)
+                actor, seed = pending.pop(ref)
                 try:
                     episode, stats = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
                     restarts += 1
-                    print(f"actor failed ({type(err).__name__}); ray restarts it, episode resubmitted")
-                    submit(actor)
+                    print(f"actor failed ({type(err).__name__}); ray restarts it, episode {seed} resubmitted")
+                    submit(actor, seed)
                     continue
                 self._add_episode(episode, stats, demo, online)
                 recent.append(stats)

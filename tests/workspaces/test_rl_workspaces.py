@@ -146,8 +146,10 @@ def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp
     run_dir = tmp_path / "faults"
     args = online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=400")
     env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    # the learner's output goes to a file: an unread pipe fills up and blocks the learner
+    output = (tmp_path / "learner.log").open("w")
     learner = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     logs = run_dir / "logs.jsonl"
 
     def episodes() -> int:
@@ -156,8 +158,9 @@ def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp
     def wait_for(condition, what, timeout=240):
         deadline = time.monotonic() + timeout
         while not condition():
-            assert learner.poll() is None, f"learner exited early: {learner.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            tail = lambda: (tmp_path / "learner.log").read_text()[-3000:]
+            assert learner.poll() is None, f"learner exited early: {tail()}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {tail()}"
             time.sleep(0.5)
 
     try:
@@ -174,6 +177,7 @@ def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp
     finally:
         if learner.poll() is None:
             os.killpg(learner.pid, signal.SIGKILL)
+        output.close()
     stored = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr").n_episodes
     # an episode is stored before it is logged: a kill between the two leaves one more stored
     assert stored >= episodes() >= before + 2, "every finished episode reached the store"
