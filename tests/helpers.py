@@ -41,3 +41,13 @@ def tiny(store, run_dir, *extra) -> list[str]:
     """train.py overrides for a seconds-long run on `store` writing to `run_dir`."""
     return ["debug=tiny", f"task.dataset.zarr_path={store}", f"hydra.run.dir={run_dir}", "logging.mode=disabled",
             "task.dataset.val_ratio=0.2", *extra]
+
+
+# What an RL run in a subprocess needs: headless MuJoCo and a local ray without auth.
+RL_ENV = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled"}
+
+
+def task_overrides(task: str, store, run_dir, *extra) -> list[str]:
+    """`task` on the store at `store`, every episode for training, run in `run_dir`, no wandb."""
+    return [f"task={task}", f"task.dataset.zarr_path={store}", "task.dataset.val_ratio=0",
+            f"hydra.run.dir={run_dir}", "logging.mode=disabled", *extra]

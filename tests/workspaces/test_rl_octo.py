@@ -1,7 +1,6 @@
 """ConRFT from images with an Octo encoder trained in SFT and frozen for RL (ConRFT's setting):
 SFT -> Stage I -> Stage II through train.py on pick-cube images, then eval.py on the result."""
 
-import os
 
 import numpy as np
 import pytest
@@ -11,9 +10,9 @@ from policylab.common.checkpoint import load_config
 from policylab.common.logging import read_logs
 from policylab.data.generate.__main__ import main as generate
 from policylab.data.replay_buffer import ReplayBuffer
-from tests.helpers import run_train
+from tests.helpers import RL_ENV, run_train, task_overrides
 
-ENV = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled"}
+ENV = RL_ENV
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,7 @@ def store(tmp_path_factory):
 
 
 def common(store, run_dir, *extra):
-    return ["task=pick_cube_image", f"task.dataset.zarr_path={store}", "task.dataset.val_ratio=0",
-            f"hydra.run.dir={run_dir}", "logging.mode=disabled", *extra]
+    return task_overrides("pick_cube_image", store, run_dir, *extra)
 
 
 def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):

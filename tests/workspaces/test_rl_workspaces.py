@@ -18,9 +18,9 @@ from policylab.common.checkpoint import load_training_state
 from policylab.common.logging import read_logs
 from policylab.data.generate.__main__ import main as generate
 from policylab.data.replay_buffer import ReplayBuffer
-from tests.helpers import REPO, run_train
+from tests.helpers import REPO, RL_ENV, run_train, task_overrides
 
-ENV = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled"}
+ENV = RL_ENV
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,7 @@ def store(tmp_path_factory):
 
 
 def common(store, run_dir, *extra):
-    return ["task=pick_cube_lowdim", f"task.dataset.zarr_path={store}", "task.dataset.val_ratio=0",
-            f"hydra.run.dir={run_dir}", "logging.mode=disabled", *extra]
+    return task_overrides("pick_cube_lowdim", store, run_dir, *extra)
 
 
 @pytest.fixture(scope="module")
