@@ -18,6 +18,7 @@ import tqdm
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 from gymnasium.vector.vector_env import AutoresetMode
 
+from policylab.common.obs import to_policy_obs
 from policylab.env_runners.base import EnvRunner
 from policylab.envs.wrappers import MultiStepWrapper, VideoRecordingWrapper
 
@@ -144,7 +145,7 @@ class GymEnvRunner(EnvRunner):
     def _act(self, policy, obs: dict) -> np.ndarray:
         """obs {key: (B, To, ...)} numpy -> actions (B, Ta, Da) numpy."""
         device = getattr(policy, "device", self.device)
-        obs_t = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in obs.items()}
+        obs_t = to_policy_obs(obs, device=device)
         with torch.no_grad():
             action = policy.predict_action(obs_t)["action"]
         action = action.detach().to("cpu", torch.float64).numpy()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.models.conrft_mlp import LAYER_NORM_EPS, _dense_ln_tanh
 
 
@@ -61,16 +62,16 @@ class CriticObsEncoder(nn.Module):
         when there are rgb keys.
     """
 
-    def __init__(self, shape_meta: Mapping, n_obs_steps: int, proprio_dim: int = 64, image_dim: int = 256,
+    def __init__(self, shape_meta: ShapeMeta | Mapping, n_obs_steps: int, proprio_dim: int = 64, image_dim: int = 256,
                  image_encoder: Callable | None = None):
         super().__init__()
-        obs_meta = shape_meta["obs"]
-        self.rgb_keys = sorted(k for k, v in obs_meta.items() if v.get("type", "low_dim") == "rgb")
-        self.low_dim_keys = sorted(k for k in obs_meta if k not in self.rgb_keys)
+        shape_meta = ShapeMeta.parse(shape_meta)
+        self.rgb_keys = sorted(shape_meta.rgb_keys)
+        self.low_dim_keys = sorted(shape_meta.low_dim_keys)
         self.n_obs_steps = n_obs_steps
         self.output_dim = 0
         if self.low_dim_keys:
-            low_dim = sum(math.prod(obs_meta[k]["shape"]) for k in self.low_dim_keys) * n_obs_steps
+            low_dim = sum(math.prod(shape_meta.obs[k].shape) for k in self.low_dim_keys) * n_obs_steps
             self.proprio = _dense_ln_tanh(low_dim, proprio_dim)
             self.output_dim += proprio_dim
         if self.rgb_keys and image_encoder is None:
@@ -78,7 +79,7 @@ class CriticObsEncoder(nn.Module):
         self.image_encoders = nn.ModuleDict()
         self.image_projections = nn.ModuleDict()
         for key in self.rgb_keys:
-            encoder = image_encoder(shape_meta={"obs": {key: obs_meta[key]}, "action": shape_meta["action"]})
+            encoder = image_encoder(shape_meta=shape_meta.select([key]))
             self.image_encoders[key] = encoder
             self.image_projections[key] = _dense_ln_tanh(encoder.output_dim(), image_dim)
             self.output_dim += image_dim

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from policylab.common.obs import to_policy_obs
+from policylab.common.shape_meta import ShapeMeta
 from policylab.real.real_env import EmptyEpisodeError, RealEnv
 from policylab.real.teleop.base import KeyInput, Teleop, TeleopMapping
 from policylab.real.timing import LoopStats, precise_wait
@@ -31,37 +33,20 @@ from policylab.real.timing import LoopStats, precise_wait
 log = logging.getLogger(__name__)
 
 
-def obs_to_policy(obs: Mapping[str, np.ndarray], shape_meta: Mapping, n_obs_steps: int, device="cpu",
+def obs_to_policy(obs: Mapping[str, np.ndarray], shape_meta: ShapeMeta | Mapping, n_obs_steps: int, device="cpu",
                   obs_key_map: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
     """RealEnv observations -> the policy's `{key: (1, To, ...)}` float tensors.
 
-    Keys follow the dataset convention (`zarr_key`, `index`), so a policy trained on RealEnv's
+    RealEnv records what it observes, so its observations are in the stored layout and go through
+    the dataset's conversion (`policylab.common.obs.to_policy_obs`): a policy trained on RealEnv's
     recordings reads RealEnv's observations unchanged; `obs_key_map` renames dataset keys to
     RealEnv keys for data recorded under other names (e.g. `{img: camera_0, state: robot_eef_pose}`).
     rgb `(To, H, W, 3)` uint8 -> `(1, To, 3, H, W)` in [0, 1], resized to the policy's size;
     low_dim `(To, ...)` -> `(1, To, D)`.
     """
-    out, key_map = {}, dict(obs_key_map or {})
-    for key, attr in shape_meta["obs"].items():
-        source = attr.get("zarr_key", key)
-        source = key_map.get(source, source)
-        if source not in obs:
-            raise KeyError(f"policy input {key!r} reads {source!r}, which RealEnv does not provide "
-                           f"({sorted(obs)}); map it with obs_key_map")
-        raw = np.asarray(obs[source])[-n_obs_steps:]
-        if attr.get("type", "low_dim") == "rgb":
-            _, h, w = attr["shape"]
-            if raw.shape[1:3] != (h, w):
-                import cv2
-
-                raw = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in raw])
-            value = np.moveaxis(raw, -1, 1).astype(np.float32) / 255.0
-        else:
-            if "index" in attr:
-                raw = raw[..., attr["index"][0]:attr["index"][1]]
-            value = raw.reshape(len(raw), -1).astype(np.float32)
-        out[key] = torch.from_numpy(value).unsqueeze(0).to(device)
-    return out
+    out = to_policy_obs(obs, shape_meta, stored=True, n_obs_steps=n_obs_steps, batched=False, resize=True,
+                        key_map=obs_key_map, device=device)
+    return {key: value.unsqueeze(0) for key, value in out.items()}
 
 
 class ActionToPose:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from policylab.common.obs import to_policy_obs
 from policylab.common.safe_config import instantiate_trusted
 from policylab.data.generate.demos import to_store
 from policylab.envs.interventions import InterventionWrapper
@@ -265,8 +266,7 @@ def _executed(info: Mapping, policy_action: np.ndarray, low, high) -> tuple[np.n
 
 def _window(history: deque, device: torch.device) -> dict[str, torch.Tensor]:
     """The last To env obs -> {key: (1, To, ...)} float32 on `device` (images stay (3, H, W) in [0, 1])."""
-    return {key: torch.as_tensor(np.stack([o[key] for o in history]), dtype=torch.float32, device=device)[None]
-            for key in history[-1]}
+    return to_policy_obs({key: np.stack([o[key] for o in history])[None] for key in history[-1]}, device=device)
 
 
 def _embedding(value, step: int) -> np.ndarray:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policylab.data.datasets.sequence import SequenceDataset, parse_shape_meta
+from policylab.common.obs import stored_to_policy
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import EPISODE_ENDS, ReplayBuffer, get_optimal_chunks
 from policylab.rl.transitions import INTERVENTION, REWARD, TERMINAL, TransitionSampler
 
@@ -45,7 +46,8 @@ class OnlineReplayStore:
     def __init__(self, path, shape_meta, horizon: int, n_obs_steps: int, n_action_steps: int, gamma: float,
                  **sampler_kwargs):
         self.path = Path(path)
-        self.shape_meta = parse_shape_meta(shape_meta)
+        self.meta = ShapeMeta.parse(shape_meta)
+        self.shape_meta = self.meta.to_dict()
         self.embedding_key = sampler_kwargs.get("embedding_key")
         self.disk = ReplayBuffer.create_from_path(self.path, mode="a")
         if self.disk.n_episodes:
@@ -71,7 +73,7 @@ class OnlineReplayStore:
         """
         path = Path(path)
         if not path.exists():
-            keys = _store_keys(parse_shape_meta(shape_meta), sampler_kwargs.get("embedding_key"))
+            keys = _store_keys(ShapeMeta.parse(shape_meta), sampler_kwargs.get("embedding_key"))
             memory = ReplayBuffer.create_empty_numpy()
             # Only the store's keys are read (demo stores may hold images the task does not use);
             # a transform may need any of them.
@@ -94,7 +96,7 @@ class OnlineReplayStore:
 
     @property
     def keys(self) -> list[str]:
-        return _store_keys(self.shape_meta, self.embedding_key)
+        return _store_keys(self.meta, self.embedding_key)
 
     @property
     def n_episodes(self) -> int:
@@ -124,8 +126,8 @@ class OnlineReplayStore:
         self.sampler.extend()
 
 
-def _store_keys(shape_meta: dict, embedding_key: str | None) -> list[str]:
-    keys = {a["zarr_key"] for a in shape_meta["obs"].values()} | {shape_meta["action"]["zarr_key"]}
+def _store_keys(meta: ShapeMeta, embedding_key: str | None) -> list[str]:
+    keys = {spec.zarr_key for spec in meta.obs.values()} | {meta.action_zarr_key}
     keys |= {REWARD, TERMINAL, INTERVENTION} | ({embedding_key} if embedding_key else set())
     return sorted(keys)
 
@@ -136,8 +138,8 @@ def _chunks(arrays) -> dict:
 
 def prepare_episode(episode: Mapping, keys: list[str], shape_meta, stored: ReplayBuffer, label: str) -> dict:
     """The episode's store keys, cast to the store dtypes and checked; ValueError naming the key."""
-    meta = parse_shape_meta(shape_meta)
-    action_key = meta["action"]["zarr_key"]
+    meta = ShapeMeta.parse(shape_meta)
+    action_key = meta.action_zarr_key
     missing = sorted(set(keys) - set(episode) - {INTERVENTION})
     if missing:
         raise ValueError(f"{label}: missing keys {missing} (the store needs {keys})")
@@ -177,7 +179,7 @@ def prepare_episode(episode: Mapping, keys: list[str], shape_meta, stored: Repla
     return out
 
 
-def _check_step_shape(key: str, value: np.ndarray, meta: dict, action_key: str, stored: ReplayBuffer,
+def _check_step_shape(key: str, value: np.ndarray, meta: ShapeMeta, action_key: str, stored: ReplayBuffer,
                       label: str) -> None:
     if key in stored:
         want, dtype = tuple(stored[key].shape[1:]), stored[key].dtype
@@ -187,16 +189,16 @@ def _check_step_shape(key: str, value: np.ndarray, meta: dict, action_key: str, 
         return
     if key in (REWARD, *FLAG_KEYS) and value.ndim != 1:
         raise ValueError(f"{label}: key {key!r} must be (L,), got {value.shape}")
-    if key == action_key and (value.ndim != 2 or value.shape[1] != int(np.prod(meta["action"]["shape"]))):
-        raise ValueError(f"{label}: key {key!r} must be (L, {int(np.prod(meta['action']['shape']))}), "
+    if key == action_key and (value.ndim != 2 or value.shape[1] != meta.action_dim):
+        raise ValueError(f"{label}: key {key!r} must be (L, {meta.action_dim}), "
                          f"got {value.shape}")
-    for obs_key, attr in meta["obs"].items():
-        if attr["zarr_key"] != key:
+    for obs_key, spec in meta.obs.items():
+        if spec.zarr_key != key:
             continue
-        got = SequenceDataset._convert_obs(attr, value[:1], 1).shape[1:]
-        if tuple(got) != tuple(attr["shape"]):
+        got = stored_to_policy(spec, value[:1], 1).shape[1:]
+        if tuple(got) != spec.shape:
             raise ValueError(f"{label}: key {key!r} per-step shape {value.shape[1:]} gives "
-                             f"shape_meta.obs.{obs_key} {tuple(got)}, expected {tuple(attr['shape'])}")
+                             f"shape_meta.obs.{obs_key} {tuple(got)}, expected {spec.shape}")
 
 
 class MixedSampler:

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from policylab.data.datasets.sequence import SequenceDataset, parse_shape_meta
+from policylab.common.obs import to_policy_obs
+from policylab.common.shape_meta import ShapeMeta
 
 EMBEDDING_KEY = "embedding"
 
@@ -36,7 +37,8 @@ def episode_embeddings(policy, episode: Mapping[str, np.ndarray], shape_meta: Ma
         shape_meta: the task's shape_meta (which keys, how stored values become observations).
         batch_size: windows encoded per forward pass.
     """
-    meta = parse_shape_meta(shape_meta)["obs"]
+    meta = ShapeMeta.parse(shape_meta)
+    zarr_keys = {spec.zarr_key for spec in meta.obs.values()}
     length = len(next(iter(episode.values())))
     to = policy.n_obs_steps
     steps = np.clip(np.arange(length)[:, None] + np.arange(1 - to, 1)[None], 0, None)  # (L, To)
@@ -47,9 +49,8 @@ def episode_embeddings(policy, episode: Mapping[str, np.ndarray], shape_meta: Ma
     try:
         for lo in range(0, length, batch_size):
             idx = steps[lo:lo + batch_size]
-            obs = {key: torch.from_numpy(np.ascontiguousarray(SequenceDataset._convert_obs(
-                attr, np.asarray(episode[attr["zarr_key"]])[idx], n_lead=2), dtype=np.float32)).to(device)
-                for key, attr in meta.items()}
+            obs = to_policy_obs({key: np.asarray(episode[key])[idx] for key in zarr_keys}, meta, stored=True,
+                                device=device)
             cond = policy.encode_obs(policy.normalize_obs(obs))
             out.append(cond.reshape(cond.shape[0], -1).float().cpu().numpy())
     finally:

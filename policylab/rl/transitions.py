@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from policylab.data.datasets.sequence import SequenceDataset, parse_shape_meta
+from policylab.common.obs import check_stored_shapes, stored_to_policy
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import SequenceSampler, create_indices
 from policylab.rl.returns import episode_mc_returns
@@ -83,14 +84,15 @@ class TransitionSampler:
         if not 0.0 <= gamma < 1.0:
             raise ValueError(f"gamma must be in [0, 1), got {gamma}")
         self.replay_buffer = replay_buffer
-        self.shape_meta = parse_shape_meta(shape_meta)
+        self.meta = ShapeMeta.parse(shape_meta)
+        self.shape_meta = self.meta.to_dict()
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.gamma = float(gamma)
         self.reward_scale, self.reward_bias = float(reward_scale), float(reward_bias)
         self.reward_neg = None if reward_neg is None else float(self._scaled(reward_neg))
         self.is_sparse_reward = is_sparse_reward
         self.embedding_key = embedding_key
-        self.action_key = self.shape_meta["action"]["zarr_key"]
+        self.action_key = self.meta.action_zarr_key
         self._episode_mask = None if episode_mask is None else np.asarray(episode_mask, dtype=bool)
         if self._episode_mask is not None and len(self._episode_mask) != replay_buffer.n_episodes:
             raise ValueError(f"episode_mask has {len(self._episode_mask)} entries but the buffer has "
@@ -105,7 +107,7 @@ class TransitionSampler:
         return self.reward_scale * np.asarray(rewards, dtype=np.float64) + self.reward_bias
 
     def _required_keys(self) -> list[str]:
-        keys = {a["zarr_key"] for a in self.shape_meta["obs"].values()} | {self.action_key, REWARD}
+        keys = {spec.zarr_key for spec in self.meta.obs.values()} | {self.action_key, REWARD}
         return sorted(keys | ({self.embedding_key} if self.embedding_key else set()))
 
     def _check_store(self, first: int) -> None:
@@ -113,12 +115,7 @@ class TransitionSampler:
         missing = [k for k in self._required_keys() if k not in rb]
         if missing:
             raise KeyError(f"keys {missing} not in the replay buffer; it has {sorted(rb.keys())}")
-        for key, attr in self.shape_meta["obs"].items():
-            arr = rb[attr["zarr_key"]]
-            got = SequenceDataset._convert_obs(attr, np.zeros((1, *arr.shape[1:]), arr.dtype), 1).shape[1:]
-            if tuple(got) != tuple(attr["shape"]):
-                raise ValueError(f"shape_meta.obs.{key}: expected shape {attr['shape']} but store key "
-                                 f"{attr['zarr_key']!r} {tuple(arr.shape[1:])} gives {tuple(got)}")
+        check_stored_shapes(self.meta, rb)
         if TERMINAL in rb:
             ends = rb.episode_ends
             start = int(ends[first - 1]) if first else 0
@@ -213,11 +210,11 @@ class TransitionSampler:
         both = np.concatenate([w["obs_steps"][idxs], w["next_steps"][idxs]], axis=1)
         raw = {}
         obs, next_obs = {}, {}
-        for key, attr in self.shape_meta["obs"].items():
-            zkey = attr["zarr_key"]
+        for key, spec in self.meta.obs.items():
+            zkey = spec.zarr_key
             if zkey not in raw:
                 raw[zkey] = SequenceSampler._take(rb[zkey], both)
-            value = SequenceDataset._convert_obs(attr, raw[zkey], n_lead=2)
+            value = stored_to_policy(spec, raw[zkey], n_lead=2)
             obs[key] = _tensor(value[:, :To])
             next_obs[key] = _tensor(value[:, To:])
         action = SequenceSampler._take(rb[self.action_key], w["action_steps"][idxs]).astype(np.float32, copy=False)

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from policylab.common.shape_meta import ShapeMeta
+
 MAGIC = b"PLB1"
 DTYPES = ("float16", "float32", "float64", "uint8", "int32", "int64", "bool")
 MAX_NDIM = 8
@@ -95,24 +97,19 @@ def _array(spec, payload: memoryview) -> np.ndarray:
     return np.frombuffer(payload[offset:offset + nbytes], dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
 
 
-def check_obs(obs: Mapping[str, np.ndarray], shape_meta: Mapping, n_obs_steps: int) -> None:
-    """Raise ProtocolError unless obs matches the declared schema: `{key: (B, To, *shape)}`."""
-    want = shape_meta["obs"]
-    missing = sorted(set(want) - set(obs))
-    if missing:
-        raise ProtocolError(f"observation keys {missing} missing; the policy needs {sorted(want)}")
-    batch = None
-    for key, attr in want.items():
+def check_obs(obs: Mapping[str, np.ndarray], shape_meta: ShapeMeta | Mapping, n_obs_steps: int) -> None:
+    """Raise ProtocolError unless obs is `{key: (B, To, *shape)}` (`ShapeMeta.check_obs`, the policies'
+    rule), floating point, finite, and not empty."""
+    meta = ShapeMeta.parse(shape_meta)
+    try:
+        batch = meta.check_obs(obs, n_obs_steps)
+    except (KeyError, ValueError) as err:
+        raise ProtocolError(err.args[0]) from None
+    for key in meta.obs:
         arr = obs[key]
-        expected = (n_obs_steps, *attr["shape"])
-        if arr.ndim != len(expected) + 1 or tuple(arr.shape[1:]) != expected:
-            raise ProtocolError(f"obs[{key!r}] must be (B, {', '.join(map(str, expected))}), got {tuple(arr.shape)}")
         if arr.dtype.kind != "f":
             raise ProtocolError(f"obs[{key!r}] must be floating point, got {arr.dtype}")
         if not np.all(np.isfinite(arr)):
             raise ProtocolError(f"obs[{key!r}] holds NaN or inf")
-        if batch is not None and arr.shape[0] != batch:
-            raise ProtocolError(f"obs[{key!r}] has batch {arr.shape[0]}, others {batch}")
-        batch = arr.shape[0]
     if batch == 0:
         raise ProtocolError("empty batch")

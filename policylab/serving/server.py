@@ -31,6 +31,8 @@ import torch
 import websockets
 from websockets.asyncio.server import serve
 
+from policylab.common.obs import to_policy_obs
+from policylab.common.shape_meta import ShapeMeta
 from policylab.serving.protocol import ProtocolError, check_obs, decode, encode
 
 log = logging.getLogger(__name__)
@@ -101,12 +103,13 @@ class PolicyServer:
             return encode({"type": "error", "message": f"policy error: {type(err).__name__}: {err}"})
 
     def _predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_obs(arrays, self.policy.shape_meta, self.policy.n_obs_steps)
+        meta = ShapeMeta.parse(self.policy.shape_meta)
+        check_obs(arrays, meta, self.policy.n_obs_steps)
         batch = next(iter(arrays.values())).shape[0] if arrays else 0
         if batch > self.max_batch:
             raise ProtocolError(f"batch of {batch} exceeds this server's cap of {self.max_batch}; split the request")
         device = getattr(self.policy, "device", "cpu")
-        obs = {k: torch.from_numpy(np.array(arrays[k], np.float32)).to(device) for k in self.policy.shape_meta["obs"]}
+        obs = to_policy_obs({key: arrays[key] for key in meta.obs}, device=device)
         with torch.no_grad():
             result = self.policy.predict_action(obs)
         out = {k: result[k].detach().cpu().numpy().astype(np.float32) for k in ("action", "action_pred") if k in result}

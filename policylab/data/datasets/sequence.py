@@ -1,27 +1,20 @@
-"""One generic dataset for every task, driven by the task's `shape_meta`.
+"""One generic dataset for every task, driven by the task's `shape_meta` (`policylab.common.shape_meta`).
 
-    shape_meta:
-      obs:
-        image:     {shape: [3, 96, 96], type: rgb, zarr_key: img}       # (N, H, W, C) in the store
-        agent_pos: {shape: [2], type: low_dim, zarr_key: state, index: [0, 2]}
-        keypoint:  {shape: [18], type: low_dim}                         # (N, 9, 2) is flattened
-      action: {shape: [2]}
-
-`zarr_key` (default: the obs key) names the store array and `index: [start, stop]` takes a slice of
-its last axis, so Diffusion Policy's published files train unchanged without a per-task class.
-`rgb` keys are stored `(N, H, W, C)`, uint8 or float 0..255 (DP's PushT), and come out
-`(To, C, H, W)` float32 in [0, 1]. `low_dim` keys come out `(To, D)` float32.
+`zarr_key` names the store array of an obs key and `index` a slice of its last axis, so Diffusion
+Policy's published files train unchanged without a per-task class. `rgb` keys are stored
+`(N, H, W, C)`, uint8 or float 0..255 (DP's PushT), and come out `(To, C, H, W)` float32 in [0, 1];
+`low_dim` keys come out `(To, D)` float32 (`policylab.common.obs`, the conversion every path uses).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from policylab.common.obs import check_stored_shapes, stored_to_policy, to_policy_obs
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.datasets.base import BaseDataset
 from policylab.data.normalizer import (
     LinearNormalizer,
@@ -31,29 +24,10 @@ from policylab.data.normalizer import (
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import SequenceSampler, downsample_mask, get_val_mask
 
-OBS_TYPES = ("rgb", "low_dim")
-
 
 def parse_shape_meta(shape_meta) -> dict:
-    """A plain dict with defaults filled in and the types checked; errors name the key."""
-    if isinstance(shape_meta, DictConfig):
-        shape_meta = OmegaConf.to_container(shape_meta, resolve=True)
-    meta = copy.deepcopy(dict(shape_meta))
-    if "obs" not in meta or "action" not in meta:
-        raise ValueError(f"shape_meta needs 'obs' and 'action' entries, got {sorted(meta)}")
-    for key, attr in meta["obs"].items():
-        attr.setdefault("type", "low_dim")
-        attr.setdefault("zarr_key", key)
-        if attr["type"] not in OBS_TYPES:
-            raise ValueError(f"shape_meta.obs.{key}.type must be one of {OBS_TYPES}, got {attr['type']!r}")
-        if "shape" not in attr:
-            raise ValueError(f"shape_meta.obs.{key} has no shape")
-        attr["shape"] = [int(s) for s in attr["shape"]]
-        if attr["type"] == "rgb" and len(attr["shape"]) != 3:
-            raise ValueError(f"shape_meta.obs.{key}: rgb shape must be [C, H, W], got {attr['shape']}")
-    meta["action"].setdefault("zarr_key", "action")
-    meta["action"]["shape"] = [int(s) for s in meta["action"]["shape"]]
-    return meta
+    """The plain-dict form of `ShapeMeta.parse(shape_meta)` (defaults filled in, types checked)."""
+    return ShapeMeta.parse(shape_meta).to_dict()
 
 
 class SequenceDataset(BaseDataset):
@@ -72,12 +46,14 @@ class SequenceDataset(BaseDataset):
                  pad_before: int | None = None,
                  pad_after: int | None = None, val_ratio: float = 0.0, max_train_episodes: int | None = None,
                  seed: int = 42):
-        self.shape_meta = parse_shape_meta(shape_meta)
+        self.meta = ShapeMeta.parse(shape_meta)
+        self.shape_meta = self.meta.to_dict()
         if n_obs_steps > horizon:
             raise ValueError(f"n_obs_steps (To={n_obs_steps}) cannot exceed horizon (T={horizon})")
         self.horizon, self.n_obs_steps = horizon, n_obs_steps
-        obs_zarr_keys = sorted({a["zarr_key"] for a in self.shape_meta["obs"].values()})
-        self.action_zarr_key = self.shape_meta["action"]["zarr_key"]
+        obs_zarr_keys = sorted({spec.zarr_key for spec in self.meta.obs.values()})
+        self.action_zarr_key = self.meta.action_zarr_key
+        self._obs_zarr_keys = obs_zarr_keys
         zarr_keys = sorted(set(obs_zarr_keys) | {self.action_zarr_key})
         if replay_buffer is None:
             if zarr_path is None:
@@ -101,39 +77,18 @@ class SequenceDataset(BaseDataset):
 
     def _check_shapes(self) -> None:
         rb = self.replay_buffer
-        for key, attr in self.shape_meta["obs"].items():
-            stored = tuple(rb[attr["zarr_key"]].shape[1:])
-            got = self._convert_obs(attr, np.zeros((1, *stored), rb[attr["zarr_key"]].dtype), 1).shape[1:]
-            if tuple(got) != tuple(attr["shape"]):
-                raise ValueError(f"shape_meta.obs.{key}: expected shape {attr['shape']} but store key "
-                                 f"{attr['zarr_key']!r} {stored} gives {tuple(got)}")
+        check_stored_shapes(self.meta, rb)
         stored = tuple(rb[self.action_zarr_key].shape[1:])
-        if int(np.prod(stored)) != int(np.prod(self.shape_meta["action"]["shape"])):
-            raise ValueError(f"shape_meta.action: expected shape {self.shape_meta['action']['shape']} "
+        if int(np.prod(stored)) != self.meta.action_dim:
+            raise ValueError(f"shape_meta.action: expected shape {list(self.meta.action_shape)} "
                              f"but store key {self.action_zarr_key!r} has {stored}")
-
-    @staticmethod
-    def _convert_obs(attr: Mapping, raw: np.ndarray, n_lead: int) -> np.ndarray:
-        """(*lead, *stored) -> (*lead, *shape) float32; rgb: HWC 0..255 -> CHW 0..1."""
-        if attr["type"] == "rgb":
-            chw = np.moveaxis(raw, -1, -3)
-            # one pass: transpose, cast and scale into a contiguous float32 array
-            return np.divide(chw, np.float32(255.0), out=np.empty(chw.shape, np.float32), dtype=np.float32)
-        if "index" in attr:
-            start, stop = attr["index"]
-            raw = raw[..., start:stop]
-        return raw.reshape(*raw.shape[:n_lead], -1).astype(np.float32, copy=False)
 
     def _format(self, raw: dict[str, np.ndarray], batched: bool) -> dict:
         """Sampler output `{zarr_key: ([B,] T, ...)}` -> the dataset contract, as tensors."""
-        t_obs = slice(0, self.n_obs_steps)
+        t_obs = (slice(None), slice(0, self.n_obs_steps)) if batched else slice(0, self.n_obs_steps)
+        obs = to_policy_obs({key: raw[key][t_obs] for key in self._obs_zarr_keys}, self.meta, stored=True,
+                            batched=batched)
         lead = 2 if batched else 1
-        obs = {}
-        for key, attr in self.shape_meta["obs"].items():
-            value = raw[attr["zarr_key"]]
-            value = value[:, t_obs] if batched else value[t_obs]
-            value = self._convert_obs(attr, value, n_lead=lead)
-            obs[key] = torch.from_numpy(np.ascontiguousarray(value))
         action = raw[self.action_zarr_key].astype(np.float32, copy=False)
         action = action.reshape(*action.shape[:lead], -1)
         return {"obs": obs, "action": torch.from_numpy(np.ascontiguousarray(action))}
@@ -161,7 +116,7 @@ class SequenceDataset(BaseDataset):
 
     def _check_finite(self, mask: np.ndarray, which: str) -> None:
         """Non-finite action or low-dim obs values in the episodes of `mask` are an error naming them."""
-        keys = {self.action_zarr_key} | {a["zarr_key"] for a in self.shape_meta["obs"].values() if a["type"] != "rgb"}
+        keys = {self.action_zarr_key} | {spec.zarr_key for spec in self.meta.obs.values() if not spec.is_rgb}
         ends = self.replay_buffer.episode_ends
         for episode in np.flatnonzero(mask):
             start = int(ends[episode - 1]) if episode > 0 else 0
@@ -184,11 +139,11 @@ class SequenceDataset(BaseDataset):
         action = np.asarray(self.replay_buffer[self.action_zarr_key][steps], dtype=np.float32)
         normalizer["action"] = SingleFieldLinearNormalizer.create_fit(
             action.reshape(len(steps), -1), key="action", mode=mode)
-        for key, attr in self.shape_meta["obs"].items():
-            if attr["type"] == "rgb":
+        for key, spec in self.meta.obs.items():
+            if spec.is_rgb:
                 normalizer[key] = get_image_range_normalizer()
                 continue
-            value = self._convert_obs(attr, np.asarray(self.replay_buffer[attr["zarr_key"]][steps]), 1)
+            value = stored_to_policy(spec, np.asarray(self.replay_buffer[spec.zarr_key][steps]), 1)
             normalizer[key] = SingleFieldLinearNormalizer.create_fit(value, key=key, mode=mode)
         return normalizer
 

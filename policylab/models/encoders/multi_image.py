@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.models.encoders.crop import ImageCrop
 from policylab.models.encoders.resnet import PathLike, ResNetImageEncoder
 
@@ -52,7 +53,7 @@ def _for_key(value: PerKey, key: str) -> HW | None:
 class MultiImageObsEncoder(nn.Module):
     """`{key: (B, *shape)}` -> `(B, D)`, D = `output_dim()`.
 
-    `shape_meta["obs"][key]` has a `shape` and a `type` ("rgb" or "low_dim", default low_dim).
+    `shape_meta`: a `ShapeMeta` (or the dict it parses); each obs key has a `shape` and a `type`.
     Images are float `(B, C, H, W)` in [0, 1]; each goes through resize -> crop -> ImageNet
     normalization (`imagenet_norm`) or a map to [-1, 1] -> a ResNet encoder (one per camera, or one shared by all cameras
     when `share_rgb_model`). The output concatenates the camera features in sorted key order,
@@ -67,7 +68,7 @@ class MultiImageObsEncoder(nn.Module):
 
     def __init__(
         self,
-        shape_meta: Mapping,
+        shape_meta: ShapeMeta | Mapping,
         rgb_model_name: str = "resnet18",
         pretrained_weights: PathLike | None = None,
         resize_shape: PerKey = None,
@@ -82,14 +83,10 @@ class MultiImageObsEncoder(nn.Module):
         feature_activation: str | None = None,
     ):
         super().__init__()
-        obs_meta = shape_meta["obs"]
-        types = {key: attr.get("type", "low_dim") for key, attr in obs_meta.items()}
-        unknown = {key: t for key, t in types.items() if t not in ("rgb", "low_dim")}
-        if unknown:
-            raise ValueError(f"unsupported obs types {unknown}; expected 'rgb' or 'low_dim'")
-        self.rgb_keys = sorted(key for key, t in types.items() if t == "rgb")
-        self.low_dim_keys = sorted(key for key, t in types.items() if t == "low_dim")
-        self.key_shape_map = {key: tuple(attr["shape"]) for key, attr in obs_meta.items()}
+        shape_meta = ShapeMeta.parse(shape_meta)
+        self.rgb_keys = sorted(shape_meta.rgb_keys)
+        self.low_dim_keys = sorted(shape_meta.low_dim_keys)
+        self.key_shape_map = {key: spec.shape for key, spec in shape_meta.obs.items()}
         self.share_rgb_model = share_rgb_model
         self.shape_meta = shape_meta
 

@@ -16,12 +16,14 @@ supplies ``shape_meta``)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.models.octo.cache import EmbeddingCache
 from policylab.models.octo.config import OctoConfig, get_config
 from policylab.models.octo.model import CONFIG_FILE, OctoModel
@@ -68,7 +70,7 @@ class OctoObsEncoder(nn.Module):
 
     def __init__(
         self,
-        shape_meta: dict,
+        shape_meta: ShapeMeta | Mapping,
         size: str | None = "tiny",
         weights: str | None = None,
         frozen: bool = False,
@@ -88,12 +90,13 @@ class OctoObsEncoder(nn.Module):
             raise ValueError(f"low_dim must be one of {LOW_DIM_MODES}, got {low_dim!r}")
         if cache_embeddings and not frozen:
             raise ValueError("cache_embeddings needs frozen=True: a trainable encoder's embeddings change")
-        obs_meta = shape_meta["obs"]
-        rgb_keys = [k for k, v in obs_meta.items() if v.get("type", "low_dim") == "rgb"]
+        shape_meta = ShapeMeta.parse(shape_meta)
+        obs_meta = shape_meta.obs
+        rgb_keys = shape_meta.rgb_keys
         if not rgb_keys:
             raise ValueError("OctoObsEncoder needs at least one rgb observation key in shape_meta")
-        self.low_dim_keys = [k for k, v in obs_meta.items() if v.get("type", "low_dim") == "low_dim"]
-        low_dim_size = sum(int(torch.Size(obs_meta[k]["shape"]).numel()) for k in self.low_dim_keys)
+        self.low_dim_keys = shape_meta.low_dim_keys
+        low_dim_size = sum(int(torch.Size(obs_meta[k].shape).numel()) for k in self.low_dim_keys)
         self.camera_keys = camera_keys or default_camera_keys(rgb_keys)
         self.low_dim_mode = low_dim if self.low_dim_keys else "ignore"
         self.n_obs_steps = n_obs_steps
@@ -126,11 +129,11 @@ class OctoObsEncoder(nn.Module):
             return cfg
         cameras = {}
         for cam, key in self.camera_keys.items():
-            _, h, w = obs_meta[key]["shape"]
+            _, h, w = obs_meta[key].shape
             cameras[cam] = (image_size, image_size) if image_size else (h, w)
         return get_config(size or "tiny").replace(
             cameras=cameras,
-            image_channels=obs_meta[next(iter(self.camera_keys.values()))]["shape"][0],
+            image_channels=obs_meta[next(iter(self.camera_keys.values()))].shape[0],
             language_dim=language.dim if language else 0,
             language_tokens=language.max_tokens if language else 0,
             proprio_dim=low_dim_size if self.low_dim_mode == "tokens" else 0,
