@@ -17,24 +17,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.normalizer import LinearNormalizer
 from policylab.models.encoders.multi_image import MultiImageObsEncoder
+from policylab.policies.loading import load_policy
 
 
 class BasePolicy(nn.Module, abc.ABC):
     """Shapes: B batch, To = n_obs_steps, Ta = n_action_steps, T = horizon, Da action dim."""
 
-    def __init__(self, shape_meta: Mapping, horizon: int, n_obs_steps: int, n_action_steps: int):
+    def __init__(self, shape_meta: ShapeMeta | Mapping, horizon: int, n_obs_steps: int, n_action_steps: int):
         super().__init__()
         if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
             raise ValueError(
                 f"n_action_steps (Ta={n_action_steps}) must be in [1, horizon - n_obs_steps + 1 = "
                 f"{horizon - n_obs_steps + 1}]: actions start at index To-1 of the T={horizon} predicted")
-        self.shape_meta = _plain(shape_meta)
+        self.meta = ShapeMeta.parse(shape_meta)
+        self.shape_meta = self.meta.to_dict()  # the plain form, e.g. for the policy server's schema
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
-        self.action_dim = int(torch.Size(self.shape_meta["action"]["shape"]).numel())
-        self.obs_keys = list(self.shape_meta["obs"])
-        self.rgb_keys = [k for k, v in self.shape_meta["obs"].items() if v.get("type", "low_dim") == "rgb"]
+        self.action_dim = self.meta.action_dim
+        self.obs_keys = list(self.meta.obs)
+        self.rgb_keys = self.meta.rgb_keys
         self.normalizer = LinearNormalizer()
 
     @property
@@ -52,17 +55,11 @@ class BasePolicy(nn.Module, abc.ABC):
         """Low-dim keys through the normalizer; rgb keys stay in [0, 1] for their encoder."""
         self.check_obs(obs)
         return {k: (v if k in self.rgb_keys else self.normalizer[k].normalize(v)) for k, v in obs.items()
-                if k in self.shape_meta["obs"]}
+                if k in self.meta.obs}
 
     def check_obs(self, obs: Mapping[str, torch.Tensor]) -> None:
-        for key, attr in self.shape_meta["obs"].items():
-            if key not in obs:
-                raise KeyError(f"observation key {key!r} missing; the policy needs {self.obs_keys}")
-            want = (self.n_obs_steps, *attr["shape"])
-            got = tuple(obs[key].shape[1:])
-            if got[0] < self.n_obs_steps or got[1:] != want[1:]:
-                raise ValueError(f"obs[{key!r}] must be (B, To={self.n_obs_steps}, *{tuple(attr['shape'])}), "
-                                 f"got {tuple(obs[key].shape)}")
+        """KeyError or ValueError unless obs is `{key: (B, To, *shape)}` (`ShapeMeta.check_obs`)."""
+        self.meta.check_obs(obs, self.n_obs_steps)
 
     def action_window(self, action_pred: torch.Tensor) -> torch.Tensor:
         """(B, T, Da) -> the Ta executed actions (B, Ta, Da), starting at index To-1."""
@@ -90,6 +87,10 @@ class BasePolicy(nn.Module, abc.ABC):
         config (the live one, when this is its EMA copy): take what it prepared instead of
         preparing it again."""
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """Called by the workspace before training with the number of optimizer steps the run will
+        take, for schedules that span the run (consistency training's growing grid)."""
+
     def on_optimizer_step(self) -> None:
         """Called by the workspace after each optimizer step (not per micro-batch): per-step state
         such as target networks is updated here, never inside `compute_loss`."""
@@ -97,10 +98,6 @@ class BasePolicy(nn.Module, abc.ABC):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> BasePolicy:
         """Rebuild the policy from a checkpoint directory alone (its config.yaml and weights)."""
-        from policylab.policies.loading import (
-            load_policy,  # loading builds policies: import late
-        )
-
         return load_policy(path, device=device, use_ema=use_ema)
 
 
@@ -117,7 +114,7 @@ class DenoisingPolicy(BasePolicy):
     def __init__(self, shape_meta: Mapping, horizon: int, n_obs_steps: int, n_action_steps: int,
                  model: Callable, obs_encoder: Callable | None = None):
         super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps)
-        self.obs_encoder = (obs_encoder or MultiImageObsEncoder)(shape_meta=self.shape_meta)
+        self.obs_encoder = (obs_encoder or MultiImageObsEncoder)(shape_meta=self.meta)
         # An encoder that reads the whole window (Octo) gives one feature vector per sample.
         self.encodes_window = getattr(self.obs_encoder, "consumes_time_window", False)
         obs_dim = self.obs_encoder.output_dim()
@@ -184,10 +181,3 @@ def _build_backbone(factory: Callable, action_dim: int, horizon: int, n_cond: in
         return factory(input_dim=action_dim, global_cond_dim=obs_dim * n_cond)
     raise TypeError(f"{network_cls} declares no obs_conditioning ('global' or 'tokens')")
 
-
-def _plain(shape_meta: Mapping) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(shape_meta, DictConfig):
-        return OmegaConf.to_container(shape_meta, resolve=True)
-    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in shape_meta.items()}

@@ -34,6 +34,7 @@ from torch import nn
 
 from policylab.models.ema import polyak_update
 from policylab.policies.base import DenoisingPolicy
+from policylab.policies.loading import load_policy
 
 LCM_SIGMA_DATA = 0.5  # fixed inside diffusers' LCMScheduler boundary scalings
 
@@ -135,27 +136,34 @@ class ConsistencyTrainingPolicy(KarrasConsistencyPolicy):
     """Teacher-free consistency training.
 
     The grid has N(k) = ceil(sqrt(k / total_steps * ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 levels at
-    step k (Song et al.'s schedule, s0 -> s1); levels are drawn from a discretised log-normal
+    step k (Song et al.'s schedule, s0 -> s1). total_steps: None takes the run's number of optimizer
+    steps from the workspace (`set_total_steps`); with neither, the grid is full (s1 levels). Levels are drawn from a discretised log-normal
     (P_mean, P_std; Song & Dhariwal's improved CT) and weighted by 1 / (sigma_{i+1} - sigma_i).
     distance: "pseudo_huber" (c = `huber_c`, default 0.00054 sqrt(T * Da)) or "l2".
     """
 
-    def __init__(self, *args, total_steps: int = 10_000, scales_start: int = 10, scales_end: int = 150,
+    def __init__(self, *args, total_steps: int | None = None, scales_start: int = 10, scales_end: int = 150,
                  target_ema_decay: float = 0.95, distance: str = "pseudo_huber", p_mean: float = -1.1,
                  p_std: float = 2.0, huber_c: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if distance not in ("pseudo_huber", "l2"):
             raise ValueError(f"distance must be 'pseudo_huber' or 'l2', got {distance!r}")
         self.total_steps, self.scales_start, self.scales_end = total_steps, scales_start, scales_end
+        self._total_steps_from_config = total_steps
         self.target_ema_decay, self.distance, self.p_mean, self.p_std = target_ema_decay, distance, p_mean, p_std
         # improved CT's default scales with the chunk size
         self.huber_c = 0.00054 * math.sqrt(self.horizon * self.action_dim) if huber_c is None else huber_c
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """The workspace's number of optimizer steps, unless the config set `total_steps`."""
+        if self._total_steps_from_config is None:
+            self.total_steps = int(total_steps)
+
     def num_scales(self, step: int) -> int:
         s0, s1 = self.scales_start, self.scales_end
-        frac = min(step / max(self.total_steps, 1), 1.0)
+        frac = 1.0 if self.total_steps is None else min(step / max(self.total_steps, 1), 1.0)
         return int(math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0 ** 2) + s0 ** 2) - 1) + 1)
 
     def _draw_levels(self, sigmas: torch.Tensor, n: int) -> torch.Tensor:
@@ -229,8 +237,6 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
             return
         if self.teacher_path is None:
             raise ValueError("policy.teacher must name a DiffusionPolicy checkpoint directory to distill")
-        from policylab.policies.loading import load_policy
-
         teacher = load_policy(self.teacher_path, device=self.device).requires_grad_(False)
         mine, theirs = self.model.state_dict(), teacher.model.state_dict()
         bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
