@@ -57,12 +57,9 @@ MIN_CALLS = 3
 
 
 def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from policylab.common.config import compose
 
-    import policylab.common.config  # noqa: F401  (registers ${calc:})
-
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return compose("train", overrides=overrides)
+    return compose(overrides, config_dir=REPO / "config")
 
 
 def build_policy(config: str, overrides: list[str]):

@@ -38,15 +38,14 @@ from pathlib import Path
 
 import hydra
 import torch
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
+from policylab.common.config import compose
 from policylab.data.generate.__main__ import main as generate
 from policylab.rl.actor import EnvActor, make_actor_env, policy_weights, run_episode
 from policylab.rl.conrft import ConRFT, ConRFTConfig
@@ -57,12 +56,9 @@ OCTO = ["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"]
 
 
 def compose_cfg(store: Path, workspace: str, task: str = "pick_cube_lowdim", extra: tuple = ()):
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        cfg = compose(config_name="train", overrides=[
-            f"workspace={workspace}", f"task={task}", "policy=conrft_actor", f"task.dataset.zarr_path={store}",
-            "task.dataset.val_ratio=0", "logging.mode=disabled", *extra])
-    OmegaConf.resolve(cfg)  # as train.py does
-    return cfg
+    return compose([f"workspace={workspace}", f"task={task}", "policy=conrft_actor", f"task.dataset.zarr_path={store}",
+                    "task.dataset.val_ratio=0", "logging.mode=disabled", *extra], config_dir=REPO / "config",
+                   resolve=True)
 
 
 class Learner:

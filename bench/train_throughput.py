@@ -93,18 +93,15 @@ def run_case(name: str, store: str, workdir: str, threads: int | None) -> dict:
         torch.set_num_threads(threads)
     import hydra
     from diffusers.optimization import get_scheduler
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    import policylab.common.config  # noqa: F401  (registers ${calc:})
+    from policylab.common.config import compose
     from policylab.common.logging import RunLogger
     from policylab.workspaces.supervised import SupervisedWorkspace
 
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (this worker process's whole life: the workspace's progress bar)
     overrides, warmup, steps, _ = CONFIGS[name]
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        cfg = compose("train", overrides=[*overrides, f"task.dataset.zarr_path={store}", "logging.mode=disabled"])
-    OmegaConf.resolve(cfg)
+    cfg = compose([*overrides, f"task.dataset.zarr_path={store}", "logging.mode=disabled"], config_dir=REPO / "config",
+                  resolve=True)
     ws = SupervisedWorkspace(cfg, workdir)
     dataset = hydra.utils.instantiate(cfg.task.dataset)
     ws.policy.set_normalizer(dataset.get_normalizer())

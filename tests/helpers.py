@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
+from policylab.common.config import compose
 from tests.data.zarr_v2_fixtures import pusht_like_arrays, write_v2_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,10 +24,7 @@ def make_pusht_store(path: Path, lengths=EPISODE_LENGTHS, seed: int = 0) -> Path
 
 
 def compose_config(overrides: list[str]):
-    import policylab.common.config  # noqa: F401  (registers ${calc:})
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=False)
+    return compose(overrides, config_dir=CONFIG_DIR)
 
 
 def run_train(overrides: list[str], timeout: float = 300, env_extra: dict | None = None,

@@ -1,4 +1,5 @@
-"""Config helpers: a safe arithmetic resolver for derived values.
+"""Config helpers: a safe arithmetic resolver for derived values, and `compose`, the one way code
+outside `train.py` builds the config `train.py <overrides>` would run.
 
 Diffusion Policy computes derived values with `${eval:...}`, which runs arbitrary Python from a
 YAML file or a command-line override. policylab's `${calc:...}` evaluates only arithmetic:
@@ -15,8 +16,12 @@ from __future__ import annotations
 
 import ast
 import operator
+from collections.abc import Sequence
+from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
 _BINARY = {
     ast.Add: operator.add,
@@ -83,6 +88,24 @@ def register_resolvers() -> None:
     """Register `${calc:...}` with OmegaConf (idempotent)."""
     if not OmegaConf.has_resolver("calc"):
         OmegaConf.register_new_resolver("calc", _calc)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train", config_dir: str | Path = CONFIG_DIR,
+            return_hydra_config: bool = False, resolve: bool = False) -> DictConfig:
+    """The config `train.py <overrides>` would run (Hydra's compose API), `${calc:}` registered.
+
+    resolve: resolve interpolations in place, as train.py does before building anything.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides),
+                            return_hydra_config=return_hydra_config)
+    if resolve:
+        OmegaConf.resolve(cfg)
+    return cfg
 
 
 register_resolvers()

@@ -49,8 +49,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from policylab.common.checkpoint import save_checkpoint
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+from policylab.common.config import CONFIG_DIR, compose
 
 
 # ---------------------------------------------------------------------- restricted unpickling
@@ -242,14 +241,7 @@ def policylab_overrides(dp_cfg: Mapping, task: str) -> list[str]:
 
 
 def compose_policylab_config(overrides: list[str], config_dir: str | Path = CONFIG_DIR) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-
-    import policylab.common.config  # noqa: F401  (registers ${calc:})
-
-    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
-    OmegaConf.resolve(cfg)
-    return cfg
+    return compose(overrides, config_dir=config_dir, resolve=True)
 
 
 # ---------------------------------------------------------------------- weights

@@ -36,6 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from policylab.common.config import compose
 from policylab.common.logging import read_logs
 
 TrainFn = Callable[[DictConfig, str], Any]
@@ -96,12 +97,7 @@ def expand_runs(seeds: Sequence[int], overrides: Sequence[str]) -> list[RunSpec]
 def compose_config(config_dir: str | Path, overrides: Sequence[str], config_name: str = "train",
                    with_hydra: bool = False) -> DictConfig:
     """The config `train.py <overrides>` would run, composed with Hydra's compose API."""
-    from hydra import compose, initialize_config_dir
-
-    import policylab.common.config  # noqa: F401  (registers ${calc:})
-
-    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_hydra)
+    return compose(overrides, config_name=config_name, config_dir=config_dir, return_hydra_config=with_hydra)
 
 
 def default_sweep_dir(config_dir: str | Path, overrides: Sequence[str]) -> Path:

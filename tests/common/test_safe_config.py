@@ -9,9 +9,9 @@ import hydra
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from policylab.common.config import compose
 from policylab.common.safe_config import (
     UnsafeConfigError,
     check_config,
@@ -166,16 +166,13 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
 def _check_composed(runs: list[list[str]]) -> None:
-    import policylab.common.config  # noqa: F401  (registers ${calc:})
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        for overrides in runs:
-            cfg = compose(config_name="train", overrides=overrides)
-            # A checkpoint holds the resolved config: check that form as well as the composed one.
-            saved = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))
-            for key in ("policy", "task.env_runner", "task.dataset"):
-                for tree in (cfg, saved):
-                    check_config(OmegaConf.select(tree, key), f"{key} ({' '.join(overrides)})")
+    for overrides in runs:
+        cfg = compose(overrides, config_dir=CONFIG_DIR)
+        # A checkpoint holds the resolved config: check that form as well as the composed one.
+        saved = OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True))
+        for key in ("policy", "task.env_runner", "task.dataset"):
+            for tree in (cfg, saved):
+                check_config(OmegaConf.select(tree, key), f"{key} ({' '.join(overrides)})")
 
 
 @pytest.mark.parametrize("task", TASKS)

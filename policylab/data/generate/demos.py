@@ -27,19 +27,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import hydra
 import numpy as np
 import tqdm
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from policylab.common.config import CONFIG_DIR, compose
 from policylab.data.replay_buffer import ReplayBuffer
 
 SEEDS_KEY = "episode_seeds"
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 
 
 @dataclasses.dataclass
@@ -58,13 +56,10 @@ class DemoConfig:
 
 def load_task_config(task: str):
     """The composed, resolved `task` group of `config/task/<task>.yaml`."""
-    import policylab.common.config  # noqa: F401  (registers ${calc:})
-
     if not (CONFIG_DIR / "task" / f"{task}.yaml").exists():
         known = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
         raise SystemExit(f"unknown task {task!r}; known tasks: {known}")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=[f"task={task}"])
+    cfg = compose([f"task={task}"])
     return OmegaConf.create(OmegaConf.to_container(cfg.task, resolve=True))
 
 
