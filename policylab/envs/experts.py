@@ -45,3 +45,34 @@ class Expert:
     def progress(self, env: gym.Env) -> float:
         """A scalar that grows as the task gets closer to done (for stall detection)."""
         return 0.0
+
+
+class PickExpert(Expert):
+    """Base of the scripted pick experts (pick-cube, robosuite Lift): the per-episode variations.
+
+    `reset` draws a hover height (`HOVER` +- 2 cm), a grasp point within the cube (+- 4 mm in x, y,
+    and in z unless `GRASP_Z` fixes it) and an approach speed (70-100 %), all scaled by `variation`.
+
+    Args:
+        action_noise: std of Gaussian action noise (action units).
+        variation: scale of the per-episode offsets (0: the same plan every episode).
+        seed: noise seed (also set per episode by `reset(seed)`).
+    """
+
+    HOVER = 0.07              # m above the grasp point
+    GRASP_Z: float | None = None
+
+    def __init__(self, action_noise: float = 0.0, variation: float = 1.0, seed: int | None = None):
+        super().__init__(action_noise=action_noise, seed=seed)
+        self.variation = float(variation)
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        v = self.variation
+        self.hover = self.HOVER + v * self.rng.uniform(-0.02, 0.02)
+        if self.GRASP_Z is None:
+            self.grasp_offset = v * self.rng.uniform(-0.004, 0.004, size=3)
+        else:
+            self.grasp_offset = np.array([*(v * self.rng.uniform(-0.004, 0.004, 2)), self.GRASP_Z])
+        self.speed = 1.0 - v * self.rng.uniform(0.0, 0.3)

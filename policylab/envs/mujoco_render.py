@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 # Headless by default. mujoco reads MUJOCO_GL when first imported, so the task packages
-# (pick_cube, metaworld, robosuite) set it in their __init__ before any import; this covers
-# direct users of this module. An explicit MUJOCO_GL (e.g. osmesa) wins.
+# (pick_cube, metaworld, robosuite) import this module before anything else of theirs.
+# An explicit MUJOCO_GL (e.g. osmesa) wins.
 os.environ.setdefault("MUJOCO_GL", "egl")
 if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])

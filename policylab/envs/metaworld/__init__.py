@@ -5,16 +5,10 @@ In another process, make by "policylab.envs.metaworld:policylab/MetaWorld-v0". T
 named after the library it adapts; inside it `import metaworld` is the library (absolute imports).
 """
 
-import os
-
-# Headless rendering by default, before anything imports mujoco (it reads MUJOCO_GL on import).
-# An explicit MUJOCO_GL (e.g. osmesa) wins.
-os.environ.setdefault("MUJOCO_GL", "egl")
-if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
 from gymnasium.envs.registration import register, registry
 
+# First of this package's imports: sets a headless MUJOCO_GL before mujoco is loaded.
+import policylab.envs.mujoco_render  # noqa: F401
 from policylab.envs.metaworld.env import MetaWorldEnv
 from policylab.envs.metaworld.expert import MetaWorldExpert
 

@@ -5,16 +5,10 @@ too); any `PickCubeEnv` kwarg can be passed to `gymnasium.make`. In another proc
 "policylab.envs.pick_cube:policylab/PickCube-v0" so gymnasium imports this module first.
 """
 
-import os
-
-# Headless rendering by default, before anything imports mujoco (it reads MUJOCO_GL on import).
-# An explicit MUJOCO_GL (e.g. osmesa) wins.
-os.environ.setdefault("MUJOCO_GL", "egl")
-if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
 from gymnasium.envs.registration import register, registry
 
+# First of this package's imports: sets a headless MUJOCO_GL before mujoco is loaded.
+import policylab.envs.mujoco_render  # noqa: F401
 from policylab.envs.pick_cube.env import PickCubeEnv
 from policylab.envs.pick_cube.expert import PickCubeExpert
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policylab.envs.experts import Expert
+from policylab.envs.experts import PickExpert
 
 HOLD_MIN, HOLD_MAX = 0.2, 0.9   # finger closure while a 4 cm cube is between the fingers
 XY_TOL = 0.008                  # m: aligned over the cube
@@ -25,26 +25,10 @@ GRASP_TOL = 0.012               # m: at grasp height
 LIFT_TARGET = 0.15              # m above the resting cube (success is 0.1 m)
 
 
-class PickCubeExpert(Expert):
-    """Scripted pick-cube policy over `PickCubeEnv`'s privileged state.
+class PickCubeExpert(PickExpert):
+    """Scripted pick-cube policy over `PickCubeEnv`'s privileged state (arguments: `PickExpert`)."""
 
-    Args:
-        action_noise: std of Gaussian action noise (action units).
-        variation: scale of the per-episode offsets (0: the same plan every episode).
-        seed: noise seed (also set per episode by `reset(seed)`).
-    """
-
-    def __init__(self, action_noise: float = 0.0, variation: float = 1.0, seed: int | None = None):
-        super().__init__(action_noise=action_noise, seed=seed)
-        self.variation = float(variation)
-        self.reset(seed)
-
-    def reset(self, seed: int | None = None) -> None:
-        super().reset(seed)
-        v = self.variation
-        self.hover = 0.07 + v * self.rng.uniform(-0.02, 0.02)
-        self.grasp_offset = v * self.rng.uniform(-0.004, 0.004, size=3)
-        self.speed = 1.0 - v * self.rng.uniform(0.0, 0.3)
+    HOVER = 0.07
 
     def clean_action(self, env) -> np.ndarray:
         ee, cube, gripper = env.ee_pos, env.cube_pos, env.gripper

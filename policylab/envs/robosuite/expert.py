@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policylab.envs.experts import Expert
+from policylab.envs.experts import PickExpert
 
 OPEN_WIDTH = 0.078            # m between the fingers when fully open
 HOLD_MIN, HOLD_MAX = 0.02, 0.07  # finger gap while the cube (4-4.4 cm) is held
@@ -29,26 +29,11 @@ def _yaw(xmat: np.ndarray) -> float:
     return float(np.arctan2(xmat[1, 0], xmat[0, 0]))
 
 
-class LiftExpert(Expert):
-    """Scripted Lift policy over `RobosuiteEnv(task="Lift")`'s privileged state.
+class LiftExpert(PickExpert):
+    """Scripted Lift policy over `RobosuiteEnv(task="Lift")`'s privileged state (arguments: `PickExpert`)."""
 
-    Args:
-        action_noise: std of Gaussian action noise (action units).
-        variation: scale of the per-episode offsets (hover height, grasp point, speed).
-        seed: noise seed (also set per episode by `reset(seed)`).
-    """
-
-    def __init__(self, action_noise: float = 0.0, variation: float = 1.0, seed: int | None = None):
-        super().__init__(action_noise=action_noise, seed=seed)
-        self.variation = float(variation)
-        self.reset(seed)
-
-    def reset(self, seed: int | None = None) -> None:
-        super().reset(seed)
-        v = self.variation
-        self.hover = 0.08 + v * self.rng.uniform(-0.02, 0.02)
-        self.grasp_offset = np.array([*(v * self.rng.uniform(-0.004, 0.004, 2)), -0.005])
-        self.speed = 1.0 - v * self.rng.uniform(0.0, 0.3)
+    HOVER = 0.08
+    GRASP_Z = -0.005             # m: grasp a little below the cube's center
 
     @staticmethod
     def _state(env):
