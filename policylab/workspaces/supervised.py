@@ -141,6 +141,12 @@ class SupervisedWorkspace(BaseWorkspace):
         # Validation runs on rank 0 alone, over the whole validation set.
         val_loader = self._loader(val_dataset, self.c["val_dataloader"], shard=False) if len(val_dataset) else None
         steps_per_epoch = math.ceil(len(train_loader) / train.gradient_accumulate_every)
+        total_steps = steps_per_epoch * train.num_epochs
+        if train.max_train_steps is not None:
+            total_steps = min(total_steps, train.max_train_steps)
+        for policy in (self.policy, self.ema.averaged_model if self.ema is not None else None):
+            if policy is not None:
+                policy.set_total_steps(total_steps)
         self.lr_scheduler = lr_scheduler = get_scheduler(
             self.c["lr_scheduler"].name, optimizer=self.optimizer, num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
             num_training_steps=steps_per_epoch * train.num_epochs)
