@@ -7,14 +7,14 @@ Each run is `train.py <overrides> training.seed=<seed>` in `<hydra.sweep.dir>/se
 comma-separated override values (`policy=diffusion_unet,diffusion_transformer`) add a run per
 combination. Prints, per run, the max and the mean of the last k evaluations of
 `checkpoint.monitor_key` and their mean ± std across seeds, and writes `summary.json`. A run that
-crashes is reported as failed, with its error, while the others finish. See policylab/common/sweep.py.
+crashes is reported as failed, with its error, while the others finish. See policylab/distributed/sweep.py.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from policylab.common import sweep
+from policylab.distributed import sweep
 from policylab.workspaces.base import train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from policylab.common import sweep
 from policylab.common.logging import read_logs
+from policylab.distributed import sweep
 from ray_train_multirun import main as sweep_main
 from tests.helpers import make_pusht_store
 

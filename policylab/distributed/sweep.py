@@ -61,7 +61,6 @@ class RunResult:
     seconds: float = 0.0      # from submission to the end, waiting for a free CPU included
 
 
-# ---------------------------------------------------------------------- planning
 def parse_seeds(text: str) -> list[int]:
     """"42,43,44" -> [42, 43, 44]; duplicates are an error (two runs would share a directory)."""
     try:
@@ -115,7 +114,6 @@ def resolved_run_config(config_dir: str | Path, spec: RunSpec) -> DictConfig:
     return cfg
 
 
-# ---------------------------------------------------------------------- running
 def run_sweep(runs: Sequence[RunSpec], config_dir: str | Path, sweep_dir: str | Path, train_fn: TrainFn,
               num_cpus_per_run: float = 1.0, address: str | None = None,
               log: Callable[[str], None] = print) -> list[RunResult]:
@@ -191,7 +189,6 @@ def _describe(err: BaseException) -> str:
     return f"{type(cause).__name__}: {message[:500]}"
 
 
-# ---------------------------------------------------------------------- reporting
 def metric_series(run_dir: str | Path, monitor_key: str) -> list[float]:
     """The monitored metric of every evaluation in `<run_dir>/logs.jsonl`, in order (NaN dropped)."""
     path = Path(run_dir) / "logs.jsonl"

@@ -1,6 +1,6 @@
 """Import Diffusion Policy's own `.ckpt` files as policylab checkpoints, without running their code.
 
-    python -m policylab.common.dp_import <dp.ckpt> <out checkpoint dir> [--task pusht_lowdim|pusht_image]
+    python -m policylab.policies.dp_import <dp.ckpt> <out checkpoint dir> [--task pusht_lowdim|pusht_image]
 
 A DP checkpoint is its whole workspace, written with `torch.save(payload, pickle_module=dill)`:
 
@@ -50,9 +50,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from policylab.common.checkpoint import save_checkpoint
 from policylab.common.config import CONFIG_DIR, compose
+from policylab.data.normalizer import get_image_range_normalizer
 
 
-# ---------------------------------------------------------------------- restricted unpickling
 class DisallowedGlobalError(pickle.UnpicklingError):
     """The pickle names a global outside the allowlist; nothing it names was imported or called."""
 
@@ -143,7 +143,6 @@ def load_dp_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-# ---------------------------------------------------------------------- what DP's tasks look like
 @dataclass(frozen=True)
 class TaskLayout:
     """How DP lays out a task's observations, against policylab's task config of the same data.
@@ -244,7 +243,6 @@ def compose_policylab_config(overrides: list[str], config_dir: str | Path = CONF
     return compose(overrides, config_dir=config_dir, resolve=True)
 
 
-# ---------------------------------------------------------------------- weights
 def feature_permutation(dp_layout: list[tuple[str, int]], policylab_layout: list[tuple[str, int]]) -> torch.Tensor:
     """`perm` with policylab feature j = DP feature perm[j], from per-key (name, width) segments."""
     starts, offset = {}, 0
@@ -293,8 +291,6 @@ def _normalizer_field(dp_state: dict, key: str, cols=slice(None)) -> dict:
 
 
 def map_normalizer(dp_state: dict, policy, layout: TaskLayout, kind: str) -> dict:
-    from policylab.data.normalizer import get_image_range_normalizer
-
     fields = {"action": _normalizer_field(dp_state, "action")}
     if kind == LOWDIM_POLICY:
         start = 0
@@ -389,7 +385,6 @@ def load_into(policy, state: dict) -> None:
                                          f"unexpected {unexpected[:8]}")
 
 
-# ---------------------------------------------------------------------- the whole import
 def import_dp_checkpoint(ckpt: str | Path, out_dir: str | Path, task: str | None = None,
                          config_dir: str | Path = CONFIG_DIR) -> Path:
     """Write a policylab checkpoint directory (config.yaml + safetensors) from a DP `.ckpt`."""

@@ -23,11 +23,14 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from torch import nn
 
-from policylab.common import dp_import
-from policylab.common.dp_import import DisallowedGlobalError, UnsupportedCheckpointError
 from policylab.models.encoders.resnet import resnet18
 from policylab.models.unet1d import ConditionalUnet1D
+from policylab.policies import dp_import
 from policylab.policies.base import BasePolicy
+from policylab.policies.dp_import import (
+    DisallowedGlobalError,
+    UnsupportedCheckpointError,
+)
 
 T, TO, TA = 8, 2, 4
 SCHEDULER = {"num_train_timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "squaredcos_cap_v2",
@@ -35,7 +38,6 @@ SCHEDULER = {"num_train_timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02,
 UNET = {"diffusion_step_embed_dim": 16, "down_dims": [16, 32], "kernel_size": 3, "n_groups": 4, "cond_predict_scale": True}
 
 
-# ---------------------------------------------------------------------- DP-layout checkpoints
 def _field(scale, offset, stats):
     return {"scale": scale, "offset": offset, **{f"input_stats.{k}": v for k, v in stats.items()}}
 
@@ -165,7 +167,8 @@ def image_dp(tmp_path_factory):
     core = VisualCore(crop=84)
     # VisualCore's own state_dict names: backbone.nets.*, pool.*, nets.0.* (alias), nets.1.* (alias), nets.3.*
     encoder_state = {f"obs_encoder.obs_nets.image.{k}": v for k, v in core.state_dict().items()}
-    assert any(".nets.0.nets." in k for k in encoder_state) and any(".backbone.nets." in k for k in encoder_state)
+    assert any(".nets.0.nets." in k for k in encoder_state)
+    assert any(".backbone.nets." in k for k in encoder_state)
     unet = ConditionalUnet1D(input_dim=2, global_cond_dim=(64 + 2) * TO, **UNET)
     fields = {"agent_pos": _fit_limits(torch.rand(500, 2) * 512), "action": _fit_limits(torch.rand(500, 2) * 512),
               "image": _field(torch.tensor([2.0]), torch.tensor([-1.0]), {"min": torch.tensor([0.0]), "max": torch.tensor([1.0]),
@@ -184,7 +187,6 @@ def image_dp(tmp_path_factory):
     return path, state, ema
 
 
-# ---------------------------------------------------------------------- DP's predict_action, by hand
 def _normalize(state, key, x):
     return x * state[f"normalizer.params_dict.{key}.scale"] + state[f"normalizer.params_dict.{key}.offset"]
 
@@ -236,7 +238,6 @@ def _obs_image(batch=2):
     return {"image": torch.rand(batch, TO, 3, 96, 96, generator=gen), "agent_pos": torch.rand(batch, TO, 2, generator=gen) * 512}
 
 
-# ---------------------------------------------------------------------- tests
 @pytest.mark.parametrize("use_ema", [True, False])
 def test_lowdim_import_predicts_like_dp(lowdim_dp, tmp_path, use_ema):
     path, state, ema = lowdim_dp
@@ -254,14 +255,21 @@ def test_lowdim_import_config_and_metadata(lowdim_dp, tmp_path):
     dp_import.main([str(path), str(tmp_path / "ckpt"), "--task", "pusht_lowdim"])
     cfg = OmegaConf.load(tmp_path / "ckpt" / "config.yaml")
     assert (cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps) == (T, TO, TA)
-    assert list(cfg.policy.model.down_dims) == UNET["down_dims"] and cfg.policy.model.kernel_size == 3
-    assert cfg.policy.model.diffusion_step_embed_dim == 16 and cfg.policy.model.n_groups == 4
-    assert cfg.policy.noise_scheduler.beta_schedule == "squaredcos_cap_v2" and cfg.policy.num_inference_steps == 10
-    assert cfg.policy.inference_scheduler == "ddpm" and cfg.task.name == "pusht_lowdim"
+    assert list(cfg.policy.model.down_dims) == UNET["down_dims"]
+    assert cfg.policy.model.kernel_size == 3
+    assert cfg.policy.model.diffusion_step_embed_dim == 16
+    assert cfg.policy.model.n_groups == 4
+    assert cfg.policy.noise_scheduler.beta_schedule == "squaredcos_cap_v2"
+    assert cfg.policy.num_inference_steps == 10
+    assert cfg.policy.inference_scheduler == "ddpm"
+    assert cfg.task.name == "pusht_lowdim"
     info = json.loads((tmp_path / "ckpt" / "dp_import.json").read_text())
-    assert info["epoch"] == 56 and info["global_step"] == 1234 and info["ema"] is True
+    assert info["epoch"] == 56
+    assert info["global_step"] == 1234
+    assert info["ema"] is True
     normalizer = json.loads((tmp_path / "ckpt" / "normalizer.json").read_text())
-    assert len(normalizer["keypoint"]["scale"]) == 18 and len(normalizer["agent_pos"]["scale"]) == 2
+    assert len(normalizer["keypoint"]["scale"]) == 18
+    assert len(normalizer["agent_pos"]["scale"]) == 2
     assert not list((tmp_path / "ckpt").glob("*.pt")), "no pickle in the imported checkpoint"
 
 
@@ -269,7 +277,8 @@ def test_image_import_predicts_like_dp(image_dp, tmp_path):
     path, _, ema = image_dp
     out = dp_import.import_dp_checkpoint(path, tmp_path / "ckpt")
     cfg = OmegaConf.load(out / "config.yaml")
-    assert cfg.policy.obs_encoder.feature_activation == "relu" and list(cfg.policy.obs_encoder.crop_shape) == [84, 84]
+    assert cfg.policy.obs_encoder.feature_activation == "relu"
+    assert list(cfg.policy.obs_encoder.crop_shape) == [84, 84]
     policy = BasePolicy.from_checkpoint(out)
     obs = _obs_image()
     got = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"]
@@ -299,7 +308,8 @@ def test_malicious_checkpoint_is_refused_before_running(lowdim_dp, tmp_path):
     torch.save(payload, path)
     with pytest.raises(DisallowedGlobalError, match=r"'(posix|os)\.system'"):
         dp_import.import_dp_checkpoint(path, tmp_path / "out")
-    assert not marker.exists() and not (tmp_path / "out").exists()
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
 
     # the same exploit hidden in a nested dill-pickled entry
     payload["pickles"]["epoch"] = pickle.dumps(_Exploit(marker))
