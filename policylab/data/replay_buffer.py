@@ -136,7 +136,6 @@ class ReplayBuffer:
         self._check_chunks_on_open = check_chunks
         self._validate()
 
-    # ---------------------------------------------------------------- constructors
     @classmethod
     def create_empty_numpy(cls) -> ReplayBuffer:
         return cls({"data": {}, "meta": {EPISODE_ENDS: np.zeros((0,), dtype=np.int64)}})
@@ -247,7 +246,6 @@ class ReplayBuffer:
             if isinstance(src, zarr.storage.ZipStore):
                 src.close()
 
-    # ---------------------------------------------------------------- saving
     def save_to_store(self, store, chunks=None, compressors=None, zarr_format: int = 2):
         """Write every array into an empty store (recompressing as asked)."""
         chunks, compressors = dict(chunks or {}), dict(compressors or {})
@@ -284,7 +282,6 @@ class ReplayBuffer:
         shutil.rmtree(tmp.parent, ignore_errors=True)
         return path
 
-    # ---------------------------------------------------------------- properties
     @property
     def backend(self) -> str:
         return "zarr" if isinstance(self.root, zarr.Group) else "numpy"
@@ -336,7 +333,6 @@ class ReplayBuffer:
         fields = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.items())
         return f"ReplayBuffer({self.backend}, {self.n_episodes} episodes, {self.n_steps} steps; {fields})"
 
-    # ---------------------------------------------------------------- episodes
     def add_episode(self, data: Mapping[str, np.ndarray], chunks=None, compressors=None) -> None:
         """Append one episode `{key: (L, ...)}`; atomic on zarr (data first, episode_ends last).
 
@@ -439,7 +435,6 @@ class ReplayBuffer:
         for k in stale:
             sync(store.delete(k))
 
-    # ---------------------------------------------------------------- chunks / compressors
     def get_chunks(self) -> dict[str, tuple[int, ...]]:
         self._require_zarr("get_chunks")
         return {key: arr.chunks for key, arr in self.items()}
@@ -460,7 +455,6 @@ class ReplayBuffer:
             if resolve_compressor(value) != get_compressor(self.data[key]):
                 self._rewrite(key, self.data[key].chunks, value)
 
-    # ---------------------------------------------------------------- internals
     @staticmethod
     def _init_layout(root: zarr.Group) -> None:
         if not list(root.group_keys()):  # a new store: every chunk it gets is written by this code

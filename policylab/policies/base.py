@@ -121,7 +121,6 @@ class DenoisingPolicy(BasePolicy):
         n_cond = 1 if self.encodes_window else n_obs_steps
         self.model = _build_backbone(model, self.action_dim, horizon, n_cond, obs_dim)
 
-    # ------------------------------------------------------------------ conditioning
     def encode_obs(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalized obs {key: (B, To', ...)} -> the backbone's condition.
 

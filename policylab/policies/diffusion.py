@@ -44,7 +44,6 @@ class DiffusionPolicy(DenoisingPolicy):
         self.inference_scheduler = INFERENCE_SCHEDULERS[inference_scheduler].from_config(noise_scheduler.config)
         self.num_inference_steps = num_inference_steps or noise_scheduler.config.num_train_timesteps
 
-    # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: {"obs": {key: (B, To, ...)}, "action": (B, T, Da)} -> (MSE loss, metrics)."""
         cond = self.encode_obs(self.normalize_obs(batch["obs"]))
@@ -66,7 +65,6 @@ class DiffusionPolicy(DenoisingPolicy):
             return trajectory
         raise ValueError(f"unsupported prediction_type {prediction_type!r}; use 'epsilon' or 'sample'")
 
-    # ------------------------------------------------------------------ inference
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da): `num_inference_steps` of the inference scheduler."""
         batch_size = cond.shape[0]

@@ -69,7 +69,6 @@ class DeviceProcess(Device):
         self._proc: mp.Process | None = None
         self._buffers = [self._status]  # shared blocks freed by stop(); subclasses add theirs
 
-    # ------------------------------------------------------------------ parent side
     def start(self, wait: bool = True) -> None:
         if self._proc is not None:
             raise DeviceError(f"{self.name}: already started")
@@ -153,7 +152,6 @@ class DeviceProcess(Device):
         self._status["error"][0] = message.encode()[:2047]
         self._status["state"][0] = FAILED
 
-    # ------------------------------------------------------------------ child side
     def _child_main(self) -> None:
         self.beat()
         try:

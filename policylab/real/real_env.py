@@ -92,7 +92,6 @@ class RealEnv(Device):
         self._episode: dict | None = None
         self.n_dropped_actions = 0
 
-    # ------------------------------------------------------------------ lifecycle
     def start(self, wait: bool = True) -> None:
         started = []
         try:  # start in parallel, then wait: camera and robot start-up overlap
@@ -135,7 +134,6 @@ class RealEnv(Device):
     def is_ready(self) -> bool:
         return self.robot.is_ready and all(c.is_ready for c in self.cameras.values())
 
-    # ------------------------------------------------------------------ observations
     def _read_camera(self, camera: Camera) -> dict[str, np.ndarray]:
         """Enough frames to align To observations; while recording, as many as buffered (<= max_k)."""
         k = math.ceil(self.n_obs_steps * camera.fps / self.frequency) + 2
@@ -165,7 +163,6 @@ class RealEnv(Device):
             self._gather(frames, state)
         return obs
 
-    # ------------------------------------------------------------------ actions
     def exec_actions(self, actions, timestamps, stages=None) -> int:
         """Schedule `actions (N, 6)` poses at wall times `timestamps (N,)`; returns how many were sent.
 
@@ -189,7 +186,6 @@ class RealEnv(Device):
                     ep["actions"][int(tick)] = (action, int(stage))  # a newer plan overwrites
         return int(np.sum(keep))
 
-    # ------------------------------------------------------------------ episodes
     @property
     def is_recording(self) -> bool:
         return self._episode is not None

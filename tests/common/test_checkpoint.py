@@ -52,7 +52,9 @@ def test_sigkill_during_save_leaves_a_complete_checkpoint(tmp_path, delay):
         proc.wait(timeout=30)
     model = load_policy(latest)
     value = model.weight[0, 0].item()
-    assert value >= 2 and torch.all(model.weight == value) and torch.all(model.bias == value)
+    assert value >= 2
+    assert torch.all(model.weight == value)
+    assert torch.all(model.bias == value)
     state = torch.load(latest / "training_state.pt", weights_only=True)
     assert state["step"] == value
 
@@ -62,8 +64,10 @@ def test_resave_keeps_one_directory_per_name(tmp_path):
     for _ in range(3):
         save_checkpoint(tmp_path / "latest", CFG, model)
     entries = sorted(p.name for p in tmp_path.iterdir())
-    assert len(entries) == 2 and entries[1] == "latest"  # the name and the directory it points to
-    assert (tmp_path / "latest").resolve().name == entries[0] and entries[0].startswith(".latest.")
+    assert len(entries) == 2
+    assert entries[1] == "latest"  # the name and the directory it points to
+    assert (tmp_path / "latest").resolve().name == entries[0]
+    assert entries[0].startswith(".latest.")
 
 
 def test_topk_keeps_the_best(tmp_path):

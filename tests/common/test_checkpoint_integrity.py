@@ -60,7 +60,8 @@ def test_named_modules_and_several_optimizers_round_trip(tmp_path):
     load_modules(out, {"critic": critic2, "target_critic": target2})
     for a, b in ((critic, critic2), (target, target2)):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-            assert ka == kb and torch.equal(va, vb)
+            assert ka == kb
+            assert torch.equal(va, vb)
     assert critic2.q1[0] is critic2.q2[0]
 
     loaded = load_training_state(out)  # torch.load(weights_only=True) inside
@@ -187,14 +188,16 @@ def test_clean_orphans_removes_only_what_killed_writes_left(tmp_path):
         ".epoch=0005-test_mean_score=0.700.deadbeef", ".latest.89abcdef", ".latest.link-00112233",
         ".latest.tmp-0123abcd", ".topk.json.tmp-a1b2c3d4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*live, ".keep-me"])
-    assert load_policy(tmp_path / "latest") is not None and clean_orphans(tmp_path) == []
+    assert load_policy(tmp_path / "latest") is not None
+    assert clean_orphans(tmp_path) == []
 
 
 def test_resume_true_without_checkpoint_is_an_error_and_auto_is_quiet(tmp_path):
     root = tmp_path / "checkpoints"
     with pytest.raises(CheckpointError, match="training.resume=true but .*latest holds no checkpoint"):
         find_resume_checkpoint(root, True)
-    assert find_resume_checkpoint(root, "auto") is None and find_resume_checkpoint(root, False) is None
+    assert find_resume_checkpoint(root, "auto") is None
+    assert find_resume_checkpoint(root, False) is None
     save_checkpoint(root / "latest", CFG, torch.nn.Linear(8, 8))
     assert find_resume_checkpoint(root, True) == find_resume_checkpoint(root, "auto") == root / "latest"
     with pytest.raises(ValueError, match="training.resume"):

@@ -34,8 +34,10 @@ def test_second_writer_fails_naming_the_holder_then_gets_the_lock(tmp_path):
         with pytest.raises(LockError) as err:
             RunDirLock(tmp_path).acquire()
         message = str(err.value)
-        assert f"pid {holder.pid}" in message and socket.gethostname() in message
-        assert str(tmp_path) in message and ".writer.lock" in message
+        assert f"pid {holder.pid}" in message
+        assert socket.gethostname() in message
+        assert str(tmp_path) in message
+        assert ".writer.lock" in message
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)

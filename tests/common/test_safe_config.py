@@ -106,7 +106,8 @@ def test_hostile_checkpoint_is_refused_and_nothing_runs(payload, tmp_path, varia
     ckpt = _write_checkpoint(tmp_path / "ckpt", {"policy": policy})
     with pytest.raises(UnsafeConfigError) as err:
         load_policy(ckpt)
-    assert key in str(err.value) and "config.yaml" in str(err.value)
+    assert key in str(err.value)
+    assert "config.yaml" in str(err.value)
     if "_target_" in key:
         assert repr(OmegaConf.select(OmegaConf.create({"policy": policy}), key)) in str(err.value)
     assert not marker.exists()

@@ -50,7 +50,9 @@ def fill(buffer, lengths=LENGTHS):
 
 def test_episode_api_exact(empty_buffer):
     rb = fill(empty_buffer)
-    assert rb.n_episodes == 3 and rb.n_steps == 15 and len(rb) == 15
+    assert rb.n_episodes == 3
+    assert rb.n_steps == 15
+    assert len(rb) == 15
     np.testing.assert_array_equal(rb.episode_ends, [5, 8, 15])
     np.testing.assert_array_equal(rb.episode_lengths, LENGTHS)
     assert sorted(rb.keys()) == ["action", "obs"]
@@ -69,7 +71,9 @@ def test_pop_and_drop(empty_buffer):
     rb = fill(empty_buffer)
     last = rb.pop_episode()
     np.testing.assert_array_equal(last["obs"][:, 0], np.arange(8, 15))
-    assert rb.n_episodes == 2 and rb.n_steps == 8 and rb["obs"].shape == (8, 2)
+    assert rb.n_episodes == 2
+    assert rb.n_steps == 8
+    assert rb["obs"].shape == (8, 2)
     rb.drop_episode()
     np.testing.assert_array_equal(rb.episode_ends, [5])
     rb.add_episode(make_episode(4, 100))
@@ -104,7 +108,8 @@ def test_opens_diffusion_policy_v2_layout(tmp_path, as_zip):
         np.testing.assert_array_equal(rb.episode_ends, [4, 10])
         for key in ("img", "state", "keypoint", "action", "n_contacts"):
             np.testing.assert_array_equal(np.asarray(rb[key][:]), arrays[key], err_msg=key)
-        assert rb["keypoint"].shape == (10, 9, 2) and rb["img"].dtype == np.float32
+        assert rb["keypoint"].shape == (10, 9, 2)
+        assert rb["img"].dtype == np.float32
         # Jpeg2k is lossy: compare with the codec's own decode of each frame.
         expected = np.stack([JPEG2K.decode(JPEG2K.encode(frame[None])).reshape(16, 16, 3) for frame in arrays["cam"]])
         np.testing.assert_array_equal(np.asarray(rb["cam"][:]), expected)
@@ -118,12 +123,14 @@ def test_copy_subset_into_memory_store_keeps_jpeg2k_bytes(tmp_path):
                           chunks={"cam": (1, 16, 16, 3)}, codecs={"cam": JPEG2K})
     store = zarr.storage.MemoryStore()
     rb = ReplayBuffer.copy_from_path(path, store=store, keys=["cam"])
-    assert list(rb.keys()) == ["cam"] and rb.backend == "zarr"
+    assert list(rb.keys()) == ["cam"]
+    assert rb.backend == "zarr"
     assert get_compressor(rb["cam"]).codec_id == "imagecodecs_jpeg2k"
     raw = (path / "data/cam/3.0.0.0").read_bytes()
     assert store.get_sync("data/cam/3.0.0.0").to_bytes() == raw
     numpy_rb = ReplayBuffer.copy_from_path(path, keys=["action"])
-    assert numpy_rb.backend == "numpy" and list(numpy_rb.keys()) == ["action"]
+    assert numpy_rb.backend == "numpy"
+    assert list(numpy_rb.keys()) == ["action"]
     with pytest.raises(KeyError, match="nope"):
         ReplayBuffer.copy_from_path(path, keys=["nope"])
 
@@ -138,7 +145,8 @@ def test_save_writes_v2_by_default_and_v3_on_request(tmp_path, suffix):
     assert get_compressor(back["obs"]).cname == "zstd"
     if suffix == ".zarr":
         meta = json.loads((path / "data/obs/.zarray").read_text())
-        assert meta["zarr_format"] == 2 and meta["compressor"]["id"] == "blosc"
+        assert meta["zarr_format"] == 2
+        assert meta["compressor"]["id"] == "blosc"
         v3 = rb.save_to_path(tmp_path / "v3.zarr", zarr_format=3)
         assert (v3 / "zarr.json").exists()
         back3 = ReplayBuffer.create_from_path(v3)
@@ -165,7 +173,8 @@ def test_chunks_and_compressors():
     before = rb["img"][:]
     rb.set_chunks({"img": (2, 8, 8, 3)})
     rb.set_compressors({"a": "default"})
-    assert rb.get_chunks()["img"] == (2, 8, 8, 3) and get_compressor(rb["a"]).cname == "lz4"
+    assert rb.get_chunks()["img"] == (2, 8, 8, 3)
+    assert get_compressor(rb["a"]).cname == "lz4"
     np.testing.assert_array_equal(rb["img"][:], before)
     with pytest.raises(TypeError, match="zarr backend"):
         ReplayBuffer.create_empty_numpy().get_chunks()
@@ -177,7 +186,6 @@ def test_optimal_chunks():
     assert get_optimal_chunks((0, 4), np.float64) == (1, 4)
 
 
-# ------------------------------------------------------------------ bad input
 def test_episode_lengths_must_match(empty_buffer):
     with pytest.raises(ReplayBufferError, match=r"'obs': 3.*'action': 4"):
         empty_buffer.add_episode({"obs": np.zeros((3, 2)), "action": np.zeros((4, 1))})
@@ -192,7 +200,8 @@ def test_shape_change_between_episodes(empty_buffer):
         empty_buffer.add_episode({"obs": np.zeros((2, 2), np.float32)})
     with pytest.raises(ReplayBufferError, match="empty"):
         empty_buffer.add_episode({"obs": np.zeros((0, 2)), "action": np.zeros((0, 1))})
-    assert empty_buffer.n_episodes == 1 and empty_buffer["obs"].shape == (2, 2)
+    assert empty_buffer.n_episodes == 1
+    assert empty_buffer["obs"].shape == (2, 2)
 
 
 def test_missing_episode_ends(tmp_path):
@@ -224,7 +233,6 @@ def test_not_a_store(tmp_path):
         ReplayBuffer.create_from_path(tmp_path / "missing.zarr")
 
 
-# ------------------------------------------------------------------ crash safety
 def test_torn_append_is_discarded(tmp_path, caplog):
     """The two states a kill can leave: surplus data, and episode_ends resized but unwritten."""
     path = tmp_path / "torn.zarr"

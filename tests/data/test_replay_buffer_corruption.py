@@ -43,7 +43,8 @@ def test_store_from_elsewhere_with_a_gap_opens_with_a_warning(tmp_path, caplog):
     (path / "data" / "action" / "2.0").unlink()
     with caplog.at_level(logging.WARNING):
         rb = ReplayBuffer.create_from_path(path)
-    assert rb.n_episodes == 2 and "data/action has no chunk file '2.0'" in caplog.text
+    assert rb.n_episodes == 2
+    assert "data/action has no chunk file '2.0'" in caplog.text
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

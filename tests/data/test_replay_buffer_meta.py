@@ -60,7 +60,8 @@ def test_update_meta_killed_at_any_write_leaves_old_or_new_seeds(tmp_path, monke
         assert seeds.tolist() in ([100, 101, 102], [100, 101, 102, 103]), f"killed at write {k}: {seeds}"
         if n_writes is not None:
             break
-    assert n_writes is not None and n_writes >= 2  # every write of the update was a kill point
+    assert n_writes is not None
+    assert n_writes >= 2  # every write of the update was a kill point
 
 
 def _broken_store(path, seeds_len):
@@ -78,12 +79,17 @@ def test_repair_reports_then_fills_missing_seeds(tmp_path, capsys):
     _broken_store(path, seeds_len=None)
     assert repair_main([str(path)]) == 1  # report only: nothing changed
     out = capsys.readouterr().out
-    assert "meta/episode_seeds" in out and "missing" in out and "--fix fill" in out and "--fix truncate" in out
+    assert "meta/episode_seeds" in out
+    assert "missing" in out
+    assert "--fix fill" in out
+    assert "--fix truncate" in out
     assert SEEDS not in ReplayBuffer.create_from_path(path).meta
     assert repair_main([str(path), "--fix", "fill"]) == 0
     rb = ReplayBuffer.create_from_path(path)
-    assert rb.n_episodes == 4 and rb.meta[SEEDS][:].tolist() == [-1, -1, -1, -1]
-    assert repair_main([str(path)]) == 0 and "no problems" in capsys.readouterr().out
+    assert rb.n_episodes == 4
+    assert rb.meta[SEEDS][:].tolist() == [-1, -1, -1, -1]
+    assert repair_main([str(path)]) == 0
+    assert "no problems" in capsys.readouterr().out
 
 
 def test_repair_truncates_episodes_to_the_seeds(tmp_path, capsys):
@@ -91,7 +97,9 @@ def test_repair_truncates_episodes_to_the_seeds(tmp_path, capsys):
     _broken_store(path, seeds_len=2)
     assert repair_main([str(path), "--fix", "truncate"]) == 0
     rb = ReplayBuffer.create_from_path(path)
-    assert rb.n_episodes == 2 and rb.meta[SEEDS][:].tolist() == [100, 101] and rb.n_steps == 8
+    assert rb.n_episodes == 2
+    assert rb.meta[SEEDS][:].tolist() == [100, 101]
+    assert rb.n_steps == 8
     assert "dropped 2 episodes" in capsys.readouterr().out
 
 

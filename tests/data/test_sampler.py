@@ -65,12 +65,14 @@ def test_key_first_k_loads_only_k_frames():
 
 def test_val_and_downsample_masks():
     mask = get_val_mask(10, 0.2, seed=3)
-    assert mask.sum() == 2 and np.array_equal(mask, get_val_mask(10, 0.2, seed=3))
+    assert mask.sum() == 2
+    assert np.array_equal(mask, get_val_mask(10, 0.2, seed=3))
     assert get_val_mask(10, 0.0).sum() == 0
     assert get_val_mask(3, 0.01).sum() == 1  # at least one
     assert get_val_mask(2, 0.99).sum() == 1  # at most n - 1
     train = downsample_mask(~mask, 5, seed=1)
-    assert train.sum() == 5 and not (train & mask).any()
+    assert train.sum() == 5
+    assert not (train & mask).any()
     np.testing.assert_array_equal(downsample_mask(~mask, None), ~mask)
     np.testing.assert_array_equal(downsample_mask(~mask, 100), ~mask)
 
@@ -128,7 +130,8 @@ def test_first_steps_reads_only_loaded_frames():
     idxs = np.arange(len(sampler))
     full = sampler.sample_batch(idxs)["x"]
     head = sampler.sample_batch(idxs, first_steps={"x": 2})["x"]
-    assert head.shape == (len(sampler), 2, 2) and not np.isnan(head).any()
+    assert head.shape == (len(sampler), 2, 2)
+    assert not np.isnan(head).any()
     np.testing.assert_array_equal(head, full[:, :2])
     with pytest.raises(ValueError, match="exceeds key_first_k"):
         sampler.sample_batch(idxs, first_steps={"x": 3})

@@ -32,9 +32,12 @@ def test_contract_shapes_and_ranges(pusht_path):
     path, arrays = pusht_path
     ds = SequenceDataset(IMAGE_META, horizon=16, n_obs_steps=2, zarr_path=path)
     item = ds[0]
-    assert item["obs"]["image"].shape == (2, 3, 16, 16) and item["obs"]["image"].dtype == torch.float32
-    assert item["obs"]["agent_pos"].shape == (2, 2) and item["action"].shape == (16, 2)
-    assert 0 <= item["obs"]["image"].min() and item["obs"]["image"].max() <= 1
+    assert item["obs"]["image"].shape == (2, 3, 16, 16)
+    assert item["obs"]["image"].dtype == torch.float32
+    assert item["obs"]["agent_pos"].shape == (2, 2)
+    assert item["action"].shape == (16, 2)
+    assert 0 <= item["obs"]["image"].min()
+    assert item["obs"]["image"].max() <= 1
     # window 0 starts one step before episode 0: frame 0 repeated
     np.testing.assert_array_equal(item["obs"]["agent_pos"].numpy(), arrays["state"][[0, 0], :2])
     np.testing.assert_allclose(item["obs"]["image"][1].numpy(), arrays["img"][0].transpose(2, 0, 1) / 255, rtol=1e-6)
@@ -64,9 +67,11 @@ def test_normalizer_sees_training_episodes_only():
     ds = SequenceDataset(KEYPOINT_META, horizon=4, n_obs_steps=2, replay_buffer=rb, val_ratio=0.4, seed=0)
     train_eps = np.flatnonzero(ds.train_mask)
     val_eps = np.flatnonzero(ds.val_mask)
-    assert len(val_eps) == 2 and not set(train_eps) & set(val_eps)
+    assert len(val_eps) == 2
+    assert not set(train_eps) & set(val_eps)
     stats = ds.get_normalizer()["action"].get_input_stats()
-    assert stats["max"][0].item() == 100.0 * train_eps.max() and stats["min"][0].item() == 100.0 * train_eps.min()
+    assert stats["max"][0].item() == 100.0 * train_eps.max()
+    assert stats["min"][0].item() == 100.0 * train_eps.min()
     val = ds.get_validation_dataset()
     seen = {int(val[i]["obs"]["agent_pos"][0, 0]) for i in range(len(val))}
     assert seen == set(val_eps.tolist())
@@ -81,7 +86,8 @@ def test_max_train_episodes_does_not_leak_into_validation():
                         "action": np.zeros((6, 2), np.float32)})
     ds = SequenceDataset(KEYPOINT_META, horizon=4, n_obs_steps=2, replay_buffer=rb, val_ratio=0.2,
                          max_train_episodes=3)
-    assert ds.train_mask.sum() == 3 and ds.val_mask.sum() == 2
+    assert ds.train_mask.sum() == 3
+    assert ds.val_mask.sum() == 2
     assert len(ds.get_validation_dataset()) == 2 * (6 - 4 + 1 + 1 + 2)
 
 

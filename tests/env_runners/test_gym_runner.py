@@ -24,7 +24,8 @@ class HoldPolicy:
         self.calls = 0
 
     def predict_action(self, obs):
-        assert obs["keypoint"].shape[1:] == (TO, 18) and obs["keypoint"].dtype == torch.float32
+        assert obs["keypoint"].shape[1:] == (TO, 18)
+        assert obs["keypoint"].dtype == torch.float32
         self.calls += 1
         return {"action": obs["agent_pos"][:, -1:].repeat(1, TA, 1)}
 
@@ -77,12 +78,14 @@ def _check_pusht_metrics(log):
     per_seed = [log[f"test/sim_max_reward_{s}"] for s in test_seeds]
     assert log["test/mean_score"] == pytest.approx(np.mean(per_seed))
     assert log["train/mean_score"] == log["train/sim_max_reward_0"]
-    assert log["test/success_rate"] == 0.0 and log["train/success_rate"] == 0.0
+    assert log["test/success_rate"] == 0.0
+    assert log["train/success_rate"] == 0.0
     assert all(0.0 <= r < 1.0 for r in per_seed)
     assert {k for k in log if "video" in k} == {"train/sim_video_0", "test/sim_video_100000"}
     with av.open(log["test/sim_video_100000"]) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(frames) == 1 + MAX_STEPS and frames[0].shape == (96, 96, 3)
+    assert len(frames) == 1 + MAX_STEPS
+    assert frames[0].shape == (96, 96, 3)
 
 
 def test_sync_runner_metrics_and_videos(tmp_path):

@@ -28,7 +28,8 @@ def check_store_matches_shape_meta(store: Path, task: str) -> None:
         shape = tuple(rb[zkey].shape[1:])
         if attr.get("type") == "rgb":
             c, h, w = attr.shape
-            assert shape == (h, w, c) and rb[zkey].dtype == np.uint8, f"{task}/{key}: {shape} {rb[zkey].dtype}"
+            assert shape == (h, w, c), f"{task}/{key}: {shape} {rb[zkey].dtype}"
+            assert rb[zkey].dtype == np.uint8, f"{task}/{key}: {shape} {rb[zkey].dtype}"
         else:
             assert shape == tuple(attr.shape), f"{task}/{key}: store {shape} vs shape_meta {list(attr.shape)}"
     assert tuple(rb["action"].shape[1:]) == tuple(meta.action.shape)
@@ -51,10 +52,12 @@ def smoke_train_eval(task: str, store: Path, tmp_path: Path, *extra: str) -> dic
                         "task.env_runner.max_steps=8", *extra])
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads(line) for line in (run_dir / "logs.jsonl").read_text().splitlines()]
-    assert records[-1]["global_step"] == 2 and "test/success_rate" in records[-1]
+    assert records[-1]["global_step"] == 2
+    assert "test/success_rate" in records[-1]
     log = eval_main(["--checkpoint", str(run_dir / "checkpoints" / "latest"),
                      "--output_dir", str(tmp_path / f"eval_{task}"), "n_test=1", "n_train=0", "max_steps=8"])
     assert 0 <= log["test/success_rate"] <= 1
     videos = [v for k, v in log.items() if "video" in k]
-    assert videos and all(Path(v).stat().st_size > 0 for v in videos)
+    assert videos
+    assert all(Path(v).stat().st_size > 0 for v in videos)
     return log

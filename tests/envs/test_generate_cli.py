@@ -28,7 +28,8 @@ def test_pusht_goes_to_its_own_generator(tmp_path):
     out = tmp_path / "pusht.zarr"
     main(["task=pusht_lowdim", "n=1", f"out={out}", "max_steps=300"])
     rb = ReplayBuffer.create_from_path(out)
-    assert rb.n_episodes == 1 and {"img", "keypoint", "state", "action"} <= set(rb.keys())
+    assert rb.n_episodes == 1
+    assert {"img", "keypoint", "state", "action"} <= set(rb.keys())
     # the old entry point still works (and appends n more)
     result = subprocess.run([sys.executable, "-m", "policylab.data.generate.pusht", "n=1", f"out={out}"],
                             cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
@@ -40,8 +41,11 @@ def test_rerun_only_adds_missing_episodes(tmp_path):
     out = tmp_path / "push.zarr"
     first = main(["task=metaworld_push_lowdim", "n=1", f"out={out}", "images=false"])
     second = main(["task=metaworld_push_lowdim", "n=2", f"out={out}", "images=false"])
-    assert first["saved"] == 1 and second["saved"] == 2 and second["n_episodes"] == 3
+    assert first["saved"] == 1
+    assert second["saved"] == 2
+    assert second["n_episodes"] == 3
     rb = ReplayBuffer.create_from_path(out)
     assert list(rb.meta["episode_seeds"][:]) == [0, 1, 2]
-    assert "image" not in rb and rb["state"].shape[1:] == (39,)
+    assert "image" not in rb
+    assert rb["state"].shape[1:] == (39,)
     assert np.all(rb["reward"][:] >= 0)

@@ -45,15 +45,18 @@ def test_deviating_policy_is_corrected_and_recorded(base_env):
     infos = rollout(env, lambda e, o: rng.uniform(-1, 1, 4), seed=4)
     assert infos[-1]["is_success"], "the intervener should carry a random policy to success"
     taken = [i for i in infos if i["intervention"]]
-    assert taken and all(i["intervention_reason"] == "deviation" for i in taken)
+    assert taken
+    assert all(i["intervention_reason"] == "deviation" for i in taken)
     for info in infos:
         executed = info["expert_action"] if info["intervention"] else info["policy_action"]
         np.testing.assert_array_equal(info["action"], executed)
         assert info["expert_action"].shape == (4,)
     # a takeover starts only after `patience` deviating steps: the first two steps are the policy's
-    assert not infos[0]["intervention"] and not infos[1]["intervention"]
+    assert not infos[0]["intervention"]
+    assert not infos[1]["intervention"]
     stats = env.get_intervention_stats()
-    assert stats["n_intervened_steps"] == len(taken) and stats["n_steps"] == len(infos)
+    assert stats["n_intervened_steps"] == len(taken)
+    assert stats["n_steps"] == len(infos)
     assert 1 <= stats["n_interventions"] <= -(-len(taken) // 8) + 1
 
 
@@ -62,7 +65,8 @@ def test_stalled_policy_triggers_takeover(base_env):
                               stall_steps=5, takeover_steps=100)
     infos = rollout(env, lambda e, o: np.zeros(4), seed=3)
     first = next(t for t, i in enumerate(infos) if i["intervention"])
-    assert first == 5 and infos[first]["intervention_reason"] == "stall"
+    assert first == 5
+    assert infos[first]["intervention_reason"] == "stall"
     assert infos[-1]["is_success"]
 
 
@@ -91,6 +95,8 @@ def test_registered_factory_under_multistep():
             obs, _, terminated, truncated, _ = env.step(np.zeros((4, 4)))
             done = terminated or truncated
         infos = env.get_infos()
-        assert infos[-1]["is_success"] and infos[2]["intervention"] and not infos[0]["intervention"]
+        assert infos[-1]["is_success"]
+        assert infos[2]["intervention"]
+        assert not infos[0]["intervention"]
     finally:
         env.close()

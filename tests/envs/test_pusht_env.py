@@ -89,7 +89,8 @@ def test_reset_coverage_and_state_obs():
     obs, info = env.reset(seed=0)
     assert info["coverage"] == pytest.approx(0.419, abs=5e-4)
     drawn = initial_state(0)
-    assert obs["state"].dtype == np.float32 and obs["state"].shape == (5,)
+    assert obs["state"].dtype == np.float32
+    assert obs["state"].shape == (5,)
     np.testing.assert_allclose(obs["state"][:4], drawn[:4], rtol=1e-6)
     assert obs["state"][4] == pytest.approx(drawn[4] % (2 * np.pi), abs=1e-6)
 
@@ -100,10 +101,14 @@ def test_reward_and_termination_at_and_near_goal():
     env.reset(options={"state": [*far_agent, *S.GOAL_POSE]})
     _, reward, terminated, truncated, info = env.step(np.array(far_agent))
     assert info["coverage"] == pytest.approx(1.0, abs=1e-12)
-    assert reward == 1.0 and terminated and not truncated and info["is_success"]
+    assert reward == 1.0
+    assert terminated
+    assert not truncated
+    assert info["is_success"]
     env.reset(options={"state": [*far_agent, S.GOAL_POSE[0] + 8, S.GOAL_POSE[1], S.GOAL_POSE[2]]})
     _, reward, terminated, _, info = env.step(np.array(far_agent))
-    assert info["coverage"] < S.SUCCESS_THRESHOLD and not terminated
+    assert info["coverage"] < S.SUCCESS_THRESHOLD
+    assert not terminated
     assert reward == pytest.approx(info["coverage"] / S.SUCCESS_THRESHOLD, abs=1e-15)
 
 
@@ -115,7 +120,8 @@ def test_keypoint_obs_is_rotated_local_keypoints():
     x, y, theta = env.sim.block_pose
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     expected = block_local_keypoints() @ rot.T + [x, y]
-    assert obs["keypoint"].shape == (18,) and obs["keypoint"].dtype == np.float32
+    assert obs["keypoint"].shape == (18,)
+    assert obs["keypoint"].dtype == np.float32
     np.testing.assert_allclose(obs["keypoint"].reshape(9, 2), expected, atol=1e-4)
     np.testing.assert_array_equal(obs["agent_pos"], np.float32(env.sim.agent.position))
 
@@ -124,10 +130,14 @@ def test_image_obs_and_render():
     env = PushTEnv(obs_type="image")
     obs, _ = env.reset(seed=0)
     image = obs["image"]
-    assert image.shape == (3, 96, 96) and image.dtype == np.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0 and image.min() < 0.5
+    assert image.shape == (3, 96, 96)
+    assert image.dtype == np.float32
+    assert 0.0 <= image.min()
+    assert image.max() <= 1.0
+    assert image.min() < 0.5
     frame = env.render()
-    assert frame.shape == (96, 96, 3) and frame.dtype == np.uint8
+    assert frame.shape == (96, 96, 3)
+    assert frame.dtype == np.uint8
     # before any action, render() is the observation itself
     np.testing.assert_array_equal(frame, np.moveaxis(np.round(image * 255), 0, -1))
     obs, *_ = env.step(np.array([100.0, 100.0]))
@@ -176,7 +186,8 @@ def test_reset_without_seed_draws_new_reproducible_episodes():
 def test_registered_ids(env_id, key):
     env = gym.make(env_id, legacy=True)
     obs, _ = env.reset(seed=0)
-    assert key in obs and env.observation_space.contains(obs)
+    assert key in obs
+    assert env.observation_space.contains(obs)
     obs, *_ = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs)
 

@@ -26,7 +26,8 @@ def test_generate_writes_dp_keys_and_skips_done_seeds(tmp_path, capsys):
                 "keypoint": ((n, 9, 2), np.float32), "action": ((n, 2), np.float32),
                 "n_contacts": ((n, 1), np.float32)}
     assert {k: (v.shape, v.dtype) for k, v in buffer.items()} == expected
-    assert buffer.n_episodes == 1 and 0 < n <= 300
+    assert buffer.n_episodes == 1
+    assert 0 < n <= 300
     np.testing.assert_array_equal(buffer.meta["episode_seeds"][:], [0])
     # the first step is the reset observation of seed 0 (legacy False): block xy = drawn xy
     np.testing.assert_array_equal(buffer["state"][0, 2:4], [217, 292])

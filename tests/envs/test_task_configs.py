@@ -24,7 +24,8 @@ def test_every_family_is_covered():
 def test_env_observations_match_shape_meta(task):
     cfg = task_config(task)
     meta = parse_shape_meta(cfg.shape_meta)
-    assert cfg.name == task and Path(cfg.dataset.zarr_path).suffix == ".zarr"
+    assert cfg.name == task
+    assert Path(cfg.dataset.zarr_path).suffix == ".zarr"
     kwargs = dict(cfg.env_runner.env_kwargs)
     env = gym.make(cfg.env_runner.env_id, **kwargs)
     try:
@@ -37,10 +38,12 @@ def test_env_observations_match_shape_meta(task):
                 f"{task}/{key}: env {obs[key].shape} {obs[key].dtype}, shape_meta {attr['shape']}"
             assert env.observation_space[key].shape == obs[key].shape
             if attr["type"] == "rgb":
-                assert 0 <= obs[key].min() and obs[key].max() <= 1
+                assert 0 <= obs[key].min()
+                assert obs[key].max() <= 1
         if cfg.image_crop_shape is not None:
             rgb = [a["shape"] for a in meta["obs"].values() if a["type"] == "rgb"]
-            assert rgb and all(c <= s for shape in rgb for c, s in zip(cfg.image_crop_shape, shape[1:]))
+            assert rgb
+            assert all(c <= s for shape in rgb for c, s in zip(cfg.image_crop_shape, shape[1:]))
     finally:
         env.close()
 
@@ -76,7 +79,8 @@ def test_async_runner_does_not_deadlock(tmp_path):
     """Forked workers hang in Mesa EGL once the parent made a GL context (gym-hil makes one in its
     constructor, and AsyncVectorEnv builds one env in the parent): the configs use spawn."""
     log = run_async_runner("pick_cube_lowdim", tmp_path)
-    assert log["test/success_rate"] == 0.0 and len([k for k in log if "sim_max_reward" in k]) == 2
+    assert log["test/success_rate"] == 0.0
+    assert len([k for k in log if "sim_max_reward" in k]) == 2
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ class CounterEnv(gym.Env):
 def test_reset_pads_with_first_obs_and_step_stacks():
     env = MultiStepWrapper(CounterEnv(), n_obs_steps=3, n_action_steps=2)
     obs, _ = env.reset()
-    assert obs["t"].shape == (3, 1) and obs["img"].shape == (3, 2, 2)
+    assert obs["t"].shape == (3, 1)
+    assert obs["img"].shape == (3, 2, 2)
     np.testing.assert_array_equal(obs["t"][:, 0], [0, 0, 0])
     obs, *_ = env.step(np.ones((2, 1)))
     np.testing.assert_array_equal(obs["t"][:, 0], [0, 1, 2])
@@ -69,13 +70,18 @@ def test_truncation_at_max_episode_steps_and_noop_after():
     env = MultiStepWrapper(CounterEnv(), 2, 4, max_episode_steps=6)
     env.reset()
     _, _, terminated, truncated, _ = env.step(np.ones((4, 1)))
-    assert not terminated and not truncated
+    assert not terminated
+    assert not truncated
     obs, _, terminated, truncated, info = env.step(np.ones((4, 1)))
-    assert truncated and not terminated
-    assert len(env.get_rewards()) == 6 and info["t"] == 6
+    assert truncated
+    assert not terminated
+    assert len(env.get_rewards()) == 6
+    assert info["t"] == 6
     np.testing.assert_array_equal(obs["t"][:, 0], [5, 6])
     obs, reward, _, truncated, _ = env.step(np.ones((4, 1)))
-    assert truncated and reward == 0.0 and len(env.get_rewards()) == 6
+    assert truncated
+    assert reward == 0.0
+    assert len(env.get_rewards()) == 6
     np.testing.assert_array_equal(obs["t"][:, 0], [5, 6])
 
 
@@ -83,11 +89,14 @@ def test_termination_stops_the_chunk():
     env = MultiStepWrapper(CounterEnv(end=3), 1, 8)
     env.reset()
     obs, _, terminated, truncated, _ = env.step(np.ones((8, 1)))
-    assert terminated and not truncated
-    assert len(env.get_rewards()) == 3 and len(env.get_infos()) == 3
+    assert terminated
+    assert not truncated
+    assert len(env.get_rewards()) == 3
+    assert len(env.get_infos()) == 3
     np.testing.assert_array_equal(obs["t"][:, 0], [3])
     env.reset()
-    assert env.get_rewards() == [] and not env.terminated
+    assert env.get_rewards() == []
+    assert not env.terminated
 
 
 def test_video_recording_writes_readable_mp4(tmp_path):
@@ -115,7 +124,8 @@ def test_video_off_without_path(tmp_path):
 def test_box_observations_stack_too():
     env = MultiStepWrapper(_FlatCounter(), 2, 1)
     obs, _ = env.reset()
-    assert obs.shape == (2, 1) and env.observation_space.shape == (2, 1)
+    assert obs.shape == (2, 1)
+    assert env.observation_space.shape == (2, 1)
     obs, *_ = env.step(np.ones((1, 1)))
     np.testing.assert_array_equal(obs[:, 0], [0, 1])
 

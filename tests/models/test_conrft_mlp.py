@@ -74,7 +74,8 @@ def test_xavier_uniform_kernels_zero_biases_flax_layer_norm():
     for layer in linears:
         fan_out, fan_in = layer.weight.shape
         bound = math.sqrt(6 / (fan_in + fan_out))
-        assert layer.weight.abs().max() <= bound and torch.equal(layer.bias, torch.zeros_like(layer.bias))
+        assert layer.weight.abs().max() <= bound
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
         if layer.weight.numel() > 10_000:  # uniform(-b, b) has std b / sqrt(3)
             assert layer.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
     assert all(m.eps == 1e-6 for m in model.modules() if isinstance(m, nn.LayerNorm))
@@ -107,7 +108,8 @@ def test_policy_one_step_actions_are_clipped_and_shaped():
     torch.manual_seed(0)
     policy = conrft_policy(2).eval()
     out = policy.predict_action({"state": torch.randn(4, 2, 3)})
-    assert out["action"].shape == (4, 1, 7) and out["action_pred"].shape == (4, 2, 7)
+    assert out["action"].shape == (4, 1, 7)
+    assert out["action_pred"].shape == (4, 2, 7)
     assert out["action_pred"].abs().max() <= 1
     torch.testing.assert_close(out["action"], out["action_pred"][:, 1:2])
 
@@ -117,7 +119,9 @@ def test_conrft_actor_config_has_conrfts_constants():
     p = cfg.policy
     assert p._target_ == "policylab.policies.consistency.ConsistencyBCPolicy"
     assert (p.num_scales, p.sigma_min, p.sigma_max, p.sigma_data, p.rho) == (40, 0.002, 80.0, 0.5, 7.0)
-    assert list(p.inference_sigmas) == [80.0] and p.clip_denoised and p.bc_weight == 1.0
+    assert list(p.inference_sigmas) == [80.0]
+    assert p.clip_denoised
+    assert p.bc_weight == 1.0
     m = p.model
     assert m._target_ == "policylab.models.conrft_mlp.ConRFTMLP"
     assert (list(m.hidden_dims), m.time_dim, m.cond_proj_dim) == ([256, 256], 16, 64)
@@ -126,4 +130,5 @@ def test_conrft_actor_config_has_conrfts_constants():
 def test_sft_experiment_acts_one_step_on_two_observations():
     cfg = compose_config(["experiment=conrft_pick_cube_sft"])
     assert (cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps) == (2, 2, 1)
-    assert cfg.task.name == "pick_cube_lowdim" and cfg.policy.model.horizon == 2
+    assert cfg.task.name == "pick_cube_lowdim"
+    assert cfg.policy.model.horizon == 2

@@ -151,7 +151,8 @@ def make_obs(batch: int = 2) -> dict:
 
 def test_multi_image_encoder_per_camera():
     encoder = MultiImageObsEncoder(SHAPE_META, crop_shape=(20, 20))
-    assert encoder.rgb_keys == ["image", "wrist"] and encoder.low_dim_keys == ["agent_pos"]
+    assert encoder.rgb_keys == ["image", "wrist"]
+    assert encoder.low_dim_keys == ["agent_pos"]
     assert set(encoder.key_model_map) == {"image", "wrist"}
     assert encoder.output_dim() == 64 * 2 + 2
     obs = make_obs()
@@ -172,7 +173,8 @@ def test_multi_image_encoder_shared_model():
     assert n_params(per_camera) == 2 * n_params(encoder)
     obs = make_obs()
     out = encoder(obs)
-    assert out.shape == (2, 512 * 2 + 2) and encoder.output_dim() == 1026
+    assert out.shape == (2, 512 * 2 + 2)
+    assert encoder.output_dim() == 1026
     model = encoder.key_model_map["rgb"]
     wrist = model(encoder.key_transform_map["wrist"](obs["wrist"]))
     torch.testing.assert_close(out[:, 512:1024], wrist, atol=1e-5, rtol=1e-5)

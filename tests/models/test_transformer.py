@@ -75,7 +75,8 @@ def test_memory_mask_hides_later_observations():
 def test_non_causal_attention_sees_the_future():
     torch.manual_seed(0)
     model = TransformerForDiffusion(2, 2, horizon=8, causal_attn=False, **TINY).eval()
-    assert model.mask is None and "mask" not in model.state_dict()
+    assert model.mask is None
+    assert "mask" not in model.state_dict()
     sample = torch.randn(3, 8, 2)
     changed = sample.clone()
     changed[:, 5] += 1.0
@@ -85,7 +86,8 @@ def test_non_causal_attention_sees_the_future():
 def test_optim_groups_split_decay_and_no_decay():
     model = TransformerForDiffusion(2, 2, horizon=8, n_obs_steps=2, cond_dim=5, **TINY)
     decay, no_decay = model.get_optim_groups(weight_decay=0.1)
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     decay_names = {names[id(p)] for p in decay["params"]}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}

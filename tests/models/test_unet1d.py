@@ -93,7 +93,8 @@ def test_local_cond_reaches_output_through_both_encoders():
     # In DP the second (up-path) encoder never contributed, so its gradient was None.
     for encoder in unet.local_cond_encoder:
         grad = encoder.blocks[0].block[0].weight.grad
-        assert grad is not None and grad.abs().sum() > 0
+        assert grad is not None
+        assert grad.abs().sum() > 0
 
 
 def test_local_cond_changes_output():
@@ -102,7 +103,8 @@ def test_local_cond_changes_output():
     sample = torch.randn(2, 8, 2)
     out_a = unet(sample, 1, local_cond=torch.zeros(2, 8, 3))
     out_b = unet(sample, 1, local_cond=torch.ones(2, 8, 3))
-    assert out_a.shape == (2, 8, 2) and not torch.allclose(out_a, out_b)
+    assert out_a.shape == (2, 8, 2)
+    assert not torch.allclose(out_a, out_b)
 
 
 def test_two_level_unet():

@@ -48,7 +48,6 @@ def karras_policy(cls=ConsistencyBCPolicy, model=tiny_unet, **kwargs):
     return policy
 
 
-# ---------------------------------------------------------------------------- boundary conditions
 @pytest.mark.parametrize("cls", [ConsistencyBCPolicy, ConsistencyTrainingPolicy])
 def test_karras_boundary_is_identity_exactly(cls):
     torch.manual_seed(0)
@@ -58,7 +57,8 @@ def test_karras_boundary_is_identity_exactly(cls):
     sigma = torch.full((8,), policy.sigma_min)
     assert torch.equal(policy.consistency_fn(x, sigma, cond), x)
     c_skip, c_out, _ = policy.scalings(sigma)
-    assert torch.equal(c_skip, torch.ones_like(c_skip)) and torch.equal(c_out, torch.zeros_like(c_out))
+    assert torch.equal(c_skip, torch.ones_like(c_skip))
+    assert torch.equal(c_out, torch.zeros_like(c_out))
     # away from the boundary the network matters
     assert not torch.allclose(policy.consistency_fn(x, sigma * 100, cond), x)
 
@@ -72,11 +72,13 @@ def test_lcm_boundary_is_identity_exactly():
 
 def test_karras_grid_and_schedule():
     sigmas = karras_sigmas(40, 0.002, 80.0, 7.0)
-    assert sigmas[0].item() == pytest.approx(0.002, rel=1e-5) and sigmas[-1].item() == pytest.approx(80.0, rel=1e-5)
+    assert sigmas[0].item() == pytest.approx(0.002, rel=1e-5)
+    assert sigmas[-1].item() == pytest.approx(80.0, rel=1e-5)
     assert torch.all(sigmas[1:] > sigmas[:-1])
     policy = karras_policy(ConsistencyTrainingPolicy, total_steps=1000, scales_start=10, scales_end=150)
     counts = [policy.num_scales(k) for k in (0, 250, 500, 1000, 5000)]
-    assert counts[0] == 10 and counts[-2] == counts[-1] == 151  # Song et al.: s1 + 1 levels at the end
+    assert counts[0] == 10
+    assert counts[-2] == counts[-1] == 151  # Song et al.: s1 + 1 levels at the end
     assert counts == sorted(counts)
 
 
@@ -89,7 +91,6 @@ def test_pseudo_huber_is_l2_near_zero_and_l1_far():
     assert pseudo_huber(large, x, c)[0].item() == pytest.approx(100 * 3 ** 0.5 - c, rel=1e-4)
 
 
-# ---------------------------------------------------------------------------- distillation
 class PointMassEps(nn.Module):
     """The exact epsilon of data that is a single chunk `a0`: eps(x_t) = (x_t - sqrt(a_t) a0) / sqrt(1 - a_t).
     Along a DDIM (eta 0) trajectory eps stays constant, so this teacher's solver is exact."""
@@ -166,7 +167,6 @@ def test_bad_inference_sigmas_are_refused():
         karras_policy(inference_sigmas=[80.0, 0.001])
 
 
-# ---------------------------------------------------------------------------- bimodal toy
 def train_bimodal(policy, steps: int, batch_size: int = 64, lr: float = 3e-3) -> None:
     """Actions are chunks of all +0.8 or all -0.8, half and half, whatever the observation."""
     opt = torch.optim.AdamW(policy.parameters(), lr=lr)
@@ -195,7 +195,8 @@ def test_one_step_consistency_training_produces_both_modes():
     means = sample_chunk_means(policy)
     upper, lower = (means > 0.5).float().mean().item(), (means < -0.5).float().mean().item()
     # both modes, each often; little mass in between (a mean-regressing policy would sit at 0)
-    assert upper > 0.15 and lower > 0.15, (upper, lower)
+    assert upper > 0.15, (upper, lower)
+    assert lower > 0.15, (upper, lower)
     assert upper + lower > 0.8, (upper, lower)
 
 

@@ -54,15 +54,19 @@ def test_policy_contract(policy_name, task, encoder, store, tmp_path):
     T, To, Ta = cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps
 
     loss, metrics = policy.compute_loss(batch)
-    assert torch.isfinite(loss) and loss.ndim == 0 and metrics["loss"] == pytest.approx(loss.item())
+    assert torch.isfinite(loss)
+    assert loss.ndim == 0
+    assert metrics["loss"] == pytest.approx(loss.item())
     loss.backward()
     grads = [p.grad for p in policy.parameters() if p.requires_grad]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
+    assert grads
+    assert all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
     assert sum(g is not None and g.abs().sum() > 0 for g in grads) > len(grads) // 2
 
     policy.eval()
     out = policy.predict_action(batch["obs"], generator=torch.Generator().manual_seed(1))
-    assert out["action"].shape == (4, Ta, 2) and out["action_pred"].shape == (4, T, 2)
+    assert out["action"].shape == (4, Ta, 2)
+    assert out["action_pred"].shape == (4, T, 2)
     torch.testing.assert_close(out["action"], out["action_pred"][:, To - 1:To - 1 + Ta])
     same = policy.predict_action(batch["obs"], generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(same["action_pred"], out["action_pred"], rtol=0, atol=0)
@@ -75,7 +79,8 @@ def test_policy_contract(policy_name, task, encoder, store, tmp_path):
     loaded = load_policy(ckpt)
     assert type(loaded) is type(policy)
     for (k, a), (k2, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
-        assert k == k2 and torch.equal(a, b), k
+        assert k == k2, k
+        assert torch.equal(a, b), k
     again = loaded.predict_action(batch["obs"], generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(again["action_pred"], out["action_pred"], rtol=0, atol=0)
 
@@ -104,12 +109,15 @@ def test_experiment_packs_match_diffusion_policy():
     """The values the reference (diffusion_policy.md §2) gives for the published runs."""
     cfg = compose_config(["experiment=dp_pusht_state_cnn"])
     assert (cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps) == (16, 2, 8)
-    assert list(cfg.policy.model.down_dims) == [256, 512, 1024] and cfg.policy.model.kernel_size == 5
-    assert cfg.policy.model.diffusion_step_embed_dim == 256 and cfg.policy.model.n_groups == 8
+    assert list(cfg.policy.model.down_dims) == [256, 512, 1024]
+    assert cfg.policy.model.kernel_size == 5
+    assert cfg.policy.model.diffusion_step_embed_dim == 256
+    assert cfg.policy.model.n_groups == 8
     ns = cfg.policy.noise_scheduler
     assert (ns.num_train_timesteps, ns.beta_schedule, ns.clip_sample, ns.prediction_type, ns.variance_type) == (
         100, "squaredcos_cap_v2", True, "epsilon", "fixed_small")
-    assert cfg.policy.num_inference_steps == 100 and cfg.policy.inference_scheduler == "ddpm"
+    assert cfg.policy.num_inference_steps == 100
+    assert cfg.policy.inference_scheduler == "ddpm"
     assert (cfg.optimizer.lr, list(cfg.optimizer.betas), cfg.optimizer.eps, cfg.optimizer.weight_decay) == (
         1e-4, [0.95, 0.999], 1e-8, 1e-6)
     assert (cfg.lr_scheduler.name, cfg.lr_scheduler.warmup_steps) == ("cosine", 500)
@@ -118,19 +126,23 @@ def test_experiment_packs_match_diffusion_policy():
     assert (cfg.task.dataset.val_ratio, cfg.task.dataset.max_train_episodes) == (0.02, 90)
     assert (cfg.task.env_runner.n_test, cfg.task.env_runner.max_steps, cfg.task.env_runner.test_start_seed) == (
         50, 300, 100000)
-    assert cfg.checkpoint.topk == 5 and cfg.checkpoint.monitor_key == "test/mean_score"
+    assert cfg.checkpoint.topk == 5
+    assert cfg.checkpoint.monitor_key == "test/mean_score"
 
     image = compose_config(["experiment=dp_pusht_image_cnn"])
     assert list(image.policy.model.down_dims) == [512, 1024, 2048]
     assert image.policy.model.diffusion_step_embed_dim == 128
-    assert list(image.policy.obs_encoder.crop_shape) == [84, 84] and image.policy.obs_encoder.use_group_norm
-    assert image.dataloader.batch_size == 64 and image.training.num_epochs == 3050
+    assert list(image.policy.obs_encoder.crop_shape) == [84, 84]
+    assert image.policy.obs_encoder.use_group_norm
+    assert image.dataloader.batch_size == 64
+    assert image.training.num_epochs == 3050
     assert image.task.name == "pusht_image"
 
     dpt = compose_config(["experiment=dp_pusht_state_transformer"])
     m = dpt.policy.model
     assert (m.n_layer, m.n_head, m.n_emb, m.p_drop_attn, m.causal_attn) == (8, 4, 256, 0.01, True)
-    assert list(dpt.optimizer.betas) == [0.9, 0.95] and dpt.lr_scheduler.warmup_steps == 1000
+    assert list(dpt.optimizer.betas) == [0.9, 0.95]
+    assert dpt.lr_scheduler.warmup_steps == 1000
 
 
 def test_published_state_config_has_the_original_parameter_count():
@@ -152,7 +164,8 @@ def test_yaml_typo_in_a_section_names_the_key():
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_composes(name):
     cfg = compose_config([f"experiment={name}"])
-    assert cfg.policy._target_ and cfg.task.shape_meta
+    assert cfg.policy._target_
+    assert cfg.task.shape_meta
     if "ConditionalUnet1D" in str(cfg.policy.get("model", {}).get("_target_", "")):
         assert cfg.horizon % 4 == 0, "the UNet halves the horizon twice"
 
@@ -163,6 +176,8 @@ def test_cpu_experiments_share_one_backbone():
             for name in ("pusht_state_cpu", "pusht_state_cpu_consistency", "pusht_state_cpu_distill")]
     keys = ("horizon", "n_obs_steps", "n_action_steps")
     for cfg in cfgs[1:]:
-        assert cfg.policy.model == cfgs[0].policy.model and cfg.task.name == cfgs[0].task.name
+        assert cfg.policy.model == cfgs[0].policy.model
+        assert cfg.task.name == cfgs[0].task.name
         assert all(cfg[k] == cfgs[0][k] for k in keys)
-    assert {type(c.policy._target_) for c in cfgs} == {str} and len({c.policy._target_ for c in cfgs}) == 3
+    assert {type(c.policy._target_) for c in cfgs} == {str}
+    assert len({c.policy._target_ for c in cfgs}) == 3

@@ -21,7 +21,8 @@ def test_playback_frames_intrinsics_and_depth(recordings):
         time.sleep(0.4)
         frames = cam.get(6)
         intr = cam.intrinsics
-    assert frames["color"].shape == (6, 120, 160, 3) and frames["color"].dtype == np.uint8
+    assert frames["color"].shape == (6, 120, 160, 3)
+    assert frames["color"].dtype == np.uint8
     index, camera_id = decode_pattern(frames["color"])
     assert np.all(camera_id == 1)
     # the pixels say which recorded frame this is, and so does librealsense's frame number
@@ -29,9 +30,11 @@ def test_playback_frames_intrinsics_and_depth(recordings):
     assert np.all(np.diff(index) == 1)
     np.testing.assert_array_equal(frames["depth"][:, 60, 80], 1000 + index)  # aligned, per frame
     dt = np.diff(frames["timestamp"])
-    assert np.all(dt > 0) and 1 / 30 * 0.3 < np.median(dt) < 1 / 30 * 3
+    assert np.all(dt > 0)
+    assert 1 / 30 * 0.3 < np.median(dt) < 1 / 30 * 3
     assert np.all(np.abs(frames["timestamp"] - time.time()) < 2.0)
-    assert intr["fx"] == pytest.approx(FX) and intr["width"] == 320
+    assert intr["fx"] == pytest.approx(FX)
+    assert intr["width"] == 320
     assert intr["depth_scale"] == pytest.approx(DEPTH_UNITS, rel=1e-6)
     k = intrinsics_matrix(intr, (160, 120))
     np.testing.assert_allclose(k, [[150, 0, 80], [0, 150, 60], [0, 0, 1]])

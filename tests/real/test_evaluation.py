@@ -23,7 +23,8 @@ def test_obs_to_policy_follows_the_dataset_convention():
     meta = {"obs": {"image": {"shape": [3, 24, 32], "type": "rgb", "zarr_key": "img"},
                     "agent_pos": {"shape": [2], "zarr_key": "state", "index": [0, 2]}}}
     out = obs_to_policy(obs, meta, n_obs_steps=2, obs_key_map={"img": "camera_0", "state": "robot_eef_pose"})
-    assert out["image"].shape == (1, 2, 3, 24, 32) and torch.all(out["image"] == 1.0)
+    assert out["image"].shape == (1, 2, 3, 24, 32)
+    assert torch.all(out["image"] == 1.0)
     torch.testing.assert_close(out["agent_pos"], torch.tensor([[[6.0, 7.0], [12.0, 13.0]]]))
     with pytest.raises(KeyError, match="obs_key_map"):
         obs_to_policy(obs, meta, n_obs_steps=2)
@@ -48,7 +49,8 @@ def test_latency_compensation_and_step_limit(env2, fake_ur):
     policy = StandInPolicy(n_action_steps=4, step=0.005)
     result = run_eval(env2, policy, ScriptedKeys(), auto_start=True, max_steps=12, exec_latency=0.01)
     episode = result["episodes"][0]
-    assert episode["iterations"] == 3 and policy.calls == 3  # 12 steps / 4 per inference
+    assert episode["iterations"] == 3
+    assert policy.calls == 3  # 12 steps / 4 per inference
     for row in episode["inferences"]:
         times = np.array(row["action_times"])
         np.testing.assert_allclose(np.diff(times), 0.1, atol=1e-6)  # on the control grid
@@ -65,9 +67,11 @@ def test_over_budget_inference_sends_only_the_last_action(env2, fake_ur):
     keys.start()
     result = run_eval(env2, policy, keys, auto_start=True, max_duration=10)
     rows = result["episodes"][0]["inferences"]
-    assert rows and all(r["over_budget"] for r in rows)
+    assert rows
+    assert all(r["over_budget"] for r in rows)
     for row in rows:
-        assert len(row["action_times"]) == 1 and row["action_times"][0] > row["sent_at"]
+        assert len(row["action_times"]) == 1
+        assert row["action_times"][0] > row["sent_at"]
     assert result["episodes"][0]["overruns"] == len(rows)
     assert result["episodes"][0]["iterations"] <= 5  # stopped by the s key, not the time limit
 
@@ -79,6 +83,7 @@ def test_remote_policy_drives_the_robot(env2, fake_ur):
         start = env2.get_obs()["robot_eef_pose"][-1, 0]
         run_eval(env2, remote, ScriptedKeys(), auto_start=True, max_steps=8)
         remote.close()
-        assert server.n_requests >= 3 and server.n_errors == 0
+        assert server.n_requests >= 3
+        assert server.n_errors == 0
     time.sleep(0.3)
     assert env2.get_obs()["robot_eef_pose"][-1, 0] > start + 0.02

@@ -56,7 +56,8 @@ def test_safety_box_clips_positions_only():
     pose = np.array([0.9, -1.0, 0.3, 0.1, 0.2, 0.3])
     clipped = box.clip(pose)
     np.testing.assert_allclose(clipped, [0.6, -0.3, 0.3, 0.1, 0.2, 0.3])
-    assert box.contains(clipped) and not box.contains(pose)
+    assert box.contains(clipped)
+    assert not box.contains(pose)
     with pytest.raises(ValueError):
         SafetyBox([1, 0, 0], [0, 1, 1])
 
@@ -64,9 +65,13 @@ def test_safety_box_clips_positions_only():
 def test_grid_indices_repeat_late_samples_and_drop_early_ones():
     # grid ticks at 0, 0.1, 0.2, ...; samples at 0.0, 0.05 (same tick: dropped), 0.32 (fills 1..3)
     idx, ticks, nxt = grid_indices([0.0, 0.05, 0.32], start_time=0.0, dt=0.1)
-    assert list(ticks) == [0, 1, 2, 3] and list(idx) == [0, 2, 2, 2] and nxt == 4
+    assert list(ticks) == [0, 1, 2, 3]
+    assert list(idx) == [0, 2, 2, 2]
+    assert nxt == 4
     idx, ticks, nxt = grid_indices([0.35, 0.41], 0.0, 0.1, next_index=nxt)
-    assert list(ticks) == [4] and list(idx) == [1] and nxt == 5
+    assert list(ticks) == [4]
+    assert list(idx) == [1]
+    assert nxt == 5
 
 
 def test_align_indices_takes_latest_at_or_before():
@@ -85,8 +90,10 @@ def test_loop_stats_detect_overruns():
     time.sleep(0.015)
     assert stats.end()  # no deadline: compared with dt
     summary = stats.summary(wall_time=0.05, steps=5)
-    assert summary["overruns"] == 2 and summary["iterations"] == 3
-    assert summary["worst_work_s"] >= 0.02 and summary["achieved_hz"] == pytest.approx(100.0)
+    assert summary["overruns"] == 2
+    assert summary["iterations"] == 3
+    assert summary["worst_work_s"] >= 0.02
+    assert summary["achieved_hz"] == pytest.approx(100.0)
     t0 = time.monotonic()
     precise_wait(t0 + 0.02)
     assert 0.02 <= time.monotonic() - t0 < 0.2

@@ -32,7 +32,8 @@ def env(fake_ur, recordings, tmp_path):
 
 def test_observations_are_aligned_on_the_grid(env):
     obs = env.get_obs()
-    assert obs["camera_0"].shape == (3, 48, 64, 3) and obs["robot_eef_pose"].shape == (3, 6)
+    assert obs["camera_0"].shape == (3, 48, 64, 3)
+    assert obs["robot_eef_pose"].shape == (3, 6)
     np.testing.assert_allclose(np.diff(obs["timestamp"]), 0.1, atol=1e-6)
     assert abs(obs["timestamp"][-1] - time.time()) < 0.5
     for name, cam_id in [("camera_0", 0), ("camera_1", 1)]:
@@ -50,7 +51,8 @@ def test_late_actions_are_dropped_and_future_ones_scheduled(env, fake_ur):
     targets = np.repeat(pose[None], 3, axis=0)
     targets[:, 0] += [0.01, 0.02, 0.03]
     sent = env.exec_actions(targets, [now - 0.05, now + 0.2, now + 0.3])
-    assert sent == 2 and env.n_dropped_actions == 1
+    assert sent == 2
+    assert env.n_dropped_actions == 1
     time.sleep(0.6)
     np.testing.assert_allclose(env.get_obs()["robot_eef_pose"][-1][0], pose[0] + 0.03, atol=2e-3)
     with pytest.raises(ValueError, match="timestamps"):
@@ -69,23 +71,27 @@ def test_episode_recording_and_drop(env, tmp_path):
     n = env.end_episode()
     assert 10 <= n <= 12
     rb = ReplayBuffer.create_from_path(tmp_path / "out" / "replay_buffer.zarr", mode="r")
-    assert rb.n_episodes == 1 and rb["camera_1"].shape == (n, 48, 64, 3)
+    assert rb.n_episodes == 1
+    assert rb["camera_1"].shape == (n, 48, 64, 3)
     np.testing.assert_allclose(np.diff(rb["timestamp"][:]), 0.1, atol=1e-6)
     # tick k holds the action scheduled for t0 + k * dt
     np.testing.assert_allclose(rb["action"][1:n, 0] - pose[0], 0.002 * np.arange(n - 1), atol=1e-9)
     assert list(rb["stage"][:n][:6]) == [0] * 6
     index = decode_pattern(rb["camera_0"][:])[0]
     steps = np.diff(index) % 60  # 3 frames per step; a late frame may fill two steps
-    assert np.median(steps) == 3 and np.all(steps <= 6), index
+    assert np.median(steps) == 3, index
+    assert np.all(steps <= 6), index
     videos = sorted((tmp_path / "out" / "videos" / "0").glob("*.mp4"))
     assert [v.name for v in videos] == ["camera_0.mp4", "camera_1.mp4"]
     frames = read_video_frames(str(videos[0]))
-    assert abs(len(frames) - 3 * n) <= 6 and frames.shape[1:] == (240, 320, 3)
+    assert abs(len(frames) - 3 * n) <= 6
+    assert frames.shape[1:] == (240, 320, 3)
 
     env.start_episode()
     with pytest.raises(EmptyEpisodeError, match="not saved"):
         env.end_episode()  # no action scheduled: never saved silently empty
-    assert rb.n_episodes == 1 and not (tmp_path / "out" / "videos" / "1").exists()
+    assert rb.n_episodes == 1
+    assert not (tmp_path / "out" / "videos" / "1").exists()
     env.drop_episode()
     assert ReplayBuffer.create_from_path(tmp_path / "out" / "replay_buffer.zarr", mode="r").n_episodes == 0
     assert not (tmp_path / "out" / "videos" / "0").exists()
@@ -96,7 +102,8 @@ def test_stop_while_recording_an_empty_episode_still_stops_devices(fake_ur, reco
     env.start()
     env.start_episode()
     env.stop()  # logs that the empty episode was not saved, and stops anyway
-    assert not env.robot.is_ready and not env.cameras["camera_0"].is_ready
+    assert not env.robot.is_ready
+    assert not env.cameras["camera_0"].is_ready
     assert ReplayBuffer.create_from_path(tmp_path / "out" / "replay_buffer.zarr", mode="r").n_episodes == 0
 
 

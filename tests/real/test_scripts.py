@@ -71,7 +71,8 @@ def _check_demo_dataset(out, n_episodes):
     shape_meta = {"obs": {"camera_0": {"shape": [3, 96, 128], "type": "rgb"},
                           "robot_eef_pose": {"shape": [6]}}, "action": {"shape": [6]}}
     sample = SequenceDataset(shape_meta, horizon=8, n_obs_steps=2, zarr_path=str(out / "replay_buffer.zarr"))[0]
-    assert sample["obs"]["camera_0"].shape == (2, 3, 96, 128) and sample["action"].shape == (8, 6)
+    assert sample["obs"]["camera_0"].shape == (2, 3, 96, 128)
+    assert sample["action"].shape == (8, 6)
     return rb
 
 
@@ -85,8 +86,10 @@ def test_demo_records_episodes_with_scripted_keys(fake_ur, recordings, spacenavd
                                                  f"keyboard.events={keys}", "preview=false"))
     stats = json.loads((out / "demo_stats.json").read_text())
     print("demo loop timing:", stats)
-    assert stats["episodes_saved"] == 2 and stats["episodes_empty"] == 0
-    assert stats["achieved_hz"] > 5 and stats["iterations"] > 40
+    assert stats["episodes_saved"] == 2
+    assert stats["episodes_empty"] == 0
+    assert stats["achieved_hz"] > 5
+    assert stats["iterations"] > 40
     rb = _check_demo_dataset(out, n_episodes=2)
     first = rb.get_episode(0)
     dx = np.diff(first["action"][:, 0])
@@ -99,7 +102,8 @@ def test_demo_records_episodes_with_scripted_keys(fake_ur, recordings, spacenavd
     # 30 fps camera, 10 Hz steps: 3 frames per step (a late frame may fill two steps)
     assert np.median(np.diff(decode_pattern(first["camera_1"])[0]) % 60) == 3
     servo = np.array([r["args"][:3] for r in fake_ur.commands("SERVOL")])
-    assert np.all(servo >= np.array(BOX_LOW) - 1e-9) and np.all(servo <= np.array(BOX_HIGH) + 1e-9)
+    assert np.all(servo >= np.array(BOX_LOW) - 1e-9)
+    assert np.all(servo <= np.array(BOX_HIGH) + 1e-9)
     assert "Traceback" not in proc.stderr
 
 
@@ -153,9 +157,12 @@ def test_eval_standin_policy_with_takeover(fake_ur, recordings, spacenavd, tmp_p
     episode = stats["episodes"][0]
     print("eval loop timing:", {k: v for k, v in episode.items() if k != "inferences"})
     rows = _check_latency(stats)
-    assert len(rows) >= 3 and episode["human_steps"] >= 2
+    assert len(rows) >= 3
+    assert episode["human_steps"] >= 2
     rb = ReplayBuffer.create_from_path(out / "replay_buffer.zarr", mode="r")
-    assert rb.n_episodes == 1 and 1 in rb["stage"][:] and rb["camera_0"].shape[1:] == (96, 128, 3)
+    assert rb.n_episodes == 1
+    assert 1 in rb["stage"][:]
+    assert rb["camera_0"].shape[1:] == (96, 128, 3)
     servo = np.array([r["args"][:3] for r in fake_ur.commands("SERVOL")])
     assert servo[-1, 0] > servo[0, 0] + 0.02  # the policy drives +x
     assert np.all(servo <= np.array(BOX_HIGH) + 1e-9)
@@ -194,5 +201,6 @@ def test_eval_checkpoint_from_the_workspace(fake_ur, recordings, spacenavd, tmp_
     rows = _check_latency(stats)
     assert len(rows) >= 2
     servo = np.array([r["args"][:6] for r in fake_ur.commands("SERVOL")])
-    assert np.all(servo[:, :3] >= np.array(BOX_LOW) - 1e-9) and np.all(servo[:, :3] <= np.array(BOX_HIGH) + 1e-9)
+    assert np.all(servo[:, :3] >= np.array(BOX_LOW) - 1e-9)
+    assert np.all(servo[:, :3] <= np.array(BOX_HIGH) + 1e-9)
     assert np.allclose(servo[:, 2], servo[0, 2])  # an xy policy leaves z where it was

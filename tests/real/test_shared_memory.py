@@ -104,7 +104,8 @@ def test_ring_buffer_across_processes_gives_consistent_records():
             np.testing.assert_array_equal(np.diff(last["index"]), 1)
             reads += 1
         proc.join(10)
-        assert proc.exitcode == 0 and ring.count == 3000
+        assert proc.exitcode == 0
+        assert ring.count == 3000
         assert ring.get()["index"] == 2999
     finally:
         ring.close()
@@ -116,7 +117,8 @@ def test_queue_fifo_full_and_cross_process():
         q.put({"cmd": 1, "pose": np.ones(6), "path": b"a.mp4"})
         q.put({"cmd": 2})
         out = q.get_all()
-        assert list(out["cmd"]) == [1, 2] and out["path"][0] == b"a.mp4"
+        assert list(out["cmd"]) == [1, 2]
+        assert out["path"][0] == b"a.mp4"
         np.testing.assert_array_equal(out["pose"][1], np.zeros(6))
         assert len(q.get_all()["cmd"]) == 0
         for i in range(4):

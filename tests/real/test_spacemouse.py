@@ -58,7 +58,8 @@ def test_mapping_scale_and_button_modes():
     # rotate button: rotation only, 1.0 * 0.6 rad/s * 0.1 s about z
     out = mapping.step(pose, motion, [1, 0], 0.1)
     np.testing.assert_allclose(out, [0.4, 0.0, 0.3, 0.0, 0.0, 0.06], atol=1e-12)
-    assert TeleopMapping.is_active(np.zeros(6), [0, 1]) and not TeleopMapping.is_active(np.zeros(6), [0, 0])
+    assert TeleopMapping.is_active(np.zeros(6), [0, 1])
+    assert not TeleopMapping.is_active(np.zeros(6), [0, 0])
 
 
 def test_scripted_keys_fire_in_order():

@@ -30,7 +30,8 @@ def test_setup_state_and_clean_stop_reach_the_controller(fake_ur):
         assert abs(state["timestamp"] - time.time()) < 0.5
         time.sleep(0.2)
         last = robot.get_state(k=10)
-        assert np.all(np.diff(last["timestamp"]) > 0) and last["robot_joint"].shape == (10, 6)
+        assert np.all(np.diff(last["timestamp"]) > 0)
+        assert last["robot_joint"].shape == (10, 6)
     names = [r["cmd"] for r in fake_ur.commands() if r["cmd"] != "DASHBOARD"]
     assert names[0] == "SCRIPT"
     assert {"SET_TCP", "SET_PAYLOAD", "MOVEJ"} <= set(names[:5])

@@ -95,14 +95,17 @@ def test_episode_layout_windows_and_interventions(cfg, tmp_path):
     L = stats["length"]
     obs_keys = set(env.observation_space.spaces)
     assert set(episode) == obs_keys | {"action", "reward", "terminal", "intervention", "embedding"}
-    assert all(len(v) == L for v in episode.values()) and L == max_steps == len(env.infos)
+    assert all(len(v) == L for v in episode.values())
+    assert L == max_steps == len(env.infos)
     for key in obs_keys:
         assert episode[key].dtype == np.float32
         want = np.stack([to_store(o, env.observation_space)[key] for o in env.obs[:L]])
         np.testing.assert_array_equal(episode[key], want, err_msg=key)  # obs before action t
-    assert episode["action"].dtype == np.float32 and episode["action"].shape == (L, 4)
+    assert episode["action"].dtype == np.float32
+    assert episode["action"].shape == (L, 4)
     np.testing.assert_allclose(episode["action"], np.clip([i["action"] for i in env.infos], -1, 1), atol=1e-6)
-    assert episode["reward"].dtype == np.float32 and episode["terminal"].dtype == np.uint8
+    assert episode["reward"].dtype == np.float32
+    assert episode["terminal"].dtype == np.uint8
     assert not episode["terminal"].any()  # a time limit is not terminal
     flags = np.array([i["intervention"] for i in env.infos], np.uint8)
     assert episode["intervention"].dtype == np.uint8
@@ -111,7 +114,8 @@ def test_episode_layout_windows_and_interventions(cfg, tmp_path):
     assert stats["n_interventions"] == counts["n_interventions"] > 0
     assert stats["n_intervened_steps"] == counts["n_intervened_steps"] == flags.sum() < L
     assert stats["intervention_rate"] == pytest.approx(flags.mean())
-    assert stats["env_steps_per_s"] > 0 and stats["success"] is False
+    assert stats["env_steps_per_s"] > 0
+    assert stats["success"] is False
 
     # the policy saw the To-window ending at steps 0, Ta, 2 Ta, ...; at reset the first obs twice
     assert len(spy.windows) == -(-L // TA)
@@ -142,9 +146,13 @@ def test_takeover_episode_terminates_at_success(cfg):
     takeover = {"deviation_threshold": 0.0, "patience": 1, "stall_steps": None, "takeover_steps": 1000}
     env = make_actor_env(cfg.task, takeover)
     episode, stats = run_episode(make_policy(cfg), env, seed=0, n_obs_steps=TO, n_action_steps=TA, max_steps=100)
-    assert stats["success"] and stats["length"] < 100
-    assert episode["terminal"][-1] == 1 and not episode["terminal"][:-1].any()
-    assert episode["intervention"].all() and stats["n_interventions"] == 1 and stats["intervention_rate"] == 1.0
+    assert stats["success"]
+    assert stats["length"] < 100
+    assert episode["terminal"][-1] == 1
+    assert not episode["terminal"][:-1].any()
+    assert episode["intervention"].all()
+    assert stats["n_interventions"] == 1
+    assert stats["intervention_rate"] == 1.0
     assert stats["return"] == pytest.approx(float(episode["reward"].sum()))
 
 
@@ -152,7 +160,9 @@ def test_without_intervener_actions_are_the_policys(cfg):
     env = make_actor_env(cfg.task, None)
     policy = Spy(make_policy(cfg, action_scale=0.5))
     episode, stats = run_episode(policy, env, seed=1, n_obs_steps=TO, n_action_steps=TA, max_steps=6)
-    assert stats["length"] == 6 and not episode["intervention"].any() and stats["n_interventions"] == 0
+    assert stats["length"] == 6
+    assert not episode["intervention"].any()
+    assert stats["n_interventions"] == 0
     assert np.abs(episode["action"]).max() <= 0.5
     assert policy.policy.training  # its mode before the episode is restored
 
@@ -165,8 +175,11 @@ def test_env_actor_in_process(cfg):
         actor.run_episode(0)
     weights = policy_weights(make_policy(cfg))
     episode, stats = actor.run_episode(0, weights, version=1)
-    assert stats["weights_version"] == 1 and stats["actor_pid"] == os.getpid() and stats["length"] == 5
-    assert episode["embedding"].shape[0] == 5 and episode["embedding"].dtype == np.float32
+    assert stats["weights_version"] == 1
+    assert stats["actor_pid"] == os.getpid()
+    assert stats["length"] == 5
+    assert episode["embedding"].shape[0] == 5
+    assert episode["embedding"].dtype == np.float32
     with pytest.raises(KeyError, match="missing keys"):
         actor.set_weights({k: v for k, v in weights.items() if "normalizer" not in k}, version=2)
 
@@ -186,8 +199,11 @@ def test_ray_actor_survives_kill(cfg, ray_session):
     weights = ray.put(policy_weights(make_policy(cfg)))
     episode, stats = ray.get(actor.run_episode.remote(0, weights, 1), timeout=120)
     pid = stats["actor_pid"]
-    assert stats["weights_version"] == 1 and pid != os.getpid() and stats["length"] == 8
-    assert episode["action"].dtype == np.float32 and episode["intervention"].dtype == np.uint8
+    assert stats["weights_version"] == 1
+    assert pid != os.getpid()
+    assert stats["length"] == 8
+    assert episode["action"].dtype == np.float32
+    assert episode["intervention"].dtype == np.uint8
 
     # near-zero actions without a human: the cube never moves, so the episode only ends by the kill
     still = ray.put(policy_weights(make_policy(cfg, action_scale=1e-3)))
@@ -206,5 +222,7 @@ def test_ray_actor_survives_kill(cfg, ray_session):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    assert stats["weights_version"] == 3 and stats["actor_pid"] != pid and stats["length"] == 8
+    assert stats["weights_version"] == 3
+    assert stats["actor_pid"] != pid
+    assert stats["length"] == 8
     ray.kill(actor, no_restart=True)

@@ -24,7 +24,8 @@ def clone(batch):
 
 def test_add_reopen_resumes_with_the_same_episodes(tmp_path):
     store = store_at(tmp_path / "online.zarr")
-    assert store.n_episodes == 0 and len(store.sampler) == 0
+    assert store.n_episodes == 0
+    assert len(store.sampler) == 0
     for i, (length, terminal) in enumerate([(5, True), (4, False), (6, True)]):
         ep = episode(length, terminal, start=100 * i)
         ep["extra"] = np.zeros(length)  # not a store key: not stored
@@ -33,7 +34,8 @@ def test_add_reopen_resumes_with_the_same_episodes(tmp_path):
     assert len(store.sampler) > 0
     before = store.sampler.get_batch(np.arange(len(store.sampler)))
     resumed = store_at(tmp_path / "online.zarr")
-    assert (resumed.n_episodes, resumed.n_steps) == (3, 15) and "extra" not in resumed.replay_buffer
+    assert (resumed.n_episodes, resumed.n_steps) == (3, 15)
+    assert "extra" not in resumed.replay_buffer
     torch.testing.assert_close(resumed.sampler.get_batch(np.arange(len(resumed.sampler))), before)
     with pytest.raises(ValueError, match=r"missing \['embedding'\]"):
         store_at(tmp_path / "online.zarr", embedding_key="embedding")
@@ -91,9 +93,11 @@ def test_mixed_batches_are_half_online_and_seeded(tmp_path):
     b = mixed.sample(7, torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b)
     assert a["from_online"].tolist() == [1.0] * 4 + [0.0] * 3  # round(3.5) = 4
-    assert a["obs"]["image"].shape == (7, 2, 3, 2, 2) and a["action"].shape == (7, 3, 2)
+    assert a["obs"]["image"].shape == (7, 2, 3, 2, 2)
+    assert a["action"].shape == (7, 3, 2)
     # online steps are numbered from 500, demo steps below 100
-    assert (a["obs"]["pos"][:4, -1, 0] >= 500).all() and (a["obs"]["pos"][4:, -1, 0] < 100).all()
+    assert (a["obs"]["pos"][:4, -1, 0] >= 500).all()
+    assert (a["obs"]["pos"][4:, -1, 0] < 100).all()
     assert MixedSampler(demo.sampler, online.sampler, 0.25).sample(8, np.random.default_rng(0))[
         "from_online"].sum() == 2
 
@@ -124,7 +128,8 @@ def test_demo_store_is_copied_once_with_terminal_filled(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == [".demo.zarr.lock", "demo.zarr"]
     again = OnlineReplayStore.from_demos(path, _old_demo_store(), *ARGS, transform=add_embedding,
                                          embedding_key="emb")
-    assert again.n_episodes == 2 and len(calls) == 2  # reopened, not copied again
+    assert again.n_episodes == 2
+    assert len(calls) == 2  # reopened, not copied again
 
 
 def test_route_episode_cuts_intervened_runs():

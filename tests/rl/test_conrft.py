@@ -56,7 +56,8 @@ def test_critic_members_are_independent_mlps(shared_head):
     obs = {"s": torch.randn(5, 2, 3), "v": torch.randn(5, 2, 1)}
     action = torch.rand(5, 4) * 2 - 1
     q = critic(obs, action)
-    assert q.shape == (2, 5) and not torch.allclose(q[0], q[1])
+    assert q.shape == (2, 5)
+    assert not torch.allclose(q[0], q[1])
     # member 0 by hand: [Dense -> LayerNorm -> tanh] x 2 with its own slices of the batched weights
     x = torch.cat([critic.encoder(obs), action], -1)
     for dense, norm in [(critic.trunk[0], critic.trunk[1]), (critic.trunk[3], critic.trunk[4])]:
@@ -96,10 +97,14 @@ def test_random_shift_is_a_crop_of_the_padded_image():
 def test_presets(preset, stage1, stage2):
     cfg = compose_config(["workspace=rl_online", "task=pick_cube_lowdim"] + ([f"conrft={preset}"] if preset else []))
     off, on = cfg.conrft.offline, cfg.conrft.online
-    assert (off.bc_weight, off.q_weight, off.cql_alpha) == stage1 and off.calql
-    assert (on.bc_weight, on.q_weight) == stage2 and not on.calql
-    assert cfg.conrft.common.discount == cfg.reward.gamma == 0.98 and cfg.conrft.common.tau == 0.005
-    assert cfg.training.publish_every == 50 and cfg.training.training_starts == 100
+    assert (off.bc_weight, off.q_weight, off.cql_alpha) == stage1
+    assert off.calql
+    assert (on.bc_weight, on.q_weight) == stage2
+    assert not on.calql
+    assert cfg.conrft.common.discount == cfg.reward.gamma == 0.98
+    assert cfg.conrft.common.tau == 0.005
+    assert cfg.training.publish_every == 50
+    assert cfg.training.training_starts == 100
 
 
 class Bandit:
@@ -185,6 +190,7 @@ def test_rl_fine_tuning_beats_behaviour_cloning(tmp_path):
             metrics = agent.train_step(lambda: mixed.sample(64, gen), gen)
     actor.eval()
     rl_success = success_rate(actor)
-    assert math.isfinite(metrics["critic_loss"]) and online.n_episodes == 240
+    assert math.isfinite(metrics["critic_loss"])
+    assert online.n_episodes == 240
     assert bc_success < 0.5, bc_success          # the mean of two modes
     assert rl_success > bc_success + 0.3, (bc_success, rl_success)

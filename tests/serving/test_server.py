@@ -29,7 +29,8 @@ def server():
 
 def test_round_trip_matches_the_local_policy(server):
     remote = RemotePolicy(f"ws://127.0.0.1:{server.port}")
-    assert remote.n_obs_steps == 2 and remote.n_action_steps == 4
+    assert remote.n_obs_steps == 2
+    assert remote.n_action_steps == 4
     assert remote.shape_meta["obs"]["camera_0"]["shape"] == [3, 96, 128]
     obs = _obs(batch=3)
     got = remote.predict_action(obs)
@@ -56,7 +57,8 @@ def test_token_is_required_when_set():
 def test_protocol_round_trip_and_validation():
     arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([True, False])}
     header, out = decode(encode({"type": "x", "id": 3}, arrays))
-    assert header["type"] == "x" and header["id"] == 3
+    assert header["type"] == "x"
+    assert header["id"] == 3
     np.testing.assert_array_equal(out["a"], arrays["a"])
     np.testing.assert_array_equal(out["b"], arrays["b"])
     with pytest.raises(ProtocolError, match="dtype"):
@@ -119,7 +121,8 @@ def test_server_survives_a_fuzzed_stream_of_malformed_messages(server):
             n_errors += reply["type"] == "error"
         ws.send(valid)
         reply, arrays = decode(ws.recv(timeout=5))
-        assert reply["type"] == "result" and arrays["action"].shape == (1, 4, 6)
+        assert reply["type"] == "result"
+        assert arrays["action"].shape == (1, 4, 6)
     assert n_errors >= 30
     # a message over the size cap closes that connection only; the server keeps serving
     with connect(f"ws://127.0.0.1:{server.port}", max_size=2**22) as ws:

@@ -53,7 +53,8 @@ def test_token_is_compared_in_constant_time(monkeypatch):
         RemotePolicy(f"ws://127.0.0.1:{srv.port}", token="s3cret").close()
         with pytest.raises(RemotePolicyError, match="401"):
             RemotePolicy(f"ws://127.0.0.1:{srv.port}", token="s3creT")
-    assert calls and all(b == b"Bearer s3cret" for _, b in calls)
+    assert calls
+    assert all(b == b"Bearer s3cret" for _, b in calls)
 
 
 def test_connection_limit():

@@ -103,7 +103,6 @@ class PickCubeEnv(gym.Env):
         self.observation_space = spaces.Dict(obs_space)
         self.action_space = spaces.Box(-1, 1, (4,), np.float32)
 
-    # ------------------------------------------------------------------ state (for experts)
     @property
     def ee_pos(self) -> np.ndarray:
         return self._ee_pos_s.copy()
@@ -122,7 +121,6 @@ class PickCubeEnv(gym.Env):
         """Cube centre height at reset (the table height plus half the cube)."""
         return float(self.sim._z_init)
 
-    # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.sim.reset()
@@ -166,7 +164,6 @@ class PickCubeEnv(gym.Env):
         self._cameras = self._render_cameras = None
         self.sim.close()
 
-    # ------------------------------------------------------------------ internals
     def _outcome(self) -> tuple[float, bool, bool]:
         """(reward, terminated, success) after a control step, as gym-hil's `step` computes
         them (it also builds an observation this adapter does not use)."""

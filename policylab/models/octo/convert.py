@@ -229,8 +229,6 @@ def convert_params(flat: dict[str, np.ndarray], cfg: OctoConfig) -> tuple[dict[s
     return state, used
 
 
-# ---------------------------------------------------------------------- config inference
-
 
 def _shape(flat: dict, path: str) -> tuple[int, ...]:
     if path not in flat:
@@ -328,8 +326,6 @@ def infer_config(
     )
 
 
-# ---------------------------------------------------------------------- reading
-
 
 def flatten_tree(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     """Nested dict -> ``{"a/b/c": array}``."""
@@ -374,8 +370,6 @@ def read_octo_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict 
     with np.load(path) as data:
         return _strip_params_prefix({k: data[k] for k in data.files}), None
 
-
-# ---------------------------------------------------------------------- driver
 
 
 def split_unused(flat: dict, used: set[str]) -> tuple[dict[str, str], list[str]]:

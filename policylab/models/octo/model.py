@@ -86,8 +86,6 @@ class OctoModel(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    # ------------------------------------------------------------------ groups
-
     def _task_groups(self, task: dict, batch: int) -> list[TokenGroup]:
         if not self.cfg.language_dim or task.get("language_tokens") is None:
             return []
@@ -162,8 +160,6 @@ class OctoModel(nn.Module):
         steps += self._readout_groups(batch, horizon, first)
         return prefix, steps
 
-    # ------------------------------------------------------------------ API
-
     def forward(self, obs: dict, task: dict | None = None) -> dict[str, TokenGroup]:
         """All output groups by name (``task_language``, ``obs_<cam>``, ``readout_<name>``, ...);
         prefix groups have tokens ``(B, n, D)``, timestep groups ``(B, To, n, D)``."""
@@ -179,8 +175,6 @@ class OctoModel(nn.Module):
         outputs = self(obs, task)
         embedding = outputs[f"readout_{readout}"].tokens[:, -1].mean(dim=1)
         return (embedding, outputs) if return_tokens else embedding
-
-    # ------------------------------------------------------------------ files
 
     def save_pretrained(self, directory: str | Path) -> None:
         """``config.json`` + ``model.safetensors`` in ``directory``."""

@@ -174,8 +174,6 @@ class OctoObsEncoder(nn.Module):
             self.model.eval()
         return self
 
-    # ------------------------------------------------------------------ forward
-
     def _images(self, obs: dict, batch: int, window: int, ref: torch.Tensor):
         lo, hi = self.input_image_range
         images, pad_masks = {}, {}

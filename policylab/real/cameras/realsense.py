@@ -72,7 +72,6 @@ class RealSenseCamera(DeviceProcess, Camera):
         self._intr = SharedArrays({"values": ((len(_INTR_KEYS),), np.float64)})
         self._buffers += [self.ring, self.commands, self._intr]
 
-    # ------------------------------------------------------------------ parent API
     def get(self, k: int | None = None) -> dict[str, np.ndarray]:
         self.check()
         return self.ring.get() if k is None else self.ring.get_last_k(k)
@@ -98,7 +97,6 @@ class RealSenseCamera(DeviceProcess, Camera):
     def startup_hint(self) -> str:
         return "is the camera on a USB 3 port and not open in another program?"
 
-    # ------------------------------------------------------------------ child
     def run_device(self) -> None:
         import cv2
         import pyrealsense2 as rs

@@ -78,7 +78,6 @@ class URRTDERobot(DeviceProcess, Robot):
         self.commands = SharedQueue({"cmd": 0, "pose": np.zeros(6), "target_time": 0.0, "duration": 0.0})
         self._buffers += [self.ring, self.commands]
 
-    # ------------------------------------------------------------------ parent API
     def get_state(self, k: int | None = None) -> dict[str, np.ndarray]:
         self.check()
         return self.ring.get() if k is None else self.ring.get_last_k(k)
@@ -108,7 +107,6 @@ class URRTDERobot(DeviceProcess, Robot):
         return (f"no RTDE handshake from {self.host}: is the controller on, the address right, and "
                 "'Remote Control' enabled on the pendant?")
 
-    # ------------------------------------------------------------------ child
     def run_device(self) -> None:
         import rtde_control
         import rtde_receive

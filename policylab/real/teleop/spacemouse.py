@@ -48,7 +48,6 @@ class SpaceMouse(DeviceProcess, Teleop):
                                       "timestamp": 0.0}, put_frequency=frequency, max_k=8)
         self._buffers.append(self.ring)
 
-    # ------------------------------------------------------------------ parent API
     def get_raw(self) -> dict[str, np.ndarray]:
         """Latest `{"motion": (6,) raw counts, "buttons": (n,) 0/1, "timestamp": ()}`."""
         self.check()
@@ -70,7 +69,6 @@ class SpaceMouse(DeviceProcess, Teleop):
     def startup_hint(self) -> str:
         return "is spacenavd running and the SpaceMouse plugged in?"
 
-    # ------------------------------------------------------------------ child
     def run_device(self) -> None:
         if self.socket_path:
             os.environ["SPNAV_SOCKET"] = str(self.socket_path)

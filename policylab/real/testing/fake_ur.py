@@ -155,7 +155,6 @@ class FakeURController:
         self._shared["fault"][0] = FAULTS.index(fault)
         self._proc = None
 
-    # ------------------------------------------------------------------ parent API
     def start(self) -> FakeURController:
         ctx = mp.get_context("fork")
         self._proc = ctx.Process(target=self._serve, name=f"fake-ur-{self.host}", daemon=True)
@@ -197,7 +196,6 @@ class FakeURController:
         rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
         return [r for r in rows if name is None or r["cmd"] == name]
 
-    # ------------------------------------------------------------------ child
     @property
     def _fault(self) -> str:
         return FAULTS[int(self._shared["fault"][0])]
@@ -269,7 +267,6 @@ class FakeURController:
         while self._fault == "silent":
             time.sleep(0.05)
 
-    # ---------------------------------------------------------------- RTDE 30004
     def _rtde(self, conn: socket.socket) -> None:
         inputs: dict[int, list[str]] = {}
         outputs: list[str] = []
@@ -373,7 +370,6 @@ class FakeURController:
         if cmd not in REALTIME_CMDS and cmd != 0:
             s.script_state = 2
 
-    # ---------------------------------------------------------------- script 30003 / 30002
     def _script(self, conn: socket.socket) -> None:
         received = 0
         conn.settimeout(0.05)
@@ -392,7 +388,6 @@ class FakeURController:
                 return
             received += len(chunk)
 
-    # ---------------------------------------------------------------- dashboard 29999
     def _dashboard(self, conn: socket.socket) -> None:
         self._wait_while_silent()
         conn.sendall(b"Connected: Universal Robots Dashboard Server\n")

@@ -125,11 +125,13 @@ def test_round_trip(tmp_path):
         np.testing.assert_array_equal(got["state"], truth[ep]["state"])
         np.testing.assert_array_equal(got["action"], truth[ep]["action"])
         np.testing.assert_array_equal(got["wrist"], truth[ep]["wrist"])  # PNG: lossless
-        assert got["front"].shape == (LENGTHS[ep], SIZE, SIZE, 3) and got["front"].dtype == np.uint8
+        assert got["front"].shape == (LENGTHS[ep], SIZE, SIZE, 3)
+        assert got["front"].dtype == np.uint8
         # lossy video: each frame's colour identifies it (episode, time)
         err = np.abs(got["front"].astype(int) - truth[ep]["front"].astype(int)).max()
         assert err <= 4, f"episode {ep}: frames misaligned or decoded wrong (max error {err})"
-        assert got["reward"].shape == (LENGTHS[ep], 1) and got["reward"][-1, 0] == 1
+        assert got["reward"].shape == (LENGTHS[ep], 1)
+        assert got["reward"][-1, 0] == 1
 
 
 def test_keys_subset(tmp_path):

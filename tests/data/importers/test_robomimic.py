@@ -55,7 +55,8 @@ def test_round_trip(tmp_path, demos):
     stats = import_robomimic(src, tmp_path / "out.zarr", image_compressor="disk", progress=False)
     rb = ReplayBuffer.create_from_path(tmp_path / "out.zarr")
     order = ["demo_0", "demo_1", "demo_2", "demo_10"]
-    assert rb.n_episodes == 4 and list(rb.episode_lengths) == [LENGTHS[d] for d in order]
+    assert rb.n_episodes == 4
+    assert list(rb.episode_lengths) == [LENGTHS[d] for d in order]
     assert stats["env_args"] == ENV_ARGS
     assert list(rb.meta["demo_index"][:]) == [0, 1, 2, 10]
     assert json.loads(bytes(rb.meta["env_args"][:]).decode()) == ENV_ARGS
@@ -65,7 +66,8 @@ def test_round_trip(tmp_path, demos):
         np.testing.assert_allclose(ep["object"], demos[name]["obs/object"], rtol=1e-6)
         np.testing.assert_allclose(ep["action"], demos[name]["actions"], rtol=1e-6)
         np.testing.assert_array_equal(ep["done"], demos[name]["dones"])
-        assert ep["action"].dtype == np.float32 and ep["agentview_image"].dtype == np.uint8
+        assert ep["action"].dtype == np.float32
+        assert ep["agentview_image"].dtype == np.uint8
     assert "states" not in rb  # simulator states are not observations
 
 
@@ -82,7 +84,8 @@ def test_robosuite_task_config_trains_on_imported_keys(tmp_path, demos):
     ds = SequenceDataset(OmegaConf.to_container(cfg.task.shape_meta, resolve=True), horizon=8,
                          n_obs_steps=2, zarr_path=str(tmp_path / "out.zarr"))
     batch = ds.get_batch(np.arange(4))
-    assert batch["obs"]["object"].shape == (4, 2, 10) and batch["action"].shape == (4, 8, 7)
+    assert batch["obs"]["object"].shape == (4, 2, 10)
+    assert batch["action"].shape == (4, 8, 7)
 
 
 def test_filter_key_and_keys(tmp_path, demos):

@@ -22,7 +22,8 @@ def test_expert_succeeds_and_obs_match_config(name):
     try:
         obs, _ = env.reset(seed=0)
         for key, attr in task_config(f"metaworld_{name}_lowdim").shape_meta.obs.items():
-            assert obs[key].shape == tuple(attr.shape) and obs[key].dtype == np.float32
+            assert obs[key].shape == tuple(attr.shape)
+            assert obs[key].dtype == np.float32
         assert task_config(f"metaworld_{name}_image").env_runner.env_kwargs.task == TASKS[name]
         successes = 0
         for seed in range(3):
@@ -48,7 +49,8 @@ def test_seeded_resets_and_upright_image():
         assert np.abs(a["state"][4:7] - b["state"][4:7]).max() > 1e-3  # object placement differs
         np.testing.assert_array_equal(a["agent_pos"], a["state"][:4])
         image = a["image"]
-        assert image.shape == (3, 64, 64) and image.dtype == np.float32
+        assert image.shape == (3, 64, 64)
+        assert image.dtype == np.float32
         # corner camera flipped upright: the light background (walls/sky) is in the top half,
         # the dark table and floor in the bottom half
         assert image[:, :16].mean() > image[:, -16:].mean()

@@ -35,17 +35,22 @@ def test_observations_match_the_task_configs(env):
     for task in ("pick_cube_lowdim", "pick_cube_image"):
         for key, attr in task_config(task).shape_meta.obs.items():
             if attr.type == "low_dim":
-                assert obs[key].shape == tuple(attr.shape) and obs[key].dtype == np.float32
+                assert obs[key].shape == tuple(attr.shape)
+                assert obs[key].dtype == np.float32
     assert env.action_space.shape == (4,)
     image_env = PickCubeEnv(image_obs=True, image_size=32)
     try:
         obs, _ = image_env.reset(seed=0)
         obs, *_ = image_env.step(np.zeros(4))
         for cam in ("front", "wrist"):
-            assert obs[cam].shape == (3, 32, 32) and obs[cam].dtype == np.float32
-            assert 0 <= obs[cam].min() and obs[cam].max() <= 1 and obs[cam].std() > 0.01
+            assert obs[cam].shape == (3, 32, 32)
+            assert obs[cam].dtype == np.float32
+            assert 0 <= obs[cam].min()
+            assert obs[cam].max() <= 1
+            assert obs[cam].std() > 0.01
         frame = image_env.render()
-        assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+        assert frame.shape == (32, 32, 3)
+        assert frame.dtype == np.uint8
         np.testing.assert_array_equal(np.moveaxis(frame, -1, 0) / np.float32(255), obs["front"])
     finally:
         image_env.close()
@@ -57,7 +62,8 @@ def test_seeded_resets(env):
     c = env.reset(seed=7)[0]["cube_pos"]
     np.testing.assert_array_equal(a, c)
     assert np.abs(a - b).max() > 1e-3
-    assert 0.3 <= a[0] <= 0.5 and -0.15 <= a[1] <= 0.15
+    assert 0.3 <= a[0] <= 0.5
+    assert -0.15 <= a[1] <= 0.15
 
 
 def test_expert_succeeds_with_noise(env):
@@ -86,7 +92,8 @@ def test_expert_takes_over_from_any_state(env):
 def test_generate_store_and_train_eval(tmp_path):
     store = tmp_path / "pick_cube.zarr"
     stats = generate_main(["task=pick_cube_image", "n=2", f"out={store}", "seed=0"])
-    assert stats["saved"] == 2 and stats["success_rate"] == 1.0
+    assert stats["saved"] == 2
+    assert stats["success_rate"] == 1.0
     for task in ("pick_cube_lowdim", "pick_cube_image"):
         check_store_matches_shape_meta(store, task)
     smoke_train_eval("pick_cube_lowdim", store, tmp_path)

@@ -22,7 +22,8 @@ def lift():
 def test_observations_match_the_task_configs(lift):
     obs, _ = lift.reset(seed=0)
     for key, attr in task_config("robosuite_lift_lowdim").shape_meta.obs.items():
-        assert obs[key].shape == tuple(attr.shape) and obs[key].dtype == np.float32
+        assert obs[key].shape == tuple(attr.shape)
+        assert obs[key].dtype == np.float32
     assert lift.action_space.shape == (7,)
     can = RobosuiteEnv(task="PickPlaceCan", image_obs=True, image_size=32)
     try:
@@ -30,10 +31,12 @@ def test_observations_match_the_task_configs(lift):
         meta = task_config("robosuite_can_lowdim").shape_meta.obs
         assert obs["object"].shape == tuple(meta.object.shape) == (14,)
         for cam in ("agentview_image", "robot0_eye_in_hand_image"):
-            assert obs[cam].shape == (3, 32, 32) and obs[cam].std() > 0.01
+            assert obs[cam].shape == (3, 32, 32)
+            assert obs[cam].std() > 0.01
         # upright like robomimic's datasets: the dark floor/table edge is not at the top
         frame = can.render()
-        assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+        assert frame.shape == (32, 32, 3)
+        assert frame.dtype == np.uint8
         np.testing.assert_array_equal(np.moveaxis(frame, -1, 0) / np.float32(255), obs["agentview_image"])
     finally:
         can.close()

@@ -21,7 +21,8 @@ def test_round_trip_loads_strictly_with_octo_layouts(tmp_path, octo_npz, octo_tr
     assert (cfg.token_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_dim) == (64, 4, 2, 128)
     assert cfg.cameras == {"primary": (64, 64), "wrist": (32, 32)}
     assert (cfg.language_dim, cfg.language_tokens, cfg.max_horizon) == (40, 5, 3)
-    assert cfg.action_head is not None and cfg.action_head.hidden_dim == 64
+    assert cfg.action_head is not None
+    assert cfg.action_head.hidden_dim == 64
 
     model.requires_grad_(False)
     attn = model.transformer.blocks[0].attn

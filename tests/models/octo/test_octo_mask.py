@@ -154,8 +154,6 @@ def test_prefix_attending_to_timesteps_is_rejected():
         BlockTransformer(D, 0, 1, D, 1e-6).attention_mask(prefix, steps)
 
 
-# ---------------------------------------------------------------------- masks the model builds
-
 
 MODEL_PADDING_TABLE = [
     # (model input, group, timestep, whether its tokens are valid keys for sample 0)

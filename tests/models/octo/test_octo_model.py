@@ -79,7 +79,8 @@ def test_goal_image_and_missing_language(tiny):
     torch.testing.assert_close(no_goal, zero_goal)  # a missing goal is a zero image, as in Octo
     assert not torch.allclose(no_goal, model.encode(obs, {**task, "goal_primary": torch.ones(2, 3, 64, 64)}))
     out = model(obs, {})  # no language: the language groups are skipped
-    assert "task_language" not in out and "obs_task_language" not in out
+    assert "task_language" not in out
+    assert "obs_task_language" not in out
 
 
 def test_shape_errors_name_the_input(tiny):

@@ -26,8 +26,6 @@ BLOCK0 = f"{BLOCKS}/encoderblock_0"
 STEM = f"{ROOT}/observation_tokenizers_primary/SmallStem16_0"
 
 
-# ---------------------------------------------------------------------- NumPy references
-
 
 def np_layer_norm(x, scale, bias):
     mean = x.mean(-1, keepdims=True)
@@ -145,8 +143,6 @@ def np_octo_readout(tree, spec, pixels, lang, step_mask):
     x = np_layer_norm(x, norm["scale"], norm["bias"])
     return x[kinds == "readout"], x
 
-
-# ---------------------------------------------------------------------- tests
 
 
 @pytest.fixture

@@ -33,14 +33,16 @@ def test_interface_and_output_dim():
     assert enc.camera_keys == {"primary": "agentview_image", "wrist": "wrist_image"}
     out = enc(batch())
     d = get_config("tiny").token_dim
-    assert out.shape == (3, enc.output_dim()) and enc.output_dim() == d + 2 * 2
+    assert out.shape == (3, enc.output_dim())
+    assert enc.output_dim() == d + 2 * 2
     torch.testing.assert_close(out[:, d:], batch()["agent_pos"].flatten(1))
 
 
 def test_low_dim_modes():
     assert OctoObsEncoder(SHAPE_META, low_dim="ignore").output_dim() == get_config("tiny").token_dim
     enc = OctoObsEncoder(SHAPE_META, low_dim="tokens")
-    assert enc.cfg.proprio_dim == 2 and enc(batch()).shape == (3, enc.output_dim())
+    assert enc.cfg.proprio_dim == 2
+    assert enc(batch()).shape == (3, enc.output_dim())
     with pytest.raises(ValueError, match="low_dim"):
         OctoObsEncoder(SHAPE_META, low_dim="film")
 
@@ -57,7 +59,8 @@ def test_trainable_gets_gradients_and_frozen_does_not():
     assert enc.model.transformer.blocks[0].attn.in_proj.weight.grad is not None
     frozen = OctoObsEncoder(SHAPE_META, frozen=True)
     frozen.train()
-    assert not frozen.model.training and not any(p.requires_grad for p in frozen.parameters())
+    assert not frozen.model.training
+    assert not any(p.requires_grad for p in frozen.parameters())
     assert not frozen(batch()).requires_grad
 
 
@@ -94,9 +97,11 @@ def test_weights_resize_and_missing_camera(tmp_path):
     OctoModel(get_config("tiny")).save_pretrained(tmp_path)
     meta = {"obs": {"cam": {"shape": [3, 48, 48], "type": "rgb"}}, "action": {"shape": [2]}}
     enc = OctoObsEncoder(meta, size="tiny", weights=str(tmp_path), frozen=True)
-    assert enc.model.action_head is None and enc.cfg.cameras["primary"] == (64, 64)
+    assert enc.model.action_head is None
+    assert enc.cfg.cameras["primary"] == (64, 64)
     out = enc(batch(meta=meta))  # 48x48 resized to the checkpoint's 64x64; wrist fed as masked zeros
-    assert out.shape == (3, enc.output_dim()) and torch.isfinite(out).all()
+    assert out.shape == (3, enc.output_dim())
+    assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="not an 'octo_small' model"):
         OctoObsEncoder(meta, size="octo_small", weights=str(tmp_path))
     with pytest.raises(ValueError, match="not in the checkpoint"):
@@ -117,7 +122,8 @@ def test_state_dict_round_trip():
 def test_instruction_with_packaged_minilm(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     enc = OctoObsEncoder(SHAPE_META, instruction="push the T into the target")
-    assert enc.cfg.language_dim == 384 and enc.language_tokens.shape == (1, 16, 384)
+    assert enc.cfg.language_dim == 384
+    assert enc.language_tokens.shape == (1, 16, 384)
     assert "language_tokens" not in enc.state_dict()  # recomputed from the instruction, not saved
     out = enc(batch())
     other = OctoObsEncoder(SHAPE_META, instruction="open the drawer")
