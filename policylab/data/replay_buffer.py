@@ -25,9 +25,7 @@ the store, array and chunk. `update_meta` never leaves a meta array missing, and
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -46,24 +44,21 @@ from policylab.data.codecs import (
     get_compressor,
     resolve_compressor,
 )
+from policylab.data.replay_backends import (
+    EPISODE_ENDS,
+    WRITE_ALL_CHUNKS,
+    NumpyBackend,
+    ReplayBufferError,
+    ZarrBackend,
+    get_optimal_chunks,
+    write_array,
+)
+
+__all__ = ["EPISODE_ENDS", "ReplayBuffer", "ReplayBufferError", "get_optimal_chunks", "open_store"]
 
 log = logging.getLogger(__name__)
 
-EPISODE_ENDS = "episode_ends"
 ALL_CHUNKS_ATTR = "policylab_all_chunks"  # root attribute: every chunk in the written range has a file
-# zarr 3 skips chunks equal to the fill value by default; a missing file must mean lost data.
-_WRITE_ALL_CHUNKS = {"array.write_empty_chunks": True}
-
-
-class ReplayBufferError(ValueError):
-    """A store or an episode does not have the ReplayBuffer layout."""
-
-
-def get_optimal_chunks(shape, dtype, target_chunk_bytes: float = 2e6) -> tuple[int, ...]:
-    """Chunks along time only, about `target_chunk_bytes` each (whole rows per chunk)."""
-    row_bytes = np.dtype(dtype).itemsize * math.prod(shape[1:])
-    rows = int(max(1, min(max(shape[0], 1), target_chunk_bytes // max(row_bytes, 1))))
-    return (rows, *shape[1:])
 
 
 def open_store(path: str | os.PathLike, mode: str = "r"):
@@ -95,43 +90,17 @@ def _copy_raw(src_store, dst_store, prefix: str) -> None:
     sync(run())
 
 
-_METADATA_FILES = (".zarray", ".zattrs", ".zgroup", "zarr.json")
-
-
-def _is_metadata_key(key: str) -> bool:
-    return key.rsplit("/", 1)[-1] in _METADATA_FILES
-
-
-def _list(store, prefix: str) -> list[str]:
-    async def run():
-        return [key async for key in store.list_prefix(prefix)]
-
-    return sync(run())
-
-
-def _copy_keys(src_store, dst_store, keys) -> None:
-    async def run():
-        prototype = default_buffer_prototype()
-        for key in keys:
-            await dst_store.set(key, await src_store.get(key, prototype=prototype))
-
-    sync(run())
-
-
 class ReplayBuffer:
-    """Episodes of `{key: (L, ...)}` arrays, on a numpy dict or a zarr group."""
+    """Episodes of `{key: (L, ...)}` arrays, on a numpy dict or a zarr group (`replay_backends.py`)."""
 
     def __init__(self, root: zarr.Group | dict, check_chunks: bool = True):
         """`check_chunks=False` skips the missing-chunk check (for the repair tool, which reports them)."""
         if isinstance(root, zarr.Group):
-            self._check_layout_zarr(root)
+            self._backend = ZarrBackend(root)
         elif isinstance(root, Mapping):
-            root = {"data": dict(root.get("data", {})), "meta": dict(root.get("meta", {}))}
-            if EPISODE_ENDS not in root["meta"]:
-                raise ReplayBufferError("missing meta/episode_ends in the numpy root")
+            self._backend = NumpyBackend(root)
         else:
             raise TypeError(f"root must be a zarr.Group or a dict, got {type(root).__name__}")
-        self.root = root
         self._writer_lock: WriterLock | None = None
         self._check_chunks_on_open = check_chunks
         self._validate()
@@ -230,8 +199,8 @@ class ReplayBuffer:
             if same_chunks and same_codec:
                 _copy_raw(src_store, store, f"data/{key}/")
             else:
-                cls._write_array(root["data"], key, src[:n_steps], chunks.get(key, src.chunks),
-                                 compressors.get(key, get_compressor(src)))
+                write_array(root["data"], key, src[:n_steps], chunks.get(key, src.chunks),
+                            compressors.get(key, get_compressor(src)))
         return cls(zarr.open_group(store, mode="r+"))
 
     @classmethod
@@ -253,17 +222,15 @@ class ReplayBuffer:
         root.attrs[ALL_CHUNKS_ATTR] = True
         root.require_group("data")
         root.require_group("meta")
-        meta_items = self.meta.items() if self.backend == "numpy" else self.meta.arrays()
-        meta = {key: np.asarray(value[:]) for key, value in meta_items}
+        meta = {key: np.asarray(value[:]) for key, value in self._backend.meta_arrays()}
         meta[EPISODE_ENDS] = self.episode_ends
         for key, value in meta.items():
-            self._write_array(root["meta"], key, value, (max(1024, value.shape[0] if value.ndim else 1),)
-                              if key == EPISODE_ENDS else (value.shape or (1,)), "default")
+            write_array(root["meta"], key, value, (max(1024, value.shape[0] if value.ndim else 1),)
+                        if key == EPISODE_ENDS else (value.shape or (1,)), "default")
         for key, value in self.items():
-            default_codec = get_compressor(value) if self.backend == "zarr" else "default"
-            default_chunks = value.chunks if self.backend == "zarr" else None
-            self._write_array(root["data"], key, value[: self.n_steps],
-                              chunks.get(key, default_chunks), compressors.get(key, default_codec))
+            default_chunks, default_codec = self._backend.save_defaults(value)
+            write_array(root["data"], key, value[: self.n_steps],
+                        chunks.get(key, default_chunks), compressors.get(key, default_codec))
         return store
 
     def save_to_path(self, zarr_path, chunks=None, compressors=None, zarr_format: int = 2):
@@ -284,15 +251,20 @@ class ReplayBuffer:
 
     @property
     def backend(self) -> str:
-        return "zarr" if isinstance(self.root, zarr.Group) else "numpy"
+        """"numpy" or "zarr"."""
+        return self._backend.name
+
+    @property
+    def root(self) -> zarr.Group | dict:
+        return self._backend.root
 
     @property
     def data(self):
-        return self.root["data"]
+        return self._backend.data
 
     @property
     def meta(self):
-        return self.root["meta"]
+        return self._backend.meta
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -311,8 +283,8 @@ class ReplayBuffer:
     def episode_lengths(self) -> np.ndarray:
         return np.diff(self.episode_ends, prepend=0)
 
-    def keys(self):
-        return self.data.keys() if self.backend == "numpy" else list(self.data.array_keys())
+    def keys(self) -> list[str]:
+        return self._backend.keys()
 
     def values(self):
         return [self[key] for key in self.keys()]
@@ -342,13 +314,13 @@ class ReplayBuffer:
         episode = {key: np.asarray(value) for key, value in data.items()}
         length = self._check_episode(episode)
         start, stop = self.n_steps, self.n_steps + length
-        with zarr.config.set(_WRITE_ALL_CHUNKS):
+        with zarr.config.set(WRITE_ALL_CHUNKS):
             for key, value in episode.items():
                 if key not in self:
-                    self._create_array(key, value, self._per_key(chunks, key),
-                                       self._per_key(compressors, key, "default"))
+                    self._backend.create_array(key, value, self._per_key(chunks, key),
+                                               self._per_key(compressors, key, "default"))
                 arr = self.data[key]
-                self._resize(key, (stop, *arr.shape[1:]))
+                self._backend.resize(key, (stop, *arr.shape[1:]))
                 self.data[key][start:stop] = value
         self._append_episode_end(stop)
 
@@ -364,7 +336,7 @@ class ReplayBuffer:
         # episode_ends first: a crash in between leaves surplus data, which opening truncates.
         self._set_episode_ends(ends)
         for key in self.keys():
-            self._resize(key, (new_n, *self.data[key].shape[1:]))
+            self._backend.resize(key, (new_n, *self.data[key].shape[1:]))
 
     def pop_episode(self) -> dict[str, np.ndarray]:
         episode = self.get_episode(self.n_episodes - 1, copy=True)
@@ -383,57 +355,14 @@ class ReplayBuffer:
         sl = slice(start, stop, step)
         out = {}
         for key, arr in self.items():
-            value = arr[sl]
-            out[key] = value.copy() if copy and self.backend == "numpy" else value
+            out[key] = self._backend.steps(arr[sl], copy)
         return out
 
     def update_meta(self, values: Mapping[str, np.ndarray]) -> None:
         for key, value in values.items():
             if key == EPISODE_ENDS:
                 raise ValueError("episode_ends is managed by add_episode / drop_episode")
-            value = np.asarray(value)
-            if self.backend == "numpy":
-                self.meta[key] = value
-            elif isinstance(self.root.store, (zarr.storage.LocalStore, zarr.storage.MemoryStore)):
-                self._swap_meta_array(key, value)
-            else:  # a zip store cannot overwrite a key in place; zip stores are written whole anyway
-                if key in self.meta:
-                    del self.meta[key]
-                self._write_array(self.meta, key, value, value.shape or (1,), "default")
-
-    def _swap_meta_array(self, key: str, value: np.ndarray) -> None:
-        """Replace meta/<key> so that a crash at any moment leaves the old or the new array, never none.
-
-        The new array is encoded in memory, then its files are put in place (each atomically): chunks
-        first, metadata (shape) last, then chunks past the new end are deleted. When dtype and
-        per-row shape are unchanged, the old metadata reads the new chunks correctly, so every
-        intermediate state is a valid array (old shape; for a grown list such as episode seeds, the
-        old values). A changed dtype needs the old metadata deleted first (a short window; the repair
-        tool handles a crash there).
-        """
-        store, prefix = self.root.store, f"{self.meta.path}/{key}/"
-        existing = self.meta[key] if key in self.meta.array_keys() else None
-        memory = zarr.storage.MemoryStore()
-        same_layout = existing is not None and existing.dtype == value.dtype and existing.shape[1:] == value.shape[1:]
-        if same_layout:  # keep the stored metadata (codec, chunks), change only the shape
-            _copy_keys(store, memory, [k for k in _list(store, prefix) if _is_metadata_key(k)])
-            arr = zarr.open_array(memory, path=f"{self.meta.path}/{key}", mode="r+")
-            arr.resize(value.shape)
-            if value.shape[0]:
-                arr[:] = value
-        else:
-            group = zarr.open_group(memory, path=self.meta.path, mode="a", zarr_format=self.root.metadata.zarr_format)
-            self._write_array(group, key, value, (max(1024, value.shape[0] if value.ndim else 1), *value.shape[1:])
-                              if value.ndim else (1,), "default")
-        new_keys = _list(memory, prefix)
-        old_keys = _list(store, prefix)
-        if existing is not None and not same_layout:
-            sync(store.delete_dir(prefix.rstrip("/")))
-        _copy_keys(memory, store, [k for k in new_keys if not _is_metadata_key(k)])
-        _copy_keys(memory, store, [k for k in new_keys if _is_metadata_key(k)])
-        stale = [k for k in old_keys if k not in set(new_keys)] if same_layout else []
-        for k in stale:
-            sync(store.delete(k))
+            self._backend.set_meta(key, np.asarray(value))
 
     def get_chunks(self) -> dict[str, tuple[int, ...]]:
         self._require_zarr("get_chunks")
@@ -465,21 +394,10 @@ class ReplayBuffer:
             meta.create_array(EPISODE_ENDS, shape=(0,), chunks=(1024,), dtype=np.int64, fill_value=0,
                               compressors=compressors_for_format("default", root.metadata.zarr_format))
 
-    @staticmethod
-    def _check_layout_zarr(root: zarr.Group) -> None:
-        groups = set(root.group_keys())
-        if "meta" not in groups or EPISODE_ENDS not in root["meta"]:
-            raise ReplayBufferError(
-                f"store {root.store} has no meta/episode_ends: a ReplayBuffer store holds "
-                "data/<key> arrays and meta/episode_ends (cumulative episode end indices)")
-        if "data" not in groups:
-            raise ReplayBufferError(f"store {root.store} has no data group")
-
     def _validate(self) -> None:
         ends = np.asarray(self.meta[EPISODE_ENDS][:], dtype=np.int64)
-        n_torn = len(ends) - len(np.trim_zeros(ends, "b"))
-        if n_torn and self.backend == "zarr":
-            # Fill values: episode_ends was resized but its chunk never written (a crash).
+        n_torn = self._backend.n_torn_ends(ends)
+        if n_torn:
             log.warning("discarding %d torn entries at the end of meta/episode_ends (interrupted write)", n_torn)
             ends = ends[: len(ends) - n_torn]
         steps = np.diff(ends, prepend=0)
@@ -491,38 +409,25 @@ class ReplayBuffer:
                 f"meta/episode_ends must be strictly increasing: episode_ends[{i}] = {int(ends[i])} "
                 f"after {prev}")
         n_steps = int(ends[-1]) if len(ends) else 0
-        lengths = {key: arr.shape[0] for key, arr in self._raw_items()}
+        lengths = {key: arr.shape[0] for key, arr in self._backend.arrays()}
         for key, length in lengths.items():
             if length < n_steps:
                 raise ReplayBufferError(
                     f"data/{key} has {length} steps but meta/episode_ends ends at {n_steps}")
         self._n_episodes, self._n_steps = len(ends), n_steps
-        if self.backend == "zarr" and self._check_chunks_on_open:
+        if self._check_chunks_on_open:
             self._check_chunks()
         if len(ends) != self.meta[EPISODE_ENDS].shape[0] or any(n > n_steps for n in lengths.values()):
             log.warning("store has data past the last complete episode (interrupted add_episode); "
-                        "it is ignored%s", " and truncated" if self._writable() else "")
-            if self._writable():
+                        "it is ignored%s", " and truncated" if self._backend.writable() else "")
+            if self._backend.writable():
                 for key in lengths:
-                    self._resize(key, (n_steps, *self.data[key].shape[1:]))
+                    self._backend.resize(key, (n_steps, *self.data[key].shape[1:]))
                 self._set_episode_ends(ends)
 
     def find_missing_chunks(self) -> dict[str, list[str]]:
         """{data key: chunk keys (e.g. "1.0", "c/1/0") missing inside rows [0, n_steps)} (zarr backend)."""
-        if self.backend != "zarr":
-            return {}
-        missing = {}
-        for key, arr in self.data.arrays():
-            grid = arr.shards or arr.chunks  # a sharded array stores one file per shard
-            rows = min(self._n_steps, arr.shape[0])
-            counts = [math.ceil(rows / grid[0]), *(math.ceil(n / c) for n, c in zip(arr.shape[1:], grid[1:]))]
-            prefix = f"{arr.path}/"
-            present = set(_list(self.root.store, prefix))
-            expected = (prefix + arr.metadata.encode_chunk_key(c) for c in itertools.product(*map(range, counts)))
-            absent = [k[len(prefix):] for k in expected if k not in present]
-            if absent:
-                missing[key] = absent
-        return missing
+        return self._backend.find_missing_chunks(self._n_steps)
 
     def _check_chunks(self) -> None:
         missing = self.find_missing_chunks()
@@ -539,14 +444,6 @@ class ReplayBuffer:
                                     f"`python -m policylab.data.repair` reports it")
         log.warning("%s. If a writer skipped all-zero chunks this is harmless; if files were lost, the data is "
                     "wrong", where)
-
-    def _raw_items(self):
-        if self.backend == "numpy":
-            return self.data.items()
-        return self.data.arrays()
-
-    def _writable(self) -> bool:
-        return self.backend == "numpy" or not self.root.store.read_only
 
     def _check_episode(self, episode: dict[str, np.ndarray]) -> int:
         if not episode:
@@ -576,62 +473,18 @@ class ReplayBuffer:
             return option.get(key, default)
         return default if option is None else option
 
-    def _create_array(self, key: str, value: np.ndarray, chunks, compressor) -> None:
-        if self.backend == "numpy":
-            self.data[key] = np.zeros((0, *value.shape[1:]), dtype=value.dtype)
-            return
-        self._write_array(self.data, key, np.zeros((0, *value.shape[1:]), dtype=value.dtype),
-                          chunks or get_optimal_chunks(value.shape, value.dtype), compressor)
-
-    @staticmethod
-    def _write_array(group: zarr.Group, key: str, value, chunks, compressor) -> None:
-        fmt = group.metadata.zarr_format
-        chunks = tuple(chunks) if chunks is not None else get_optimal_chunks(value.shape, value.dtype)
-        with zarr.config.set(_WRITE_ALL_CHUNKS):
-            arr = group.create_array(key, shape=value.shape, chunks=chunks, dtype=value.dtype, fill_value=0,
-                                     compressors=compressors_for_format(compressor, fmt, key), overwrite=True)
-            if value.shape[0]:
-                arr[:] = value
-
-    def _resize(self, key: str, shape: tuple[int, ...]) -> None:
-        arr = self.data[key]
-        if self.backend == "zarr":
-            arr.resize(shape)
-            return
-        try:
-            # In place (realloc) when the array owns its buffer, as Diffusion Policy's numpy backend.
-            arr.resize(shape, refcheck=False)
-        except ValueError:
-            resized = np.zeros(shape, dtype=arr.dtype)
-            n = min(shape[0], arr.shape[0])
-            resized[:n] = arr[:n]
-            self.data[key] = resized
-
     def _append_episode_end(self, stop: int) -> None:
-        ends = self.meta[EPISODE_ENDS]
-        n = self._n_episodes
-        if self.backend == "numpy":
-            self.meta[EPISODE_ENDS] = np.append(np.asarray(ends[:n]), np.int64(stop))
-        else:
-            ends.resize((n + 1,))
-            ends[n] = stop
-        self._n_episodes, self._n_steps = n + 1, stop
+        self._backend.append_episode_end(self._n_episodes, stop)
+        self._n_episodes, self._n_steps = self._n_episodes + 1, stop
 
     def _set_episode_ends(self, ends: np.ndarray) -> None:
         ends = np.asarray(ends, dtype=np.int64)
-        if self.backend == "numpy":
-            self.meta[EPISODE_ENDS] = ends.copy()
-        else:
-            arr = self.meta[EPISODE_ENDS]
-            # Zero the dropped entries before shrinking: a chunk keeps values past the array's end,
-            # and a later torn append must read the fill value 0 there, never a stale end.
-            arr[len(ends):] = 0
-            arr.resize((len(ends),))
+        self._backend.set_episode_ends(ends)
         self._n_episodes, self._n_steps = len(ends), int(ends[-1]) if len(ends) else 0
 
     def _rewrite(self, key: str, chunks, compressor) -> None:
         value = self.data[key][:]
-        self._write_array(self.data, key, value, chunks, compressor)
+        write_array(self.data, key, value, chunks, compressor)
 
     def _require_zarr(self, name: str) -> None:
         if self.backend != "zarr":
