@@ -15,6 +15,7 @@ import dataclasses
 import sys
 
 from policylab.data.generate import demos, pusht
+from policylab.data.importers.common import parse_cli
 
 # Tasks whose data has its own generator (DP's PushT layout): task name -> that module's main
 CUSTOM_GENERATORS = {"pusht_lowdim": pusht.main, "pusht_image": pusht.main}
@@ -38,17 +39,9 @@ def _parse_value(key: str, text: str, field: dataclasses.Field):
 
 def parse_args(argv: list[str]) -> dict:
     """`key=value` arguments -> a dict; unknown keys raise with their name."""
-    fields = {f.name: f for f in dataclasses.fields(demos.DemoConfig)}
-    values = {}
-    for arg in argv:
-        key, sep, text = arg.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {list(fields)}")
-        values[key] = text
-    missing = [k for k in ("task", "n") if k not in values]
-    if missing:
-        raise SystemExit(f"missing required argument(s): {', '.join(k + '=...' for k in missing)}")
-    return values
+    names = [f.name for f in dataclasses.fields(demos.DemoConfig)]
+    required = ("task", "n")
+    return parse_cli(argv, required, tuple(name for name in names if name not in required))
 
 
 def main(argv: list[str] | None = None) -> dict | None:
