@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from policylab.data.datasets.sequence import parse_shape_meta
+from policylab.common.shape_meta import ShapeMeta
 from tests.envs.task_checks import task_config
 from tests.helpers import CONFIG_DIR
 
@@ -23,7 +23,7 @@ def test_every_family_is_covered():
 @pytest.mark.parametrize("task", TASKS)
 def test_env_observations_match_shape_meta(task):
     cfg = task_config(task)
-    meta = parse_shape_meta(cfg.shape_meta)
+    meta = ShapeMeta.parse(cfg.shape_meta).to_dict()
     assert cfg.name == task
     assert Path(cfg.dataset.zarr_path).suffix == ".zarr"
     kwargs = dict(cfg.env_runner.env_kwargs)

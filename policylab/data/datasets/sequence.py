@@ -25,11 +25,6 @@ from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import SequenceSampler, downsample_mask, get_val_mask
 
 
-def parse_shape_meta(shape_meta) -> dict:
-    """The plain-dict form of `ShapeMeta.parse(shape_meta)` (defaults filled in, types checked)."""
-    return ShapeMeta.parse(shape_meta).to_dict()
-
-
 class SequenceDataset(BaseDataset):
     """Windows of T steps from a ReplayBuffer, as `{"obs": {key: (To, ...)}, "action": (T, Da)}`.
 
