@@ -62,6 +62,7 @@ class OnlineConfig:
     max_episode_steps: int = 100
     train_start_seed: int = 0             # episode i of the run resets with seed train_start_seed + i
     intervention: dict | None = None      # InterventionWrapper kwargs; None: no simulated human
+    reward_classifier: dict | None = None  # ClassifierReward kwargs + checkpoint; None: the env's reward
     actor_torch_threads: int = 1
 
 
@@ -112,10 +113,11 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         task_cfg = OmegaConf.to_container(self.cfg.task, resolve=True)
         policy_cfg = policy_build_config(self.cfg.policy)
         intervention = None if o.intervention is None else OmegaConf.to_container(o.intervention)
+        classifier = None if o.reward_classifier is None else OmegaConf.to_container(o.reward_classifier)
         actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor)
         return [actor_cls.remote(task_cfg, policy_cfg, intervention, self.actor.n_obs_steps,
                                  self.actor.n_action_steps, o.max_episode_steps, "cpu", o.actor_torch_threads,
-                                 self.embed)
+                                 self.embed, classifier)
                 for _ in range(o.n_actors)]
 
     def publish(self):
