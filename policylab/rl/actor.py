@@ -43,7 +43,7 @@ ACTION, REWARD, TERMINAL, INTERVENTION, EMBEDDING = "action", "reward", "termina
 
 def make_actor_env(task_cfg: DictConfig | Mapping, intervention: Mapping | None = None,
                    reward_classifier: Mapping | None = None) -> gym.Env:
-    """The task's env (`env_runner.env_id` made with `env_runner.env_kwargs`), with a simulated human.
+    """The task's env (`rl_env`, else `env_runner`: `env_id` made with `env_kwargs`), with a simulated human.
 
     Args:
         task_cfg: a task config (the `task` group): needs `env_runner.env_id`, and `demo.expert`
@@ -56,9 +56,9 @@ def make_actor_env(task_cfg: DictConfig | Mapping, intervention: Mapping | None 
             the cameras it reads are rendered). None: the env's own reward.
     """
     cfg = _container(task_cfg)
-    runner = cfg.get("env_runner") or {}
+    runner = cfg.get("rl_env") or cfg.get("env_runner") or {}  # rl_env: an env only actors run (a robot)
     if "env_id" not in runner:
-        raise KeyError("task config has no env_runner.env_id: the actor cannot make the env")
+        raise KeyError("task config has no rl_env.env_id or env_runner.env_id: the actor cannot make the env")
     classifier = dict(reward_classifier or {})
     env = gym.make(runner["env_id"], **{**(runner.get("env_kwargs") or {}), **(classifier.pop("env_kwargs", None) or {})})
     if reward_classifier is not None:
@@ -219,6 +219,10 @@ class EnvActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def close(self) -> None:
+        """Close the env (a robot's devices stop; the learner calls this before killing the actor)."""
+        self.env.close()
 
     def _embed(self, window: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.policy.encode_obs(self.policy.normalize_obs(window)).reshape(-1)

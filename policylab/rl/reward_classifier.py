@@ -137,8 +137,8 @@ class ClassifierReward(gym.Wrapper):
     """The env's reward replaced by the classifier's: 1.0 when it says success, else 0.0.
 
     Success needs `probability >= threshold` and every `conditions` entry: `{obs key: [low, high]}`
-    holds for all of that key's (last) values (e.g. `{gripper: [0.2, 0.9]}`: the fingers closed on
-    something). With `terminate_on_success` success ends the episode (a robot has no other signal);
+    holds for that key's (last) value, bounds scalar or per entry (e.g. `{gripper: [0.2, 0.9]}`: the
+    fingers closed on something). With `terminate_on_success` success ends the episode (a robot has no other signal);
     the env's own termination still ends it too. `info` gains `env_reward`, `classifier_prob` and
     `classifier_success`; `info["is_success"]` is the env's when the env reports one (sim: the
     ground truth for the success curve), else the classifier's. `drop_obs_keys` are removed from
@@ -156,7 +156,8 @@ class ClassifierReward(gym.Wrapper):
         self.classifier = classifier.to(device).eval()
         self.device = torch.device(device)
         self.threshold = float(threshold)
-        self.conditions = {key: (float(lo), float(hi)) for key, (lo, hi) in (conditions or {}).items()}
+        self.conditions = {key: (np.asarray(lo, np.float64), np.asarray(hi, np.float64))
+                           for key, (lo, hi) in (conditions or {}).items()}
         self.terminate_on_success = terminate_on_success
         self.drop_obs_keys = tuple(drop_obs_keys)
         space = env.observation_space
