@@ -3,6 +3,7 @@ short Stage II session (train.py experiment=hil_conrft_real: the learner and one
 RealRobotRLEnv on the fake UR controller, a played-back camera and scripted SpaceMouse takeovers),
 resumed with nothing lost."""
 
+import os
 import threading
 import time
 
@@ -12,6 +13,7 @@ import torch
 
 from policylab.common.logging import read_logs
 from policylab.data.replay_buffer import ReplayBuffer
+from policylab.real.testing.fake_spacenavd import FakeSpacenavd
 from tests.helpers import RL_ENV, run_train
 from tests.real.test_scripts import _overrides, _run
 
@@ -77,7 +79,7 @@ def _session(fake_ur, recordings, spacenavd, store, init, run_dir, max_env_steps
             "task.rl_env.max_steps=15", "online.reward_classifier=null", f"training.max_env_steps={max_env_steps}",
             "training.training_starts=10", "training.publish_every=2", "training.batch_size=16",
             "training.checkpoint_every=5", "training.max_train_minutes=3", "training.max_updates_per_env_step=0.5",
-            "training.torch_threads=1", "critic.hidden_dims=[8]", *extra]
+            "training.torch_threads=1", "training.log_every=1", "critic.hidden_dims=[8]", *extra]
 
 
 class Pusher:
@@ -90,10 +92,13 @@ class Pusher:
     def _run(self):
         while not self.done.is_set():
             self.spacenavd._connected.wait(0.5)
-            if self.spacenavd._client is not None:
-                self.spacenavd.motion(x=400)
-                time.sleep(0.4)
-                self.spacenavd.motion()
+            try:
+                if self.spacenavd._client is not None:
+                    self.spacenavd.motion(x=400)
+                    time.sleep(0.4)
+                    self.spacenavd.motion()
+            except OSError:  # the actor closed the SpaceMouse: the session is over
+                return
             time.sleep(0.8)
 
     def __enter__(self):
@@ -105,8 +110,9 @@ class Pusher:
         self.thread.join(3)
 
 
+@pytest.mark.slow  # 2.5 min: two train.py runs with ray on a shared 2-core machine
 @pytest.mark.timeout(600)
-def test_stage2_session_on_the_stand_ins(fake_ur, recordings, spacenavd, sft, tmp_path):
+def test_stage2_session_on_the_stand_ins(fake_ur, recordings, spacenavd, short_dir, sft, tmp_path):
     store, init = sft
     run_dir = tmp_path / "stage2"
     with Pusher(spacenavd):
@@ -129,8 +135,8 @@ def test_stage2_session_on_the_stand_ins(fake_ur, recordings, spacenavd, sft, tm
     assert np.all(servo >= np.array([0.2, -0.3, 0.1]) - 1e-9) and np.all(servo <= np.array([0.6, 0.3, 0.5]) + 1e-9)
 
     first = online["action"][:]
-    with Pusher(spacenavd):
-        more = run_train(_session(fake_ur, recordings, spacenavd, store, init, run_dir, 75, "training.resume=true"),
+    with FakeSpacenavd(os.path.join(short_dir, "again.sock")) as mouse, Pusher(mouse):  # one client per daemon
+        more = run_train(_session(fake_ur, recordings, mouse, store, init, run_dir, 75, "training.resume=true"),
                          env_extra=RL_ENV, timeout=300)
     assert more.returncode == 0, more.stderr[-4000:]
     again = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr", mode="r")
