@@ -169,8 +169,9 @@ class RealRobotRLEnv(gym.Env):
         executed = self._to_action(current, target)  # the box may have clipped it
         self.step_log.append({"t_begin": t_begin, "t_read": t_read, "t_sent": t_sent, "human": human,
                               "overrun_s": max(overrun, 0.0)})
-        info = {"intervention": human, "action": executed, "is_success": "y" in pressed,
-                "quit": "q" in pressed}
+        info = {"intervention": human, "action": executed, "quit": "q" in pressed}
+        if "y" in pressed:  # absent otherwise: a reward classifier around this env fills it in
+            info.update(is_success=True, human_success=True)
         terminated = "y" in pressed
         truncated = "s" in pressed or "q" in pressed
         obs = self._last = self._observation(raw)
@@ -243,7 +244,7 @@ class RealRobotRLEnv(gym.Env):
         self.fault = str(err)
         log.error("device fault, episode ended: %s", err)
         obs = self._last
-        info = {"intervention": False, "action": action.astype(np.float32), "is_success": False, "fault": self.fault}
+        info = {"intervention": False, "action": action.astype(np.float32), "fault": self.fault}
         return obs, 0.0, False, True, info
 
 

@@ -49,15 +49,16 @@ def run_record_success(env: RealEnv, teleop: Teleop, keys: KeyInput, mapping: Te
             pressed = keys.get_press_events()
             if "q" in pressed:
                 break
-            if "c" in pressed and rows is None:
-                rows = []
-                log.info("recording %d started: hold %s while the task is done", store.n_episodes, success_key)
-            elif "s" in pressed and rows is not None:
-                saved += _save(store, rows)
-                rows = None
-            elif "backspace" in pressed and rows is None and store.n_episodes:
-                store.drop_episode()
-                saved -= 1
+            for key in pressed:  # in order: several may arrive in one late cycle
+                if key == "c" and rows is None:
+                    rows = []
+                    log.info("recording %d started: hold %s while the task is done", store.n_episodes, success_key)
+                elif key == "s" and rows is not None:
+                    saved += _save(store, rows)
+                    rows = None
+                elif key == "backspace" and rows is None and store.n_episodes:
+                    store.drop_episode()
+                    saved -= 1
             if rows is not None:
                 row = {key: np.asarray(obs[key][-1]) for key in [*env.cameras, *env.robot_obs_keys]}
                 row[SUCCESS] = np.uint8(success_key in keys.held_keys())

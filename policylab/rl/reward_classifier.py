@@ -141,7 +141,8 @@ class ClassifierReward(gym.Wrapper):
     fingers closed on something). With `terminate_on_success` success ends the episode (a robot has no other signal);
     the env's own termination still ends it too. `info` gains `env_reward`, `classifier_prob` and
     `classifier_success`; `info["is_success"]` is the env's when the env reports one (sim: the
-    ground truth for the success curve), else the classifier's. `drop_obs_keys` are removed from
+    ground truth for the success curve), else the classifier's; an `info["human_success"]` from the
+    env (the operator's key on a robot) counts as success too. `drop_obs_keys` are removed from
     observations after classification (cameras only the classifier reads).
     """
 
@@ -199,6 +200,7 @@ class ClassifierReward(gym.Wrapper):
     def step(self, action):
         obs, env_reward, terminated, truncated, info = self.env.step(action)
         prob, success = self.classify(obs)
+        success = success or bool(info.get("human_success", False))  # the operator's label (robot: the y key)
         info = {**info, "env_reward": float(env_reward), "classifier_prob": prob, "classifier_success": success}
         info.setdefault("is_success", success)
         terminated = bool(terminated) or (success and self.terminate_on_success)

@@ -3,6 +3,7 @@ short Stage II session (train.py experiment=hil_conrft_real: the learner and one
 RealRobotRLEnv on the fake UR controller, a played-back camera and scripted SpaceMouse takeovers),
 resumed with nothing lost."""
 
+import json
 import os
 import threading
 import time
@@ -55,8 +56,9 @@ def _demo_store(path):
 STATE_ONLY = ["task=real_rl", "~task.shape_meta.obs.camera_0", "logging.mode=disabled", "task.image_crop_shape=null"]
 
 
-@pytest.fixture
-def sft(tmp_path):
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sft")
     store = _demo_store(tmp_path / "demos.zarr")
     run_dir = tmp_path / "sft"
     result = run_train([*STATE_ONLY, f"task.dataset.zarr_path={store}", f"hydra.run.dir={run_dir}",
@@ -66,6 +68,21 @@ def sft(tmp_path):
                         "val_dataloader.batch_size=8", "policy.model.hidden_dims=[16,16]"], env_extra=RL_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     return store, run_dir / "checkpoints" / "latest"
+
+
+def test_eval_rl_actor_mode_runs_the_policy_in_delta_actions(fake_ur, recordings, spacenavd, sft, tmp_path):
+    out = tmp_path / "eval_rl"
+    _, init = sft
+    _run("eval_real_robot.py", _overrides(fake_ur, recordings, spacenavd, out, "keyboard=scripted",
+                                          "keyboard.events=[[1.0,y]]", "mode=rl_actor", f"policy.path={init}",
+                                          "rl.reset=none", "n_episodes=2", "rl_max_steps=15", "torch_threads=1"))
+    stats = json.loads((out / "eval_stats.json").read_text())
+    first, second = stats["episodes"]
+    assert first["success"] and first["length"] < 15  # the operator's y ended it as a success
+    assert not second["success"] and second["length"] == 15 and stats["success_rate"] == 0.5
+    assert second["env_steps_per_s"] > 7  # 10 Hz control, on a loaded machine
+    servo = np.array([r["args"][:3] for r in fake_ur.commands("SERVOL")])
+    assert np.ptp(servo, axis=0).max() <= 15 * 2 * 0.02 + 1e-6  # at most one max_delta per step, both episodes
 
 
 def _session(fake_ur, recordings, spacenavd, store, init, run_dir, max_env_steps, *extra):
