@@ -89,15 +89,15 @@ def build_reward_classifier(cfg: Mapping, shape_meta: Mapping) -> RewardClassifi
 
 def load_reward_classifier(path: str | Path, device: str | torch.device = "cpu") -> RewardClassifier:
     """A trained classifier from a `workspace=reward_classifier` checkpoint directory, in eval mode."""
-    from omegaconf import OmegaConf
+    from policylab.common.safe_config import resolve_checked
 
     cfg = ckpt.load_config(path)
     if "classifier" not in cfg:
         raise ckpt.CheckpointError(f"{path} is not a reward-classifier checkpoint: its config has no 'classifier'")
-    fields = OmegaConf.to_container(cfg.classifier, resolve=True)
+    fields = resolve_checked(cfg.classifier, "classifier")  # data only: nothing in it is built or run
     fields["pretrained_weights"] = None  # the checkpoint holds the trunk; the original file need not exist
     fields["freeze_trunk"] = False
-    model = build_reward_classifier(fields, OmegaConf.to_container(cfg.task.shape_meta, resolve=True))
+    model = build_reward_classifier(fields, resolve_checked(cfg.task.shape_meta, "task.shape_meta"))
     ckpt.load_weights(model, Path(path) / ckpt.MODEL)
     return model.to(device).eval()
 
