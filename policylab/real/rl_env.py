@@ -43,6 +43,8 @@ from policylab.real.timing import precise_wait
 
 log = logging.getLogger(__name__)
 
+RESET_SETTLE_S = 0.5  # after a pose reset's motion, before the episode's first observation
+
 # Keyboard takeover without a SpaceMouse: key -> (axis, sign) of a full-deflection motion for one step.
 MOTION_KEYS = {"l": (0, 1.0), "j": (0, -1.0), "i": (1, 1.0), "k": (1, -1.0), "u": (2, 1.0), "o": (2, -1.0)}
 
@@ -125,14 +127,17 @@ class RealRobotRLEnv(gym.Env):
         self.start()
         if self.fault is not None:
             raise DeviceError(f"the robot faulted in the last episode ({self.fault}); restart the session")
+        pose = None
         if self.reset_mode == "pose":
             pose = np.asarray(self.reset_pose, np.float64)
-            self.env.robot.servo_to(self.box.clip(pose) if self.box is not None else pose, self.reset_seconds)
-            time.sleep(self.reset_seconds)
+            pose = self.box.clip(pose) if self.box is not None else pose
+            self.env.robot.servo_to(pose, self.reset_seconds)
+            time.sleep(self.reset_seconds + RESET_SETTLE_S)
         if self.reset_mode == "manual" or self.wait_for_key:
             self._wait_for("c")
         raw = self._get_obs()
-        self.target = raw["robot_eef_pose"][-1].astype(np.float64).copy()
+        # the first target: the reset pose itself (the arm may still be settling), else where the arm is
+        self.target = pose.copy() if pose is not None else raw["robot_eef_pose"][-1].astype(np.float64).copy()
         self.t_cycle_end = time.monotonic() + self.env.dt
         self.step_log = []
         self._last = self._observation(raw)

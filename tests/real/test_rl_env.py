@@ -99,3 +99,21 @@ def test_dropped_controller_connection_ends_the_episode_and_stops_the_arm(rl_env
     assert not late, "servo commands reached the controller after the connection dropped"
     with pytest.raises(DeviceError, match="faulted"):
         rl_env.reset(seed=1)
+
+
+def test_pose_reset_and_keyboard_takeover(fake_ur, recordings, tmp_path):
+    from policylab.real.teleop.keyboard import ScriptedKeys
+
+    real = make_env(fake_ur.host, recordings, tmp_path / "raw", n_obs_steps=1, obs_resolution=(64, 48), n_cameras=1)
+    keys = ScriptedKeys([[1.6, "i"], [1.9, "i"]])  # robot +y, one step each, after the 1 s reset
+    env = RealRobotRLEnv(real, SHAPE_META, keys=keys, reset="pose", reset_pose=[0.45, 0.05, 0.3, 0.0, np.pi, 0.0],
+                         reset_seconds=1.0, max_delta=0.01)
+    try:
+        episode, stats = run_episode(ConstantPolicy([0.0, 0.0, 0.0]), env, seed=0, n_obs_steps=1, n_action_steps=1,
+                                     max_steps=12)
+    finally:
+        env.close()
+    np.testing.assert_allclose(episode["robot_eef_pose"][0, :3], [0.45, 0.05, 0.3], atol=3e-3)
+    assert episode["intervention"].sum() == 2 and stats["n_interventions"] == 2
+    np.testing.assert_allclose(episode["action"][episode["intervention"] == 1], [[0.0, 1.0, 0.0]] * 2, atol=1e-5)
+    np.testing.assert_allclose(episode["action"][episode["intervention"] == 0], 0.0, atol=1e-6)
