@@ -24,17 +24,18 @@ pytest.importorskip("rtde_control")
 
 def test_record_success_labels_the_frames_while_the_key_is_held(fake_ur, recordings, spacenavd, tmp_path):
     out = tmp_path / "frames"
-    keys = "[[0.5,c],[1.5,+space],[2.5,-space],[3.0,s],[3.2,c],[3.8,s],[4.0,backspace],[4.3,q]]"
+    # spread out: a save (Jpeg2k) can stall a loaded machine's loop, and keys of one late cycle apply together
+    keys = "[[0.5,c],[1.5,+space],[2.5,-space],[3.0,s],[3.6,c],[4.6,s],[5.2,backspace],[5.8,q]]"
     _run("demo_real_robot.py", _overrides(fake_ur, recordings, spacenavd, out, "keyboard=scripted",
                                           f"keyboard.events={keys}", "preview=false", "mode=record_success"))
     store = ReplayBuffer.create_from_path(out / "success_frames.zarr", mode="r")
     assert store.n_episodes == 1  # the second recording was dropped
     labels = store["success"][:]
-    assert 20 <= len(labels) <= 28 and store["camera_0"].shape[1:] == (96, 128, 3)
+    assert 15 <= len(labels) <= 28 and store["camera_0"].shape[1:] == (96, 128, 3)  # 2.5 s at 10 Hz, late ticks skipped
     assert store["robot_eef_pose"].shape == (len(labels), 6)
     on = np.flatnonzero(labels)
-    assert 8 <= len(on) <= 12 and np.all(np.diff(on) == 1)  # one run of held frames, about 1 s
-    assert 8 <= on[0] <= 12
+    assert 6 <= len(on) <= 12 and np.all(np.diff(on) == 1)  # one run of held frames, about 1 s
+    assert 5 <= on[0] <= 12 and on[-1] < len(labels) - 2
 
 
 def _demo_store(path):
