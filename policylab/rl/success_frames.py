@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("release_steps", "max_steps"):
         if key in values:
             values[key] = int(values[key])
+    if "hold_steps" in values:  # hold_steps=6,16
+        low, _, high = values["hold_steps"].partition(",")
+        values["hold_steps"] = (int(low), int(high))
     if "empty_grasp_fraction" in values:
         values["empty_grasp_fraction"] = float(values["empty_grasp_fraction"])
     Path(values["out"]).parent.mkdir(parents=True, exist_ok=True)
