@@ -3,6 +3,10 @@
     python eval_real_robot.py robot.host=<robot ip> policy.path=<checkpoint dir>
     python eval_real_robot.py robot.host=<robot ip> policy=remote policy.url=ws://127.0.0.1:8765
 Keys: c start an episode, s stop it, q quit. Touch the SpaceMouse to take over.
+
+    python eval_real_robot.py mode=rl_actor robot.host=<robot ip> policy.path=<RL checkpoint> \
+        rl.reward_classifier.checkpoint=<classifier checkpoint>
+The RL actor's episodes (delta actions, RealRobotRLEnv) without a learner; keys as in Stage II.
 """
 
 import json
@@ -24,6 +28,18 @@ def main(cfg: DictConfig) -> None:
     policy = instantiate(cfg.policy)
     if hasattr(policy, "eval"):
         policy.eval()
+    if cfg.mode == "rl_actor":
+        from omegaconf import OmegaConf
+
+        from policylab.real.rl_eval import make_rl_env, run_rl_eval
+
+        devices = {k: OmegaConf.to_container(cfg[k], resolve=True)
+                   for k in ("robot", "cameras", "teleop", "keyboard", "teleop_mapping")}
+        env = make_rl_env({**devices, "frequency": cfg.frequency}, policy.shape_meta,
+                          OmegaConf.to_container(cfg.rl, resolve=True))
+        result = run_rl_eval(env, policy, cfg.n_episodes, cfg.rl_max_steps, stats_path=f"{cfg.output_dir}/eval_stats.json")
+        print(json.dumps({k: v for k, v in result.items() if k != "episodes"}))
+        return
     env = instantiate(cfg.env, n_obs_steps=policy.n_obs_steps, _convert_="all")
     teleop, keys = instantiate(cfg.teleop), instantiate(cfg.keyboard)
     with teleop, env, keys:

@@ -42,20 +42,30 @@ from policylab.envs.interventions import InterventionWrapper
 ACTION, REWARD, TERMINAL, INTERVENTION, EMBEDDING = "action", "reward", "terminal", "intervention", "embedding"
 
 
-def make_actor_env(task_cfg: DictConfig | Mapping, intervention: Mapping | None = None) -> gym.Env:
-    """The task's env (`env_runner.env_id` made with `env_runner.env_kwargs`), with a simulated human.
+def make_actor_env(task_cfg: DictConfig | Mapping, intervention: Mapping | None = None,
+                   reward_classifier: Mapping | None = None) -> gym.Env:
+    """The task's env (`rl_env`, else `env_runner`: `env_id` made with `env_kwargs`), with a simulated human.
 
     Args:
         task_cfg: a task config (the `task` group): needs `env_runner.env_id`, and `demo.expert`
             (a `_target_` of a `policylab.envs.experts.Expert`) when `intervention` is given.
         intervention: `InterventionWrapper` kwargs (deviation_threshold, patience, stall_steps,
             takeover_steps, ...); None: no human, the policy always acts.
+        reward_classifier: the env's reward replaced by a success classifier's
+            (`policylab.rl.reward_classifier.ClassifierReward` kwargs, `checkpoint` naming the
+            classifier's checkpoint; `env_kwargs` added to the env's, e.g. `image_obs: true` so
+            the cameras it reads are rendered). None: the env's own reward.
     """
     cfg = _container(task_cfg)
-    runner = cfg.get("env_runner") or {}
+    runner = cfg.get("rl_env") or cfg.get("env_runner") or {}  # rl_env: an env only actors run (a robot)
     if "env_id" not in runner:
-        raise KeyError("task config has no env_runner.env_id: the actor cannot make the env")
-    env = gym.make(runner["env_id"], **(runner.get("env_kwargs") or {}))
+        raise KeyError("task config has no rl_env.env_id or env_runner.env_id: the actor cannot make the env")
+    classifier = dict(reward_classifier or {})
+    env = gym.make(runner["env_id"], **{**(runner.get("env_kwargs") or {}), **(classifier.pop("env_kwargs", None) or {})})
+    if reward_classifier is not None:
+        from policylab.rl.reward_classifier import ClassifierReward
+
+        env = ClassifierReward(env, classifier.pop("checkpoint"), **classifier)
     if intervention is None:
         return env
     expert_cfg = (cfg.get("demo") or {}).get("expert")
@@ -166,13 +176,14 @@ class EnvActor:
         torch_threads: torch's intra-op threads in this process (actors share the machine's cores).
         embed: record `embedding (L, D)`: the policy's own `encode_obs` on every step's normalized
             obs window, flattened (the frozen-encoder features the learner reads instead of images).
+        reward_classifier: `make_actor_env`'s: a success classifier's reward instead of the env's.
     """
 
     def __init__(self, task_cfg: Mapping, policy_cfg: Mapping, intervention: Mapping | None, n_obs_steps: int,
                  n_action_steps: int, max_steps: int, device: str = "cpu", torch_threads: int = 1,
-                 embed: bool = False):
+                 embed: bool = False, reward_classifier: Mapping | None = None):
         torch.set_num_threads(torch_threads)
-        self.env = make_actor_env(task_cfg, intervention)
+        self.env = make_actor_env(task_cfg, intervention, reward_classifier)
         self.device = torch.device(device)
         self.policy = instantiate_trusted(_container(policy_cfg), "policy").to(self.device).eval()
         self.n_obs_steps, self.n_action_steps, self.max_steps = n_obs_steps, n_action_steps, max_steps
@@ -209,6 +220,10 @@ class EnvActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def close(self) -> None:
+        """Close the env (a robot's devices stop; the learner calls this before killing the actor)."""
+        self.env.close()
 
     def _embed(self, window: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.policy.encode_obs(self.policy.normalize_obs(window)).reshape(-1)

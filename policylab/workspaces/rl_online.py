@@ -58,10 +58,12 @@ class OnlineConfig:
     n_actors: int = 1
     ray_address: str | None = None       # None: start ray on this machine
     num_cpus_per_actor: float = 1.0
+    actor_resources: dict | None = None  # ray custom resources an actor needs, e.g. {robot: 1}
     online_fraction: float = 0.5          # RLPD: half of every batch from the online store
     max_episode_steps: int = 100
     train_start_seed: int = 0             # episode i of the run resets with seed train_start_seed + i
     intervention: dict | None = None      # InterventionWrapper kwargs; None: no simulated human
+    reward_classifier: dict | None = None  # ClassifierReward kwargs + checkpoint; None: the env's reward
     actor_torch_threads: int = 1
 
 
@@ -112,10 +114,12 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         task_cfg = OmegaConf.to_container(self.cfg.task, resolve=True)
         policy_cfg = policy_build_config(self.cfg.policy)
         intervention = None if o.intervention is None else OmegaConf.to_container(o.intervention)
-        actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor)
+        classifier = None if o.reward_classifier is None else OmegaConf.to_container(o.reward_classifier)
+        resources = None if o.actor_resources is None else OmegaConf.to_container(o.actor_resources)
+        actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor, **({"resources": resources} if resources else {}))
         return [actor_cls.remote(task_cfg, policy_cfg, intervention, self.actor.n_obs_steps,
                                  self.actor.n_action_steps, o.max_episode_steps, "cpu", o.actor_torch_threads,
-                                 self.embed)
+                                 self.embed, classifier)
                 for _ in range(o.n_actors)]
 
     def publish(self):
@@ -192,6 +196,10 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
             if due(self.global_step, train.checkpoint_every):
                 self.checkpoint(topk, metrics)
         bar.close()
+        try:  # a robot's devices stop cleanly; an episode still running finishes first
+            ray.get([actor.close.remote() for actor in actors], timeout=60)
+        except (ray.exceptions.RayError, TimeoutError) as err:
+            print(f"closing the actors' envs failed ({type(err).__name__}); killing them")
         for actor in actors:
             ray.kill(actor)
         final = self.evaluate() if train.eval_at_end else {}

@@ -3,6 +3,7 @@
     Teleop.get_motion()          -> (6,) robot-frame [vx, vy, vz, wx, wy, wz] in [-1, 1]
     Teleop.is_button_pressed(i)  -> bool
     KeyInput.get_press_events()  -> ["c", "space", "backspace", ...] since the last call
+    KeyInput.held_keys()         -> {"space", ...} held down now
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class KeyInput(Device, abc.ABC):
     @abc.abstractmethod
     def get_press_events(self) -> list[str]:
         ...
+
+    def held_keys(self) -> set[str]:
+        """Keys held down now (empty where the input cannot tell)."""
+        return set()
 
 
 class TeleopMapping:

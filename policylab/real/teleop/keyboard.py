@@ -18,6 +18,7 @@ class PynputKeys(KeyInput):
 
     def __init__(self):
         self._events: collections.deque[str] = collections.deque()
+        self._held: set[str] = set()
         self._listener = None
 
     def start(self, wait: bool = True) -> None:
@@ -26,14 +27,27 @@ class PynputKeys(KeyInput):
         except ImportError as err:  # pynput raises ImportError when it cannot reach X
             raise RuntimeError(f"pynput keys need an X display (DISPLAY); {err}. "
                                "Use keyboard=scripted for a headless run.") from err
-        self._listener = keyboard.Listener(on_press=self._on_press)
+        self._listener = keyboard.Listener(on_press=self._on_press, on_release=self._on_release)
         self._listener.start()
         if wait:
             self._listener.wait()
 
-    def _on_press(self, key) -> None:
+    @staticmethod
+    def _name(key) -> str:
         char = getattr(key, "char", None)
-        self._events.append(char if char else getattr(key, "name", str(key)))
+        return char if char else getattr(key, "name", str(key))
+
+    def _on_press(self, key) -> None:
+        name = self._name(key)
+        if name not in self._held:  # auto-repeat while held is not a new press
+            self._events.append(name)
+        self._held.add(name)
+
+    def _on_release(self, key) -> None:
+        self._held.discard(self._name(key))
+
+    def held_keys(self) -> set[str]:
+        return set(self._held)
 
     def stop(self, wait: bool = True) -> None:
         if self._listener is not None:
@@ -54,7 +68,10 @@ class PynputKeys(KeyInput):
 
 
 class ScriptedKeys(KeyInput):
-    """Presses keys at fixed offsets from `start()`: `events = [[0.5, "c"], [2.0, "s"], ...]` (s, key)."""
+    """Presses keys at fixed offsets from `start()`: `events = [[0.5, "c"], [2.0, "s"], ...]` (s, key).
+
+    `"+name"` holds a key down from then on (one press of it), `"-name"` releases it.
+    """
 
     def __init__(self, events=()):
         self.events = sorted((float(t), str(k)) for t, k in events)
@@ -79,6 +96,21 @@ class ScriptedKeys(KeyInput):
         with self._lock:
             out = []
             while self._next < len(self.events) and self.events[self._next][0] <= now:
-                out.append(self.events[self._next][1])
+                key = self.events[self._next][1]
                 self._next += 1
+                if not key.startswith("-") or len(key) == 1:
+                    out.append(key[1:] if key.startswith("+") and len(key) > 1 else key)
         return out
+
+    def held_keys(self) -> set[str]:
+        if self._t0 is None:
+            return set()
+        now, held = time.monotonic() - self._t0, set()
+        for t, key in self.events:
+            if t > now:
+                break
+            if len(key) > 1 and key[0] == "+":
+                held.add(key[1:])
+            elif len(key) > 1 and key[0] == "-":
+                held.discard(key[1:])
+        return held
