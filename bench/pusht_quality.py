@@ -148,6 +148,7 @@ def main():
     parser.add_argument("--teacher", default=None, help="an existing dp checkpoint: skip training dp")
     parser.add_argument("--reuse", action="store_true", help="do not retrain a method whose checkpoints/latest exists")
     parser.add_argument("--eval_only", action="store_true", help="evaluate what exists; train nothing")
+    parser.add_argument("--runs", default=None, help="per-method run directories, e.g. edm=<dir> (default <run_root>/<method>)")
     parser.add_argument("--n_test", type=int, default=50)
     parser.add_argument("--data", default="data/pusht/pusht_expert.zarr")
     parser.add_argument("--run_root", default="outputs/bench/pusht_quality")
@@ -162,6 +163,9 @@ def main():
     runs = {m: root / m for m in EXPERIMENTS}
     if args.teacher:
         runs["dp"] = Path(args.teacher).parents[1]
+    for item in filter(None, (args.runs or "").split(",")):
+        method, _, path = item.partition("=")
+        runs[method] = Path(path)
 
     if not (REPO / args.data).exists():
         gen = start([sys.executable, "-m", "policylab.data.generate.pusht", f"n={args.episodes}",
