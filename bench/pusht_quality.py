@@ -1,18 +1,27 @@
-"""PushT state quality on a CPU budget: expert demos -> train each method -> evaluate on 50 test seeds.
+"""PushT state quality per training budget: expert demos -> train each method -> evaluate each
+inference budget on 50 test seeds, with latency per chunk and the learning curve.
 
-    python bench/pusht_quality.py [--methods dp,ct,cd] [--episodes 150] [--minutes 55]
-                                  [--ct_minutes 55] [--cd_minutes 20] [--parallel]
+    python bench/pusht_quality.py [--methods edm,ctm] [--episodes 150] [--minutes edm=55,ctm=20]
+                                  [--steps edm=4158] [--parallel] [--reuse] [--eval_only]
                                   [--teacher <dp run>/checkpoints/latest] [extra train.py overrides ...]
 
-Methods, all on the same demos, backbone size and 50 test seeds:
-  dp  Diffusion Policy (experiment=pusht_state_cpu), DDIM-16 inference: the teacher
-  ct  teacher-free consistency training (experiment=pusht_state_cpu_consistency), one step
-  cd  consistency distillation of the dp checkpoint (experiment=pusht_state_cpu_distill), one step
+Methods, all on the same demos, 4.6M-parameter UNet, horizons and 50 test seeds (100000..100049):
+  dp   Diffusion Policy, DDPM training (experiment=pusht_state_cpu): the DDPM teacher
+  ct   teacher-free consistency training (experiment=pusht_state_cpu_consistency)
+  cd   LCM-style consistency distillation of dp (experiment=pusht_state_cpu_distill)
+  edm  EDM / Karras diffusion policy (experiment=pusht_state_cpu_edm): the EDM teacher
+  ctm  CTM distillation of edm (experiment=pusht_state_cpu_ctm), warm-started from it
 
---parallel trains dp and ct side by side with one thread each (2 cores), then distills.
-A long run (an hour or more on 2 cores); not part of CI. Prints each learning curve (test score of
-the periodic rollouts) and the final table; writes JSON to bench/results/pusht_quality.json.
-Goals: dp mean_score >= 0.8 (Diffusion Policy issue); one-step consistency within 0.05 of dp's.
+Budgets are stated in optimizer steps and CPU minutes of the training process (its user + system
+time, whatever the machine's load does to wall time); a student's budget is counted on top of its
+teacher's (`total_*` columns). Each trained method is evaluated at each of its inference budgets
+(network evaluations per chunk, NFE): 1 and 3 for the consistency students, the teachers at their
+full budget (DDIM-16, Heun 17 NFE) and at 3 NFE (what a short teacher chain gives without
+distillation). Latency: median ms per `predict_action` for one observation, 1 thread.
+The curve is the periodic rollout score during training (20 test seeds, logs.jsonl).
+
+A long run (an hour or more on 2 cores); not part of CI. Writes bench/results/pusht_quality.json
+and prints the table. Goal: a one-step policy within 0.05 mean_score of its teacher.
 """
 
 from __future__ import annotations
@@ -20,69 +29,128 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = {"dp": "pusht_state_cpu", "ct": "pusht_state_cpu_consistency", "cd": "pusht_state_cpu_distill"}
-INFERENCE = {"dp": "DDIM-16", "ct": "1 step", "cd": "1 step (LCM)"}
+sys.path.insert(0, str(REPO))
+
+EXPERIMENTS = {"dp": "pusht_state_cpu", "ct": "pusht_state_cpu_consistency", "cd": "pusht_state_cpu_distill",
+               "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm"}
+TEACHER = {"cd": "dp", "ctm": "edm"}
+CHAIN3 = [80.0, 0.8, 0.2]  # the consistency chains' three levels
+# method -> [(label, NFE, policy attributes set before evaluating)]
+VARIANTS = {
+    "dp": [("DDIM-16", 16, {"num_inference_steps": 16}), ("DDIM-3", 3, {"num_inference_steps": 3})],
+    "ct": [("1 step", 1, {"inference_sigmas": [80.0]}), ("3 steps", 3, {"inference_sigmas": CHAIN3})],
+    "cd": [("LCM 1", 1, {"num_inference_steps": 1}), ("LCM 3", 3, {"num_inference_steps": 3})],
+    "edm": [("Heun 17 NFE", 17, {"sampler": "heun", "num_inference_steps": 9}),
+            ("Heun 3 NFE", 3, {"sampler": "heun", "num_inference_steps": 2})],
+    "ctm": [("1 step", 1, {"inference_sigmas": [80.0]}), ("3 steps", 3, {"inference_sigmas": CHAIN3})],
+}
+DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20}
 
 
-def start(cmd: list[str], threads: int | None = None, log: Path | None = None) -> subprocess.Popen:
-    print("$", " ".join(cmd), flush=True)
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = open(log, "w") if log else None  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    print("$", " ".join(map(str, cmd)), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def wait(*procs: subprocess.Popen) -> None:
-    for proc in procs:
-        if proc.wait() != 0:
-            raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, proc.args))}")
+def wait(proc: subprocess.Popen) -> float:
+    """Wait for `proc`; its CPU minutes (user + system, children included)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, proc.args))}")
+    return (usage.ru_utime + usage.ru_stime) / 60
 
 
-def train_cmd(py: str, method: str, args, run_dir: Path, minutes: float, extra: list[str]) -> list[str]:
-    return [py, "train.py", f"experiment={EXPERIMENTS[method]}", f"task.dataset.zarr_path={args.data}",
-            f"training.max_train_minutes={minutes}", f"hydra.run.dir={run_dir}", *extra, *args.overrides]
+def parse_budget(text: str | None, default: dict) -> dict:
+    out = dict(default)
+    for item in filter(None, (text or "").split(",")):
+        key, _, value = item.partition("=")
+        out[key] = float(value)
+    return out
 
 
-def evaluate(py: str, run_dir: Path) -> dict:
-    eval_dir = run_dir / "eval_50"
-    wait(start([py, "eval.py", "--checkpoint", str(run_dir / "checkpoints" / "latest"),
-                "--output_dir", str(eval_dir), "n_test=50", "n_train=0", "n_test_vis=4"]))
-    return json.loads((REPO / eval_dir / "eval_log.json").read_text())
+def train(method: str, args, run_dir: Path, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "train.py", f"experiment={EXPERIMENTS[method]}", f"task.dataset.zarr_path={args.data}",
+           f"training.max_train_minutes={args.minutes[method]}", f"hydra.run.dir={run_dir}", *extra, *args.overrides]
+    if method in args.steps:
+        cmd.append(f"training.max_train_steps={int(args.steps[method])}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return start(cmd, run_dir.parent / f"{method}.train.log")
 
 
-def summary(method: str, run_dir: Path, minutes: float, final: dict) -> dict:
-    logs = [json.loads(line) for line in (REPO / run_dir / "logs.jsonl").read_text().splitlines()]
-    curve = [(r["epoch"], r["global_step"], r["test/mean_score"], r.get("test/success_rate"))
-             for r in logs if "test/mean_score" in r]
-    steps = max((r.get("global_step", 0) for r in logs), default=0)
-    return {"method": method, "experiment": EXPERIMENTS[method], "inference": INFERENCE[method],
-            "train_minutes": minutes, "train_steps": steps, "curve": curve,
-            "test_mean_score_50": final["test/mean_score"], "test_success_rate_50": final["test/success_rate"],
-            "run_dir": str(run_dir)}
+def record_budget(run_dir: Path, wall: float, cpu: float) -> None:
+    steps = max((r.get("global_step", 0) for r in read_logs(run_dir)), default=0)
+    (REPO / run_dir / "budget.json").write_text(json.dumps({"wall_minutes": wall, "cpu_minutes": cpu,
+                                                            "steps": steps}))
+
+
+def read_logs(run_dir: Path) -> list[dict]:
+    path = REPO / run_dir / "logs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def curve(run_dir: Path) -> list[list]:
+    return [[r["global_step"], r["test/mean_score"], r.get("test/success_rate")]
+            for r in read_logs(run_dir) if "test/mean_score" in r]
+
+
+def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
+    """Mean score and success over `n_test` test seeds, and latency per chunk, with `settings` applied."""
+    import hydra
+    import torch
+    from omegaconf import OmegaConf
+
+    from policylab.common.checkpoint import load_config
+    from policylab.common.safe_config import check_config
+    from policylab.policies.base import BasePolicy
+
+    torch.set_num_threads(1)
+    cfg = load_config(ckpt)
+    policy = BasePolicy.from_checkpoint(ckpt)
+    for key, value in settings.items():
+        if not hasattr(policy, key):
+            raise AttributeError(f"{type(policy).__name__} has no inference setting {key!r}")
+        setattr(policy, key, value)
+    runner_cfg = OmegaConf.merge(cfg.task.env_runner, {"n_test": n_test, "n_train": 0, "n_test_vis": 0,
+                                                       "n_train_vis": 0, "n_envs": 10, "vector_env": "sync",
+                                                       "device": "cpu"})
+    runner = hydra.utils.instantiate(check_config(runner_cfg, "task.env_runner"), output_dir=str(out_dir))
+    t0 = time.process_time()
+    log = runner.run(policy)
+    eval_cpu = (time.process_time() - t0) / 60
+    obs = {k: torch.rand(1, cfg.n_obs_steps, *v["shape"]) for k, v in policy.shape_meta["obs"].items()}
+    times = []
+    with torch.no_grad():
+        for i in range(23):
+            t = time.perf_counter()
+            policy.predict_action(obs, generator=torch.Generator().manual_seed(i))
+            times.append(time.perf_counter() - t)
+    return {"mean_score": float(log["test/mean_score"]), "success_rate": float(log["test/success_rate"]),
+            "latency_ms": 1000 * statistics.median(times[3:]), "eval_cpu_minutes": eval_cpu}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="dp", help="comma-separated subset of dp,ct,cd")
+    parser.add_argument("--methods", default="edm,ctm", help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
     parser.add_argument("--episodes", type=int, default=150)
-    parser.add_argument("--minutes", type=float, default=55, help="dp training budget")
-    parser.add_argument("--ct_minutes", type=float, default=55)
-    parser.add_argument("--ct_total_steps", type=int, default=None,
-                        help="steps over which ct's grid grows (default: the config's)")
-    parser.add_argument("--cd_minutes", type=float, default=20)
-    parser.add_argument("--parallel", action="store_true", help="train dp and ct at once, one thread each")
+    parser.add_argument("--minutes", default=None, help=f"per-method wall budgets, e.g. edm=55 (default {DEFAULT_MINUTES})")
+    parser.add_argument("--steps", default=None, help="per-method optimizer-step caps, e.g. edm=4158,ctm=1500")
+    parser.add_argument("--ct_total_steps", type=int, default=None, help="steps over which ct's grid grows")
+    parser.add_argument("--parallel", action="store_true", help="train the teacher-free methods at once, 1 thread each")
     parser.add_argument("--teacher", default=None, help="an existing dp checkpoint: skip training dp")
-    parser.add_argument("--reuse", action="store_true",
-                        help="do not retrain a method whose run directory already has checkpoints/latest")
+    parser.add_argument("--reuse", action="store_true", help="do not retrain a method whose checkpoints/latest exists")
+    parser.add_argument("--eval_only", action="store_true", help="evaluate what exists; train nothing")
+    parser.add_argument("--runs", default=None, help="per-method run directories, e.g. edm=<dir> (default <run_root>/<method>)")
+    parser.add_argument("--n_test", type=int, default=50)
     parser.add_argument("--data", default="data/pusht/pusht_expert.zarr")
-    parser.add_argument("--regenerate", action="store_true", help="make the demos even if the store exists")
     parser.add_argument("--run_root", default="outputs/bench/pusht_quality")
     parser.add_argument("--out", default="bench/results/pusht_quality.json")
     parser.add_argument("overrides", nargs="*")
@@ -90,61 +158,82 @@ def main():
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(EXPERIMENTS):
         parser.error(f"unknown method(s) {sorted(unknown)}; known: {sorted(EXPERIMENTS)}")
-    py, root = sys.executable, Path(args.run_root)
-    runs = {m: root / m for m in methods}
+    args.minutes, args.steps = parse_budget(args.minutes, DEFAULT_MINUTES), parse_budget(args.steps, {})
+    root = Path(args.run_root)
+    runs = {m: root / m for m in EXPERIMENTS}
+    if args.teacher:
+        runs["dp"] = Path(args.teacher).parents[1]
+    for item in filter(None, (args.runs or "").split(",")):
+        method, _, path = item.partition("=")
+        runs[method] = Path(path)
 
-    t0 = time.time()
-    if args.regenerate or not (REPO / args.data).exists():
-        wait(start([py, "-m", "policylab.data.generate.pusht", f"n={args.episodes}", f"out={args.data}", "seed=0"]))
-    data_minutes = (time.time() - t0) / 60
+    if not (REPO / args.data).exists():
+        gen = start([sys.executable, "-m", "policylab.data.generate.pusht", f"n={args.episodes}",
+                     f"out={args.data}", "seed=0"], REPO / "generate.log")
+        wait(gen)
 
-    minutes: dict[str, float] = {}
-    def trained(m: str) -> bool:
-        return args.reuse and (REPO / runs[m] / "checkpoints" / "latest").exists()
+    def needs_training(m: str) -> bool:
+        done = (REPO / runs[m] / "checkpoints" / "latest").exists()
+        return not args.eval_only and not (done and (args.reuse or (m == "dp" and args.teacher)))
 
-    first = [m for m in ("dp", "ct") if m in methods and not (m == "dp" and args.teacher) and not trained(m)]
-    budgets = {"dp": args.minutes, "ct": args.ct_minutes}
-    extra = {"dp": [], "ct": [f"policy.total_steps={args.ct_total_steps}"] if args.ct_total_steps else []}
-    if args.parallel and len(first) > 1:
-        root.mkdir(parents=True, exist_ok=True)
-        t = time.time()
-        procs = [start(train_cmd(py, m, args, runs[m], budgets[m], extra[m]), threads=1,
-                       log=root / f"{m}.train.log") for m in first]
-        wait(*procs)
-        minutes.update({m: (time.time() - t) / 60 for m in first})
-    else:
-        for m in first:
+    extra = {"ct": [f"policy.total_steps={args.ct_total_steps}"] if args.ct_total_steps else []}
+    for stage in ([m for m in methods if m not in TEACHER], [m for m in methods if m in TEACHER]):
+        todo = [m for m in stage if needs_training(m)]
+        groups = [todo] if args.parallel else [[m] for m in todo]
+        for group in groups:
             t = time.time()
-            wait(start(train_cmd(py, m, args, runs[m], budgets[m], extra[m])))
-            minutes[m] = (time.time() - t) / 60
-    teacher = args.teacher or str(root / "dp" / "checkpoints" / "latest")
-    if "cd" in methods and not trained("cd"):
-        t = time.time()
-        wait(start(train_cmd(py, "cd", args, runs["cd"], args.cd_minutes, [f"policy.teacher={teacher}"])))
-        minutes["cd"] = (time.time() - t) / 60
+            procs = {}
+            for m in group:
+                teacher = [f"policy.teacher={runs[TEACHER[m]] / 'checkpoints' / 'latest'}"] if m in TEACHER else []
+                procs[m] = train(m, args, runs[m], extra.get(m, []) + teacher)
+            for m, proc in procs.items():
+                cpu = wait(proc)
+                record_budget(runs[m], (time.time() - t) / 60, cpu)
 
     rows = []
     for m in methods:
-        run_dir = Path(teacher).parents[1] if m == "dp" and args.teacher else runs[m]
-        row = summary(m, run_dir, minutes.get(m, float("nan")), evaluate(py, run_dir))
-        row["reused"] = m not in minutes  # trained by an earlier run of this script (--reuse / --teacher)
-        rows.append(row)
-    result = {"episodes": args.episodes, "data_minutes": data_minutes, "rows": rows}
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+        budget_path = REPO / runs[m] / "budget.json"
+        budget = json.loads(budget_path.read_text()) if budget_path.exists() else {}
+        teacher_budget = {}
+        if m in TEACHER and (REPO / runs[TEACHER[m]] / "budget.json").exists():
+            teacher_budget = json.loads((REPO / runs[TEACHER[m]] / "budget.json").read_text())
+        for label, nfe, settings in VARIANTS[m]:
+            result = evaluate(REPO / runs[m] / "checkpoints" / "latest", settings, args.n_test,
+                              REPO / runs[m] / f"eval_{args.n_test}_{nfe}")
+            row = {"method": m, "experiment": EXPERIMENTS[m], "inference": label, "nfe": nfe, **result,
+                   "train_steps": budget.get("steps"), "train_cpu_minutes": budget.get("cpu_minutes"),
+                   "train_wall_minutes": budget.get("wall_minutes"), "teacher": TEACHER.get(m),
+                   "total_steps": (budget.get("steps") or 0) + (teacher_budget.get("steps") or 0),
+                   "total_cpu_minutes": (budget.get("cpu_minutes") or 0) + (teacher_budget.get("cpu_minutes") or 0),
+                   "curve": curve(runs[m])}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+    previous = json.loads((REPO / args.out).read_text()) if (REPO / args.out).exists() else {}
+    kept = [r for r in previous.get("rows", []) if r.get("method") not in methods and "nfe" in r]
+    # rows of the earlier benchmark (one inference budget per method, before this table existed)
+    earlier = previous.get("earlier_runs") or [r for r in previous.get("rows", []) if "nfe" not in r]
+    result = {"episodes": args.episodes, "n_test": args.n_test, "rows": kept + rows, "earlier_runs": earlier}
+    (REPO / args.out).parent.mkdir(parents=True, exist_ok=True)
+    (REPO / args.out).write_text(json.dumps(result, indent=2))
+    print_table(result["rows"])
 
-    for row in rows:
-        print(f"\n{row['method']}: epoch  step  test/mean_score(20 seeds)  success")
-        for epoch, step, score, success in row["curve"]:
-            print(f"{epoch:9d} {step:5d} {score:26.3f} {success if success is not None else float('nan'):8.2f}")
-    ref = next((r["test_mean_score_50"] for r in rows if r["method"] == "dp"), None)
-    print(f"\n{'method':>6} {'inference':>13} {'train min':>9} {'steps':>6} {'mean_score@50':>14} "
-          f"{'success@50':>11} {'vs dp':>7}")
+
+def print_table(rows: list[dict]) -> None:
+    best = {}
     for r in rows:
-        delta = f"{r['test_mean_score_50'] - ref:+7.3f}" if ref is not None else "      -"
-        print(f"{r['method']:>6} {r['inference']:>13} {r['train_minutes']:9.1f} {r['train_steps']:6d} "
-              f"{r['test_mean_score_50']:14.3f} {r['test_success_rate_50']:11.2f} {delta}")
+        if r["method"] not in TEACHER:
+            best[r["method"]] = max(best.get(r["method"], -1), r["mean_score"] if r["nfe"] > 3 else -1)
+    print(f"\n{'method':>6} {'inference':>12} {'NFE':>4} {'steps':>6} {'CPU min':>8} {'total steps':>11} "
+          f"{'mean_score':>10} {'success':>8} {'ms/chunk':>9} {'vs teacher':>10}")
+    for r in rows:
+        ref = best.get(TEACHER.get(r["method"], r["method"]))
+        delta = f"{r['mean_score'] - ref:+10.3f}" if ref is not None and ref >= 0 else f"{'-':>10}"
+        print(f"{r['method']:>6} {r['inference']:>12} {r['nfe']:4d} {r['train_steps'] or 0:6d} "
+              f"{r['train_cpu_minutes'] or float('nan'):8.1f} {r['total_steps']:11d} {r['mean_score']:10.3f} "
+              f"{r['success_rate']:8.2f} {r['latency_ms']:9.1f} {delta}")
+    for m in dict.fromkeys(r["method"] for r in rows):
+        points = next(r["curve"] for r in rows if r["method"] == m)
+        print(f"{m} curve (step: score@20 seeds): " + ", ".join(f"{s}: {v:.3f}" for s, v, _ in points))
 
 
 if __name__ == "__main__":

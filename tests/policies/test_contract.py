@@ -18,6 +18,7 @@ from tests.helpers import CONFIG_DIR, compose_config, make_pusht_store
 POLICIES = sorted(p.stem for p in (CONFIG_DIR / "policy").glob("*.yaml"))
 CASES = [(policy, task, None) for policy in POLICIES for task in ("pusht_lowdim", "pusht_image")]
 CASES.append(("diffusion_unet", "pusht_image", "octo_tiny"))  # the Octo encoder through config
+TEACHERS = {"consistency_ctm": "diffusion_edm"}  # the teacher each distillation method needs
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def build(policy_name, task, encoder, store, teacher_dir: Path | None = None):
         overrides.append(f"policy/obs_encoder={encoder}")
     cfg = compose_config(overrides)
     if distills(cfg):  # a distillation method: first make the teacher it distills
-        teacher_cfg, teacher, _ = build("diffusion_unet", task, encoder, store)
+        teacher_cfg, teacher, _ = build(TEACHERS.get(policy_name, "diffusion_unet"), task, encoder, store)
         cfg.policy.teacher = str(save_checkpoint(teacher_dir / "teacher", teacher_cfg, teacher))
     OmegaConf.resolve(cfg)
     torch.manual_seed(0)
