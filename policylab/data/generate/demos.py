@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import hydra
@@ -37,9 +36,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from policylab.data.replay_buffer import ReplayBuffer
+from policylab.paths import config_dir
 
 SEEDS_KEY = "episode_seeds"
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
+CONFIG_DIR = config_dir()
 
 
 @dataclasses.dataclass
