@@ -94,6 +94,8 @@ def plot(paths: Sequence[str | Path], out: str | Path | None = None, keys: Seque
     keys = [k for k in keys if any(series(r, k)[0].size for runs in logs.values() for r in runs)]
     if not keys:
         raise ValueError(f"none of the keys were logged in {list(map(str, paths))}")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color_of = {label: colors[i % len(colors)] for i, label in enumerate(logs)}  # one colour per run everywhere
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.6 * len(keys)), sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
         window = smooth_window if key == "train_loss" else 1
@@ -109,14 +111,16 @@ def plot(paths: Sequence[str | Path], out: str | Path | None = None, keys: Seque
                 continue
             name = label if len(runs) == 1 else f"{label} (mean of {len(runs)})"
             marker = "o" if len(steps) < 30 else None
-            (line,) = ax.plot(steps, mean, label=name, marker=marker, markersize=3)
+            ax.plot(steps, mean, label=name, marker=marker, markersize=3, color=color_of[label])
             if low is not None:
-                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+                ax.fill_between(steps, low, high, color=color_of[label], alpha=0.2, linewidth=0)
         ax.set_ylabel(key + (f"\n(mean of {window})" if window > 1 else ""))
         if key.endswith("loss"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    handles = [plt.Line2D([], [], color=color_of[label], label=label if len(runs) == 1 else
+                          f"{label} (mean of {len(runs)})") for label, runs in logs.items()]
+    axes[0, 0].legend(handles=handles, fontsize=8)
     axes[-1, 0].set_xlabel("optimizer step")
     fig.tight_layout()
     out = Path(out) if out else Path(paths[0]) / "curves.png"
