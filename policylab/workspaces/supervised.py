@@ -61,6 +61,9 @@ class TrainingConfig:
     checkpoint_every: int | None = 50
     max_val_steps: int | None = None
     dist_timeout_minutes: float = 60.0
+    mixed_precision: str = "no"  # no | bf16 (autocast of the training forward; weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile the backbone and obs encoder (nn.Module.compile: checkpoints unchanged)
+    channels_last: bool = False  # image encoders' weights in channels-last memory format
 
 
 @dataclasses.dataclass
@@ -79,6 +82,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 1e-6
     encoder_weight_decay: float | None = None
+    fused: bool | None = None  # AdamW's fused kernel (None: torch's default for the device)
 
 
 @dataclasses.dataclass
@@ -121,13 +125,37 @@ class SupervisedWorkspace(BaseWorkspace):
             seed_everything(train.seed + self.dist.rank)
         opt = self.c["optimizer"]
         groups = self.policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        fused = {} if opt.fused is None else {"fused": opt.fused}
+        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, **fused)
+        self._speed_ups(train)
         self.optimizers = {"policy": self.optimizer}
         self.data_generator = torch.Generator().manual_seed(train.seed)
         self.lr_scheduler = None
         self.epoch = 0
         self._t_start, self._time_up = time.monotonic(), False
         self._part_seconds: dict[str, float] = {}
+
+    def _speed_ups(self, train: TrainingConfig) -> None:
+        """bf16 autocast, channels-last and torch.compile of the training policy (the EMA copy, which
+        evaluates, stays eager fp32)."""
+        if train.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"training.mixed_precision must be 'no' or 'bf16', got {train.mixed_precision!r}")
+        self._autocast_dtype = torch.bfloat16 if train.mixed_precision == "bf16" else None
+        parts = [m for m in (getattr(self.policy, "model", None), getattr(self.policy, "obs_encoder", None))
+                 if isinstance(m, torch.nn.Module)]
+        if train.channels_last:
+            for part in parts:
+                for module in part.modules():
+                    if isinstance(module, torch.nn.Conv2d):
+                        module.to(memory_format=torch.channels_last)
+        if train.compile:
+            for part in parts:
+                part.compile()
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
     @property
     def eval_policy(self):
@@ -284,7 +312,8 @@ class SupervisedWorkspace(BaseWorkspace):
             step_now = (i + 1) % accum == 0 or i + 1 == n_batches
             # DDP all-reduces gradients in backward; accumulate locally and sync on the last micro-batch.
             with model.no_sync() if self.dist.enabled and not step_now else nullcontext():
-                loss, _ = model(to_device(batch, self.device))
+                with self._autocast():
+                    loss, _ = model(to_device(batch, self.device))
                 (loss / group_size).backward()
             losses.append(loss.item())
             if step_now:
