@@ -166,7 +166,9 @@ class RunConsole:
             return
         log_path = (Path(output_dir) / "train.log").resolve()
         handlers = [h for lg in (self.logger, logging.getLogger()) for h in lg.handlers]
-        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == log_path for h in handlers):
+        stdout_is_log = Path(getattr(sys.stdout, "name", "") or "").resolve() == log_path  # the ray sweep's redirect
+        if not stdout_is_log and not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == log_path
+                                         for h in handlers):
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._add(logging.FileHandler(log_path))
         if not any(type(h) is logging.StreamHandler for h in handlers):

@@ -408,6 +408,7 @@ class SupervisedWorkspace(BaseWorkspace):
                                    persistent_workers=c.persistent_workers)
         sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                      shuffle=c.shuffle, seed=self.c["training"].seed)
-        loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers)
+        loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers,
+                                 pin_memory=c.pin_memory, persistent_workers=c.persistent_workers)
         loader.dist_sampler = sampler
         return loader
