@@ -1,7 +1,7 @@
 """Train one run per seed as ray tasks and report the seeds the paper's way.
 
     python ray_train_multirun.py --seeds 42,43,44 [--address <ray cluster>] [--num_cpus_per_run 1]
-        [--last_k 5] <hydra overrides, as for train.py>
+        [--num_gpus_per_run 0] [--last_k 5] <hydra overrides, as for train.py>
 
 Each run is `train.py <overrides> training.seed=<seed>` in `<hydra.sweep.dir>/seed_<seed>/`;
 comma-separated override values (`policy=diffusion_unet,diffusion_transformer`) add a run per
@@ -12,12 +12,12 @@ crashes is reported as failed, with its error, while the others finish. See poli
 
 import argparse
 import sys
-from pathlib import Path
 
 from policylab.distributed import sweep
+from policylab.paths import config_dir
 from policylab.workspaces.base import train
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
+CONFIG_DIR = config_dir()
 
 
 def main(argv=None) -> int:
@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", required=True, help="comma-separated, e.g. 42,43,44")
     parser.add_argument("--address", default=None, help="ray cluster address (default: start ray locally)")
     parser.add_argument("--num_cpus_per_run", type=float, default=1.0)
+    parser.add_argument("--num_gpus_per_run", type=float, default=0.0,
+                        help="GPUs ray reserves per run (fractions share one); 0 hides the GPUs from a run")
     parser.add_argument("--last_k", type=int, default=5, help="report the mean of the last k evaluations")
     args, overrides = parser.parse_known_args(argv)
     if unknown := [o for o in overrides if o.startswith("-")]:
@@ -32,7 +34,8 @@ def main(argv=None) -> int:
     runs = sweep.expand_runs(sweep.parse_seeds(args.seeds), overrides)
     sweep_dir = sweep.default_sweep_dir(CONFIG_DIR, overrides).resolve()
     base = sweep.compose_config(CONFIG_DIR, runs[0].overrides)
-    results = sweep.run_sweep(runs, CONFIG_DIR, sweep_dir, train, args.num_cpus_per_run, args.address)
+    results = sweep.run_sweep(runs, CONFIG_DIR, sweep_dir, train, args.num_cpus_per_run, args.address,
+                              num_gpus_per_run=args.num_gpus_per_run)
     summary = sweep.summarize(results, base.checkpoint.monitor_key, base.checkpoint.mode, args.last_k)
     summary["sweep_dir"] = str(sweep_dir)
     path = sweep.write_summary(summary, sweep_dir)

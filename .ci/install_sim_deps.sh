@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the simulated tasks and their tests need (tests/envs/{pick_cube,metaworld,
-# robosuite}, tests/data/importers) on a fresh Debian machine (run as root, or with sudo).
+# Installs what the simulated tasks need beyond `pip install -e ".[tasks]"`: the system packages
+# for headless MuJoCo rendering and robosuite (without its second OpenCV build), on a fresh Debian
+# machine (run as root, or with sudo). `make deps-sim` runs it.
 # Idempotent: each step is skipped when its result is already there.
 #   usage: .ci/install_sim_deps.sh [PYTHON]    (default: python3 on PATH)
 set -euo pipefail
@@ -38,22 +39,12 @@ PYEOF
 "$PY" -m pip --version >/dev/null
 satisfied packaging 2>/dev/null || "$PY" -m pip install -q packaging
 
-# mujoco 3.3.0: metaworld pins it, robosuite 1.5 breaks on 4.x. A 4.x install leaves
-# mujoco-core / mujoco-studio behind that break `import mujoco` after a plain downgrade.
-if ! satisfied "mujoco==3.3.0"; then
-    "$PY" -m pip uninstall -y -q mujoco mujoco-core mujoco-studio 2>/dev/null || true
-fi
-
-# robosuite 1.5.1 + mink 0.0.13 keep numpy 2 (robosuite 1.5.2 pulls mink 0.0.5 -> numpy<2).
-# metaworld imports `packaging` without declaring it. h5py: robomimic files; pyarrow: LeRobot.
-PIP_PKGS=(mujoco==3.3.0 metaworld==3.1.1 robosuite==1.5.1 mink==0.0.13 "h5py>=3.10" "pyarrow>=15"
-          "imageio>=2.34")
-satisfied "${PIP_PKGS[@]}" || "$PY" -m pip install -q "${PIP_PKGS[@]}"
-
-# gym-hil without its dependencies: they would allow mujoco up to 3.8 and bring hidapi, pygame
-# and pynput for its gamepad/keyboard teleop, which policylab does not use. What its env code
-# imports (gymnasium, mujoco, numpy) is installed above and by policylab itself.
-satisfied "gym-hil==0.1.14" || "$PY" -m pip install -q --no-deps gym-hil==0.1.14
+# The Python packages come from the tasks extra (`pip install -e ".[tasks]"`, which `make` runs
+# first), robosuite aside: its metadata asks for opencv-python, a second OpenCV build beside the
+# headless one policylab uses (both write the same cv2 module). Without its dependencies it
+# imports, and what it needs besides (mink, numba, scipy, termcolor, pillow, mujoco) is in tasks.
+# mujoco 3.3.0 (tasks): metaworld pins it, robosuite 1.5 breaks on 4.x.
+satisfied "robosuite==1.5.1" || "$PY" -m pip install -q --no-deps robosuite==1.5.1
 
 # Compile robosuite's numba kernels once here (cached on disk) instead of in the first test.
 MUJOCO_GL="${MUJOCO_GL:-egl}" "$PY" - <<'PYEOF' >/dev/null 2>&1 || echo "warning: robosuite warm-up failed" >&2

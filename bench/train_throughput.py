@@ -15,8 +15,14 @@ before them. "load" is the 1-minute load average at the end, since the CPU may b
 is the process's CPU time per step (all threads), which a busy machine inflates far less than
 the wall time.
 
-    python bench/train_throughput.py [--configs state image tiny] [--threads N]
-                                     [--out bench/results/train_throughput.json]
+    python bench/train_throughput.py [--configs state image tiny] [--threads N] [--device cpu|cuda]
+                                     [--variants eager compile bf16 compile+bf16 fused_adamw channels_last threads=1]
+                                     [--steps N] [--out bench/results/train_throughput.json]
+
+`--variants` runs each config once per speed-up, each in a fresh process, and prints the step time
+and CPU time as ratios to the first variant, with the loss of one fixed batch under fixed noise
+(relative difference to the first variant's: the variants must compute the same thing). On a GPU,
+`--device cuda` adds the peak CUDA memory.
 """
 
 from __future__ import annotations
@@ -44,6 +50,15 @@ CONFIGS = {  # name -> (Hydra overrides, warm-up steps, measured steps per mode,
     "tiny": (["debug=tiny"], 3, 20, False),
 }
 EPISODES = 30  # enough windows for a batch of 256 (about 4,000 samples)
+VARIANTS = {  # name -> (extra overrides, torch threads: None = --threads, else this many)
+    "eager": ([], None),
+    "compile": (["training.compile=true"], None),
+    "bf16": (["training.mixed_precision=bf16"], None),
+    "compile+bf16": (["training.compile=true", "training.mixed_precision=bf16"], None),
+    "fused_adamw": (["optimizer.fused=true"], None),
+    "channels_last": (["training.channels_last=true"], None),  # Conv2d only: a no-op for the state UNet
+    "threads=1": ([], 1),
+}
 
 
 class RssPeak:
@@ -82,13 +97,22 @@ class _Batches:
             yield self.batch if self.source is None else next(self.source)
 
 
+def _to(batch, device):
+    from policylab.workspaces.base import to_device
+
+    return to_device(batch, device)
+
+
 def _forever(loader):
     while True:
         yield from loader
 
 
-def run_case(name: str, store: str, workdir: str, threads: int | None) -> dict:
-    """One config in this (fresh) process: build the workspace, time single steps."""
+def run_case(name: str, store: str, workdir: str, threads: int | None, variant: str = "eager",
+             device: str = "cpu", steps_override: int | None = None) -> dict:
+    """One config and variant in this (fresh) process: build the workspace, time single steps."""
+    extra, variant_threads = VARIANTS[variant]
+    threads = variant_threads or threads
     if threads:
         torch.set_num_threads(threads)
     import hydra
@@ -100,8 +124,11 @@ def run_case(name: str, store: str, workdir: str, threads: int | None) -> dict:
 
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (this worker process's whole life: the workspace's progress bar)
     overrides, warmup, steps, _ = CONFIGS[name]
-    cfg = compose([*overrides, f"task.dataset.zarr_path={store}", "logging.mode=disabled"], config_dir=REPO / "config",
-                  resolve=True)
+    steps = steps_override or steps
+    if "compile" in variant:
+        warmup = max(warmup, 2)  # the first steps compile forward and backward
+    cfg = compose([*overrides, *extra, f"task.dataset.zarr_path={store}", "logging.mode=disabled",
+                   f"training.device={device}"], config_dir=REPO / "config", resolve=True)
     ws = SupervisedWorkspace(cfg, workdir)
     dataset = hydra.utils.instantiate(cfg.task.dataset)
     ws.policy.set_normalizer(dataset.get_normalizer())
@@ -113,12 +140,19 @@ def run_case(name: str, store: str, workdir: str, threads: int | None) -> dict:
     batch_size = cfg.dataloader.batch_size
     fixed = next(iter(loader))
     source = _forever(loader)
+    cuda = ws.device.type == "cuda"
+    with torch.no_grad():  # the loss of one batch under fixed noise: every variant must match eager's
+        torch.manual_seed(0)
+        with ws._autocast():
+            first_loss = ws.policy.compute_loss(_to(fixed, ws.device))[0].float().item()
 
     cpu = {"excl": [], "incl": []}
 
     def step(batches, mode: str | None = None) -> float:
         t0, c0 = time.perf_counter(), time.process_time()
         ws._train_epoch(ws.policy, batches, scheduler, logger)
+        if cuda:
+            torch.cuda.synchronize()
         if mode is not None:
             cpu[mode].append(time.process_time() - c0)
         return time.perf_counter() - t0
@@ -135,7 +169,8 @@ def run_case(name: str, store: str, workdir: str, threads: int | None) -> dict:
     load_s = (time.perf_counter() - t0) / steps
     n_params = sum(p.numel() for p in ws.policy.parameters())
     return {
-        "config": name, "overrides": overrides, "batch_size": batch_size, "params_m": n_params / 1e6,
+        "config": name, "variant": variant, "device": str(ws.device), "first_loss": first_loss,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None, "overrides": [*overrides, *extra], "batch_size": batch_size, "params_m": n_params / 1e6,
         "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
         "step_s_excl_data": statistics.median(excl), "step_s_incl_data": statistics.median(incl),
         "min_step_s_excl_data": min(excl), "min_step_s_incl_data": min(incl),
@@ -156,6 +191,10 @@ def main():
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--episodes", type=int, default=EPISODES)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--variants", nargs="+", default=["eager"], choices=list(VARIANTS),
+                        help="speed-ups compared side by side (ratios to the first)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps per mode (default: the config's)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
     args = parser.parse_args()
     # The data-loading bench's synthetic PushT store.
@@ -169,12 +208,15 @@ def main():
             stores[images] = Path(tmp) / f"pusht_{'image' if images else 'lowdim'}.zarr"
             build_store(stores[images], args.episodes, with_images=images)
         for name in args.configs:
-            # spawn: a fresh interpreter per config, so its peak memory is its own
-            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                workdir = Path(tmp) / name
-                result = pool.submit(run_case, name, str(stores[CONFIGS[name][3]]), str(workdir), args.threads).result()
-            results.append(result)
-            print(f"{name}: {result['samples_s_excl_data']:.1f} samples/s excl. data", flush=True)
+            for variant in args.variants:
+                # spawn: a fresh interpreter per case, so its peak memory and compile caches are its own
+                with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                    workdir = Path(tmp) / f"{name}-{variant}"
+                    result = pool.submit(run_case, name, str(stores[CONFIGS[name][3]]), str(workdir), args.threads,
+                                         variant, args.device, args.steps).result()
+                results.append(result)
+                print(f"{name} {variant}: {result['samples_s_excl_data']:.1f} samples/s excl. data, "
+                      f"loss {result['first_loss']:.5f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "torch": torch.__version__, "cpus": os.cpu_count()}, indent=2))
@@ -189,6 +231,16 @@ def main():
               f"{r['step_peak_delta_mb']:8.0f} {r['peak_rss_mb']:8.0f} {r['load_avg_1m']:5.1f}")
     print(f"(medians over {', '.join(str(r['steps']) for r in results)} steps; samples/s from the median; "
           f"{results[0]['threads']} threads; JSON in {out})")
+    if len(args.variants) > 1:
+        print(f"\n{'config':6} {'variant':14} {'threads':>7} {'s/step':>8} {'x eager':>8} {'cpu s':>7} {'x eager':>8} "
+              f"{'loss':>9} {'d loss':>8} {'cuda MB':>8}")
+        for r in results:
+            base = next(b for b in results if b["config"] == r["config"] and b["variant"] == args.variants[0])
+            peak = f"{r['cuda_peak_mb']:8.0f}" if r["cuda_peak_mb"] is not None else f"{'-':>8}"
+            print(f"{r['config']:6} {r['variant']:14} {r['threads']:7d} {r['step_s_excl_data']:8.3f} "
+                  f"{r['step_s_excl_data'] / base['step_s_excl_data']:8.2f} {r['cpu_s_per_step_excl_data']:7.3f} "
+                  f"{r['cpu_s_per_step_excl_data'] / base['cpu_s_per_step_excl_data']:8.2f} {r['first_loss']:9.5f} "
+                  f"{abs(r['first_loss'] - base['first_loss']) / abs(base['first_loss']):8.1e} {peak}")
 
 
 if __name__ == "__main__":

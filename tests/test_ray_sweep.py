@@ -113,3 +113,17 @@ def test_sweep_with_a_crashing_seed(tmp_path, capsys, monkeypatch):
     assert cfg.training.seed == 42 and cfg.task.dataset.zarr_path.endswith("store_42.zarr")
     out = capsys.readouterr().out
     assert "seed_43 failed: " in out and f"summary: {sweep_dir / 'summary.json'}" in out
+
+
+def test_gpus_per_run_reach_ray(monkeypatch, tmp_path):
+    """`--num_gpus_per_run` is what ray reserves per run (0 would hide the GPUs from a cuda run)."""
+    seen = {}
+
+    def fake_run_sweep(runs, config_dir, sweep_dir, train_fn, num_cpus, address, num_gpus_per_run=0.0):
+        seen.update(num_cpus=num_cpus, num_gpus=num_gpus_per_run, n=len(runs))
+        return []
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    sweep_main(["--seeds", "1,2", "--num_gpus_per_run", "0.5", "--num_cpus_per_run", "2",
+                f"hydra.sweep.dir={tmp_path}", "training.device=cuda"])
+    assert seen == {"num_cpus": 2.0, "num_gpus": 0.5, "n": 2}

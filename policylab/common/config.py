@@ -21,7 +21,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+from policylab.paths import config_dir
+
+CONFIG_DIR = config_dir()
 
 _BINARY = {
     ast.Add: operator.add,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from policylab.common.locking import atomic_write_text
 
 WANDB_MODES = ("offline", "online", "disabled")
+WANDB_ID_FILE = "wandb_run_id.txt"
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")
 
 
 def _jsonable(value):
@@ -51,7 +54,8 @@ class RunLogger:
 
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(project=project, name=name, dir=str(output_dir), mode=mode,
-                                  config=dict(config or {}), resume="allow" if resume else None)
+                                  config=dict(config or {}), id=_wandb_run_id(Path(output_dir), resume),
+                                  resume="allow")
 
     def log(self, record: Mapping, step: int) -> None:
         if not self.enabled:
@@ -60,7 +64,7 @@ class RunLogger:
         self._file.write(json.dumps({"global_step": step, **record}) + "\n")
         self._file.flush()
         if self.run is not None:
-            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
+            self.run.log(_wandb_record(record), step=step)
 
     def close(self) -> None:
         if not self.enabled:
@@ -68,6 +72,30 @@ class RunLogger:
         self._file.close()
         if self.run is not None:
             self.run.finish()
+
+
+def _wandb_run_id(output_dir: Path, resume: bool) -> str:
+    """The run directory's wandb id: kept in `wandb_run_id.txt`, so a resumed run continues the same
+    wandb run; a fresh run takes a new id."""
+    path = output_dir / WANDB_ID_FILE
+    if resume and path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)  # wandb ids: 8 lowercase alphanumerics
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def _wandb_record(record: Mapping) -> dict:
+    """Numbers as they are; a video file path (`*video*` keys: rollout videos) as a `wandb.Video`."""
+    import wandb
+
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+        elif "video" in key and isinstance(value, str) and value.endswith(VIDEO_SUFFIXES) and Path(value).is_file():
+            out[key] = wandb.Video(value, format=Path(value).suffix[1:])
+    return out
 
 
 def _truncate_log(path: Path, last_step: int | None) -> None:

@@ -116,8 +116,9 @@ def resolved_run_config(config_dir: str | Path, spec: RunSpec) -> DictConfig:
 
 def run_sweep(runs: Sequence[RunSpec], config_dir: str | Path, sweep_dir: str | Path, train_fn: TrainFn,
               num_cpus_per_run: float = 1.0, address: str | None = None,
-              log: Callable[[str], None] = print) -> list[RunResult]:
-    """Train every run as a ray task (a local ray instance unless `address` names a cluster)."""
+              log: Callable[[str], None] = print, num_gpus_per_run: float = 0.0) -> list[RunResult]:
+    """Train every run as a ray task (a local ray instance unless `address` names a cluster). A run
+    sees only the GPUs ray gives it: `num_gpus_per_run` > 0 for `training.device=cuda|auto` on GPUs."""
     import ray
 
     sweep_dir = Path(sweep_dir).resolve()
@@ -129,7 +130,7 @@ def run_sweep(runs: Sequence[RunSpec], config_dir: str | Path, sweep_dir: str | 
         ray.init(address=address)
     try:
         # No retries: a run that crashed once would crash again, and a retry would reuse its dir.
-        task = ray.remote(_run_one).options(num_cpus=num_cpus_per_run, max_retries=0)
+        task = ray.remote(_run_one).options(num_cpus=num_cpus_per_run, num_gpus=num_gpus_per_run, max_retries=0)
         pending = {}
         for spec in runs:
             run_dir = sweep_dir / spec.name

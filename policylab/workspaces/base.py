@@ -19,8 +19,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import logging
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -109,7 +111,15 @@ def hydra_overrides_for_worker(argv: list[str]) -> list[str]:
     return overrides
 
 
+def pick_device(device: str) -> str:
+    """`auto`: CUDA when there is a GPU, else the CPU; any other value as it is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def resolve_device(device: str, dist_info: DistributedInfo) -> torch.device:
+    device = pick_device(device)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError(f"device={device!r} but CUDA is not available; use device=cpu")
@@ -127,9 +137,57 @@ def output_dir_from_hydra(default: str | Path = "outputs/run") -> Path:
         return Path(default)
 
 
-def due(count: int, every: int) -> bool:
-    """A cadence: True at counts every, 2*every, ...; `every <= 0` means never."""
-    return every > 0 and count > 0 and count % every == 0
+def due(count: int, every: int | None) -> bool:
+    """A cadence: True at counts every, 2*every, ...; `every` 0, negative or None means never."""
+    return every is not None and every > 0 and count > 0 and count % every == 0
+
+
+def format_minutes(seconds: float) -> str:
+    """`seconds` as `1h02m`, `3m05s` or `42s`."""
+    seconds = max(round(seconds), 0)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class RunConsole:
+    """What a run says to the person running it: stdout and `<run dir>/train.log`, rank 0 only.
+
+    Under `train.py` Hydra's job logging already prints INFO to the console and writes `train.log`;
+    elsewhere (the ray sweep, tests, notebooks) this adds a console and a `train.log` handler of its own.
+    """
+
+    def __init__(self, output_dir: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.logger = logging.getLogger("policylab.run")
+        self.logger.setLevel(logging.INFO)
+        self._handlers: list[logging.Handler] = []
+        if not enabled:
+            return
+        log_path = (Path(output_dir) / "train.log").resolve()
+        handlers = [h for lg in (self.logger, logging.getLogger()) for h in lg.handlers]
+        stdout_is_log = Path(getattr(sys.stdout, "name", "") or "").resolve() == log_path  # the ray sweep's redirect
+        if not stdout_is_log and not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == log_path
+                                         for h in handlers):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._add(logging.FileHandler(log_path))
+        if not any(type(h) is logging.StreamHandler for h in handlers):
+            self._add(logging.StreamHandler(sys.stdout))
+
+    def _add(self, handler: logging.Handler) -> None:
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+        self.logger.addHandler(handler)
+        self._handlers.append(handler)
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            self.logger.info(message)
+
+    def close(self) -> None:
+        for handler in self._handlers:
+            self.logger.removeHandler(handler)
+            handler.close()
+        self._handlers = []
 
 
 @dataclasses.dataclass
@@ -154,7 +212,7 @@ class BaseWorkspace:
         self.cfg = cfg
         self.c = {key: check_schema(cfg, key, schema) for key, schema in self.schemas.items()}
         train = self.c["training"]
-        self.dist = init_distributed(train.device, train.dist_timeout_minutes)
+        self.dist = init_distributed(pick_device(train.device), train.dist_timeout_minutes)
         self.device = resolve_device(train.device, self.dist)
         # Under torchrun each rank composed its own config, so a `${now:}` run dir may differ: use rank 0's.
         self.output_dir = Path(broadcast_object(str(output_dir), self.dist))

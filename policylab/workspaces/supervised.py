@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ from policylab.models.ema import EMAModel
 from policylab.workspaces.base import (
     BaseWorkspace,
     LoggingConfig,
+    RunConsole,
     broadcast_object,
     due,
+    format_minutes,
     seed_everything,
     to_device,
 )
@@ -41,20 +44,26 @@ from policylab.workspaces.base import (
 @dataclasses.dataclass
 class TrainingConfig:
     seed: int = 42
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when there is a GPU) | cpu | cuda | cuda:N
     num_epochs: int = 100
     max_train_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
-    max_train_minutes: float | None = None  # stop at the first epoch end past this wall-clock budget
+    # Wall-clock budget for the whole run, end-of-epoch evaluations and checkpoints included: training
+    # stops early enough to leave the longest end-of-epoch phase measured so far (see _over_time_budget).
+    max_train_minutes: float | None = None
     gradient_accumulate_every: int = 1
     max_grad_norm: float | None = None
     use_ema: bool = True
     resume: Any = False  # true | false | "auto" (resume when there is a checkpoint)
-    rollout_every: int = 50
-    val_every: int = 1
-    sample_every: int = 5
-    checkpoint_every: int = 50
+    # Cadences in epochs: N > 0 runs after epochs N, 2N, ... and after the last epoch; 0 or null never.
+    rollout_every: int | None = 50
+    val_every: int | None = 1
+    sample_every: int | None = 5
+    checkpoint_every: int | None = 50
     max_val_steps: int | None = None
     dist_timeout_minutes: float = 60.0
+    mixed_precision: str = "no"  # no | bf16 (autocast of the training forward; weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile the backbone and obs encoder (nn.Module.compile: checkpoints unchanged)
+    channels_last: bool = False  # image encoders' weights in channels-last memory format
 
 
 @dataclasses.dataclass
@@ -73,6 +82,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 1e-6
     encoder_weight_decay: float | None = None
+    fused: bool | None = None  # AdamW's fused kernel (None: torch's default for the device)
 
 
 @dataclasses.dataclass
@@ -115,12 +125,37 @@ class SupervisedWorkspace(BaseWorkspace):
             seed_everything(train.seed + self.dist.rank)
         opt = self.c["optimizer"]
         groups = self.policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        fused = {} if opt.fused is None else {"fused": opt.fused}
+        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, **fused)
+        self._speed_ups(train)
         self.optimizers = {"policy": self.optimizer}
         self.data_generator = torch.Generator().manual_seed(train.seed)
         self.lr_scheduler = None
         self.epoch = 0
         self._t_start, self._time_up = time.monotonic(), False
+        self._part_seconds: dict[str, float] = {}
+
+    def _speed_ups(self, train: TrainingConfig) -> None:
+        """bf16 autocast, channels-last and torch.compile of the training policy (the EMA copy, which
+        evaluates, stays eager fp32)."""
+        if train.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"training.mixed_precision must be 'no' or 'bf16', got {train.mixed_precision!r}")
+        self._autocast_dtype = torch.bfloat16 if train.mixed_precision == "bf16" else None
+        parts = [m for m in (getattr(self.policy, "model", None), getattr(self.policy, "obs_encoder", None))
+                 if isinstance(m, torch.nn.Module)]
+        if train.channels_last:
+            for part in parts:
+                for module in part.modules():
+                    if isinstance(module, torch.nn.Conv2d):
+                        module.to(memory_format=torch.channels_last)
+        if train.compile:
+            for part in parts:
+                part.compile()
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
     @property
     def eval_policy(self):
@@ -154,27 +189,90 @@ class SupervisedWorkspace(BaseWorkspace):
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         main = self.dist.is_main
-        env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir)) \
-            if main and cfg.task.get("env_runner") is not None else None
+        env_runner = None
+        if main and cfg.task.get("env_runner") is not None:
+            device = {"device": str(self.device)} if "device" in cfg.task.env_runner else {}  # `auto` resolved
+            env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir), **device)
         topk = TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,
                                      self.c["checkpoint"].mode, self.c["checkpoint"].topk)
         logger = self.make_logger()
+        say = RunConsole(self.output_dir, enabled=main)
+        n_params = sum(p.numel() for p in self.policy.parameters()) / 1e6
+        say(f"run dir: {self.output_dir.resolve()}")
+        say(f"{type(self.policy).__name__} ({n_params:.1f}M parameters) on {cfg.task.get('name', 'task')}: "
+            f"{len(dataset)} training windows, {steps_per_epoch} steps/epoch, device {self.device}"
+            + (f", {self.dist.world_size} ranks" if self.dist.enabled else "")
+            + (f"; resumed at epoch {self.epoch}, step {self.global_step}" if resume_from is not None else ""))
         model = self._wrap_ddp()
         metrics: dict[str, Any] = {}
-        while self.epoch < train.num_epochs and not self._done():
-            train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
-            self._time_up = self._over_time_budget()
-            self.epoch += 1  # epochs done; cadences below count them
-            metrics = {"epoch": self.epoch, "train_loss": self.mean_over_ranks(train_loss)}
-            if main:
-                metrics |= self._evaluate(env_runner, val_loader, dataset)
-            if self._due(train.checkpoint_every):
-                self._checkpoint(topk, metrics)
-            self.barrier()  # other ranks wait here while rank 0 evaluates and writes
-            logger.log(metrics, step=self.global_step)
-        logger.close()
+        first_epoch, first_step = self.epoch, self.global_step
+        try:
+            while self.epoch < train.num_epochs and not self._done():
+                train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
+                self.epoch += 1  # epochs done; cadences below count them
+                metrics = {"epoch": self.epoch, "train_loss": self.mean_over_ranks(train_loss)}
+                if main:
+                    metrics |= self._evaluate(env_runner, val_loader, dataset)
+                if self._due(train.checkpoint_every):
+                    with self._timed("checkpoint"):
+                        self._checkpoint(topk, metrics)
+                self.barrier()  # other ranks wait here while rank 0 evaluates and writes
+                logger.log(metrics, step=self.global_step)
+                say(self._epoch_line(metrics, first_epoch, first_step))
+            say(self._final_line(topk, metrics))
+        finally:
+            logger.close()
+            say.close()
         self.barrier()
         return metrics
+
+    def _epoch_line(self, metrics: dict, first_epoch: int, first_step: int) -> str:
+        """`epoch 3/300 step 195 | loss 0.0812 | val 0.0790 | score 0.412 | 2.1s/epoch | left 4m10s`."""
+        train = self.c["training"]
+        elapsed = time.monotonic() - self._t_start
+        per_epoch = elapsed / max(self.epoch - first_epoch, 1)
+        left = per_epoch * (train.num_epochs - self.epoch)
+        if train.max_train_minutes is not None:
+            left = min(left, 60 * train.max_train_minutes - elapsed)
+        if train.max_train_steps is not None:
+            per_step = elapsed / max(self.global_step - first_step, 1)
+            left = min(left, per_step * (train.max_train_steps - self.global_step))
+        if self._done() or self.epoch >= train.num_epochs:
+            left = 0.0
+        parts = [f"epoch {self.epoch}/{train.num_epochs} step {self.global_step}", f"loss {metrics['train_loss']:.4f}"]
+        if "val_loss" in metrics:
+            parts.append(f"val {metrics['val_loss']:.4f}")
+        if "train_action_mse" in metrics:
+            parts.append(f"action mse {metrics['train_action_mse']:.4f}")
+        if "test/mean_score" in metrics:
+            parts.append(f"score {metrics['test/mean_score']:.3f}")
+        parts += [f"{per_epoch:.1f}s/epoch", f"left {format_minutes(left)}"]
+        return " | ".join(parts)
+
+    def _final_line(self, topk: TopKCheckpointManager, metrics: dict) -> str:
+        elapsed = format_minutes(time.monotonic() - self._t_start)
+        why = "time budget" if self._time_up else "max_train_steps" if self._done() else "num_epochs"
+        line = f"done after {self.epoch} epochs, {self.global_step} steps, {elapsed} ({why})."
+        if topk.entries:
+            pick = max if topk.mode == "max" else min
+            name = pick(topk.entries, key=topk.entries.get)
+            line += f" best checkpoint: {self.checkpoint_dir / name} ({topk.monitor_key} {topk.entries[name]:.3f})"
+        elif (self.checkpoint_dir / "latest").exists():
+            line += f" checkpoint: {self.checkpoint_dir / 'latest'}"
+        else:
+            line += " no checkpoint written (training.checkpoint_every is 0 or null)"
+        if topk.monitor_key in metrics:
+            line += f"; last {topk.monitor_key} {metrics[topk.monitor_key]:.3f}"
+        return line
+
+    @contextmanager
+    def _timed(self, part: str):
+        """Measures an end-of-epoch part; the time budget reserves the last measured time of each."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._part_seconds[part] = time.monotonic() - start
 
     def _wrap_ddp(self):
         if not self.dist.enabled:
@@ -183,15 +281,26 @@ class SupervisedWorkspace(BaseWorkspace):
         return DistributedDataParallel(self.policy, device_ids=device_ids)
 
     def _over_time_budget(self) -> bool:
-        """Checked at epoch ends only. Under DDP all ranks agree (any rank over budget stops all), since
-        a rank that trains one epoch more than the others would wait forever in its all-reduce."""
-        budget = self.c["training"].max_train_minutes
-        if budget is None:
+        """True once the elapsed time plus what the final evaluation will take passes the budget.
+
+        Checked after every optimizer step. The final evaluation's time is the sum of the last
+        measured time of each end-of-epoch part it will run (rollout, validation, action MSE,
+        checkpoint); a part not yet measured counts 0, so a run whose first rollout is its last may
+        go over by that one rollout. Under DDP all ranks agree (any rank over budget stops all),
+        since a rank that trains a step more than the others would wait forever in its all-reduce.
+        """
+        train = self.c["training"]
+        if train.max_train_minutes is None:
             return False
-        over = torch.tensor([float(time.monotonic() - self._t_start > 60 * budget)], device=self.device)
+        parts = {"rollout": train.rollout_every, "val": train.val_every, "sample": train.sample_every,
+                 "checkpoint": train.checkpoint_every}
+        reserve = sum(self._part_seconds.get(name, 0.0) for name, every in parts.items() if every)
+        over = time.monotonic() - self._t_start + reserve > 60 * train.max_train_minutes
         if self.dist.enabled:
-            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
-        return bool(over.item())
+            flag = torch.tensor([float(over)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        return over
 
     def _train_epoch(self, model, loader, lr_scheduler, logger) -> float:
         train = self.c["training"]
@@ -200,18 +309,22 @@ class SupervisedWorkspace(BaseWorkspace):
             loader.dist_sampler.set_epoch(self.epoch)
         self.policy.train()
         losses, n_batches = [], len(loader)
-        bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not self.dist.is_main, mininterval=1.0)
+        # The bar only on a terminal: in a log file the per-epoch line says it once.
+        bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, mininterval=1.0,
+                   disable=not (self.dist.is_main and sys.stderr.isatty()))
         for i, batch in enumerate(bar):
             # The last group of an epoch may hold fewer than `accum` micro-batches: weight by its size.
             group_size = min(accum, n_batches - (i // accum) * accum)
             step_now = (i + 1) % accum == 0 or i + 1 == n_batches
             # DDP all-reduces gradients in backward; accumulate locally and sync on the last micro-batch.
             with model.no_sync() if self.dist.enabled and not step_now else nullcontext():
-                loss, _ = model(to_device(batch, self.device))
+                with self._autocast():
+                    loss, _ = model(to_device(batch, self.device))
                 (loss / group_size).backward()
             losses.append(loss.item())
             if step_now:
                 self._optimizer_step(lr_scheduler)
+                self._time_up = self._time_up or self._over_time_budget()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if self.global_step % self.c["logging"].log_every == 0:
                     logger.log({"train_loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0], "epoch": self.epoch},
@@ -235,10 +348,12 @@ class SupervisedWorkspace(BaseWorkspace):
         max_steps = self.c["training"].max_train_steps
         return self._time_up or (max_steps is not None and self.global_step >= max_steps)
 
-    def _due(self, every: int) -> bool:
-        """True after epochs every, 2*every, ...; and after the last epoch."""
+    def _due(self, every: int | None) -> bool:
+        """True after epochs every, 2*every, ... and after the last epoch; never when `every` is 0 or null."""
+        if not every or every < 0:
+            return False
         last = self.epoch >= self.c["training"].num_epochs or self._done()
-        return due(self.epoch, every) or (every > 0 and last)
+        return due(self.epoch, every) or last
 
     @torch.no_grad()
     def _evaluate(self, env_runner, val_loader, dataset) -> dict[str, Any]:
@@ -246,14 +361,17 @@ class SupervisedWorkspace(BaseWorkspace):
         policy = self.eval_policy
         policy.eval()
         if env_runner is not None and self._due(train.rollout_every):
-            metrics |= env_runner.run(policy)
+            with self._timed("rollout"):
+                metrics |= env_runner.run(policy)
         if val_loader is not None and self._due(train.val_every):
-            losses = [policy.compute_loss(to_device(b, self.device))[0].item()
-                      for i, b in enumerate(val_loader) if train.max_val_steps is None or i < train.max_val_steps]
+            with self._timed("val"):
+                losses = [policy.compute_loss(to_device(b, self.device))[0].item()
+                          for i, b in enumerate(val_loader) if train.max_val_steps is None or i < train.max_val_steps]
             metrics["val_loss"] = sum(losses) / max(len(losses), 1)
         if self._due(train.sample_every):
-            batch = to_device(dataset.get_batch(list(range(min(len(dataset), 16)))), self.device)
-            pred = policy.predict_action(batch["obs"])["action_pred"]
+            with self._timed("sample"):
+                batch = to_device(dataset.get_batch(list(range(min(len(dataset), 16)))), self.device)
+                pred = policy.predict_action(batch["obs"])["action_pred"]
             metrics["train_action_mse"] = torch.nn.functional.mse_loss(pred, batch["action"]).item()
         self.policy.train()
         return metrics
@@ -296,6 +414,7 @@ class SupervisedWorkspace(BaseWorkspace):
                                    persistent_workers=c.persistent_workers)
         sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                      shuffle=c.shuffle, seed=self.c["training"].seed)
-        loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers)
+        loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers,
+                                 pin_memory=c.pin_memory, persistent_workers=c.persistent_workers)
         loader.dist_sampler = sampler
         return loader

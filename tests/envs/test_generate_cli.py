@@ -14,11 +14,11 @@ from tests.helpers import REPO
 def test_argument_errors_name_the_problem(tmp_path):
     with pytest.raises(SystemExit, match="missing required argument.*n=..."):
         main(["task=pick_cube_lowdim"])
-    with pytest.raises(SystemExit, match="unknown argument 'episodes=3'"):
+    with pytest.raises(SystemExit, match="unknown key 'episodes'"):
         main(["task=pick_cube_lowdim", "n=1", "episodes=3"])
     with pytest.raises(SystemExit, match="unknown task 'nope'.*pick_cube_lowdim"):
         main(["task=nope", "n=1", f"out={tmp_path / 'x.zarr'}"])
-    with pytest.raises(SystemExit, match="images: expected true/false"):
+    with pytest.raises(SystemExit, match="images: .*not a valid bool"):
         main(["task=pick_cube_lowdim", "n=1", "images=maybe"])
     with pytest.raises(SystemExit, match="robosuite_can_lowdim' has no `demo` entry"):
         main(["task=robosuite_can_lowdim", "n=1", f"out={tmp_path / 'x.zarr'}"])

@@ -10,7 +10,7 @@ from policylab.data.replay_buffer import ReplayBuffer
 def test_parse_args():
     cfg = gen.parse_args(["n=3", "out=x.zarr", "seed=5", "legacy=true"])
     assert (cfg.n, cfg.out, cfg.seed, cfg.legacy, cfg.max_steps) == (3, "x.zarr", 5, True, 300)
-    with pytest.raises(SystemExit, match="unknown argument"):
+    with pytest.raises(SystemExit, match="unknown key .sed."):
         gen.parse_args(["n=3", "out=x", "sed=1"])
     with pytest.raises(SystemExit, match="out="):
         gen.parse_args(["n=3"])
@@ -36,3 +36,19 @@ def test_generate_writes_dp_keys_and_skips_done_seeds(tmp_path, capsys):
     assert stats["saved"] == 1
     buffer = ReplayBuffer.create_from_path(out)
     np.testing.assert_array_equal(buffer.meta["episode_seeds"][:], [0, 1])
+
+
+def test_key_value_syntax_is_hydra_s():
+    cfg = gen.parse_args(["n=2", "out=x.zarr", "max_attempts=null", "images=false"])
+    assert cfg.max_attempts is None and cfg.images is False
+    with pytest.raises(SystemExit, match="n: .*could not be converted"):
+        gen.parse_args(["n=two", "out=x"])
+
+
+def test_without_images_the_store_has_no_img(tmp_path):
+    out = tmp_path / "state.zarr"
+    gen.main(["n=1", f"out={out}", "seed=0", "images=false"])
+    from policylab.data.replay_buffer import ReplayBuffer
+
+    buffer = ReplayBuffer.create_from_path(out, mode="r")
+    assert "img" not in set(buffer.keys()) and {"state", "keypoint", "action"} <= set(buffer.keys())

@@ -11,47 +11,30 @@ Prints the success rate of the expert and episodes per minute; exits non-zero wh
 n episodes could be made.
 """
 
-import dataclasses
 import sys
 
+from policylab.common.overrides import parse_overrides
 from policylab.data.generate import demos, pusht
-from policylab.data.importers.common import parse_cli
 
 # Tasks whose data has its own generator (DP's PushT layout): task name -> that module's main
 CUSTOM_GENERATORS = {"pusht_lowdim": pusht.main, "pusht_image": pusht.main}
+PROG = "policylab.data.generate"
 
 
-def _parse_value(key: str, text: str, field: dataclasses.Field):
-    kind = str(field.type)
-    if "bool" in kind:
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise SystemExit(f"{key}: expected true/false, got {text!r}")
-        return text.lower() in ("true", "1")
-    try:
-        if "int" in kind:
-            return int(text)
-        if "float" in kind:
-            return float(text)
-    except ValueError:
-        raise SystemExit(f"{key}: expected a number, got {text!r}") from None
-    return text
-
-
-def parse_args(argv: list[str]) -> dict:
-    """`key=value` arguments -> a dict; unknown keys raise with their name."""
-    names = [f.name for f in dataclasses.fields(demos.DemoConfig)]
-    required = ("task", "n")
-    return parse_cli(argv, required, tuple(name for name in names if name not in required))
+def _task(argv: list[str]) -> str:
+    tasks = [a.split("=", 1)[1] for a in argv if a.startswith("task=")]
+    if not tasks:
+        raise SystemExit(f"{PROG}: missing required argument(s): task=..., n=...")
+    return tasks[-1]
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
-    values = parse_args(argv)
-    if values["task"] in CUSTOM_GENERATORS:
+    task = _task(argv)
+    if task in CUSTOM_GENERATORS:
         rest = [a for a in argv if not a.startswith("task=")]
-        return CUSTOM_GENERATORS[values["task"]](rest)
-    fields = {f.name: f for f in dataclasses.fields(demos.DemoConfig)}
-    cfg = demos.DemoConfig(**{k: _parse_value(k, v, fields[k]) for k, v in values.items()})
+        return CUSTOM_GENERATORS[task](rest)
+    cfg = parse_overrides(demos.DemoConfig, argv, prog=PROG)
     stats = demos.generate(cfg)
     print(f"saved {stats['saved']} episodes to {stats['out']} "
           f"({stats['n_episodes']} episodes, {stats['n_steps']} steps in the store)")

@@ -1,0 +1,118 @@
+"""Evaluate a checkpoint in its task's simulator, with train.py's key=value override syntax.
+
+    python eval.py checkpoint=<run>/checkpoints/latest [output_dir=<dir>] [device=auto|cpu|cuda]
+                   [use_ema=true] [n_test=50 n_envs=4 max_steps=300 ...]      # env-runner settings
+    policylab-eval ...                                                      # the same, installed
+
+`output_dir` defaults to `<run dir>/eval/<checkpoint name>` (next to the run's checkpoints).
+Env-runner settings may also be written `task.env_runner.n_test=50`. Values are parsed as Hydra
+parses them (YAML: `true`, `3`, `0.5`, `null`). The older flags `--checkpoint`, `--output_dir`,
+`--device` and `--no-ema` still work.
+
+Writes <output_dir>/eval_log.json (scores, per-seed rewards, video paths) and the videos.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import OmegaConf
+
+from policylab.common.checkpoint import load_config
+from policylab.common.safe_config import check_config
+from policylab.policies.base import BasePolicy
+
+OWN_KEYS = {"checkpoint": None, "output_dir": None, "device": "auto", "use_ema": True}
+LEGACY_FLAGS = {"--checkpoint": "checkpoint", "--output_dir": "output_dir", "--device": "device"}
+RUNNER_PREFIXES = ("task.env_runner.", "env_runner.")
+
+
+class UsageError(SystemExit):
+    def __init__(self, message: str):
+        super().__init__(f"eval: {message}\n\n{__doc__.strip().splitlines()[2]}")
+
+
+def parse_args(argv: list[str]) -> tuple[dict, dict]:
+    """(own settings, env-runner overrides) from key=value arguments (and the legacy flags)."""
+    dotlist, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            raise SystemExit(0)
+        if arg == "--no-ema":
+            dotlist.append("use_ema=false")
+        elif arg.split("=", 1)[0] in LEGACY_FLAGS:
+            flag, sep, value = arg.partition("=")
+            if not sep:
+                i += 1
+                if i == len(argv):
+                    raise UsageError(f"{flag} needs a value")
+                value = argv[i]
+            dotlist.append(f"{LEGACY_FLAGS[flag]}={value}")
+        elif arg.startswith("-") or "=" not in arg:
+            raise UsageError(f"unexpected argument {arg!r}; arguments are key=value")
+        else:
+            dotlist.append(arg)
+        i += 1
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
+    except Exception as err:  # noqa: BLE001  (OmegaConf's grammar errors have several types)
+        raise UsageError(f"cannot parse {dotlist}: {err}") from None
+    own = {**OWN_KEYS, **{k: v for k, v in parsed.items() if k in OWN_KEYS}}
+    runner = {}
+    for arg in dotlist:
+        key = arg.split("=", 1)[0]
+        if key in OWN_KEYS:
+            continue
+        for prefix in RUNNER_PREFIXES:
+            key = key.removeprefix(prefix)
+        runner.update(OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={arg.split('=', 1)[1]}"])))
+    if own["checkpoint"] is None:
+        raise UsageError("checkpoint=<checkpoint dir> is required")
+    return own, runner
+
+
+def default_output_dir(checkpoint: Path) -> Path:
+    """`<run>/eval/<name>` for `<run>/checkpoints/<name>`; else `<checkpoint>/eval`."""
+    checkpoint = checkpoint.resolve()
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / "eval" / checkpoint.name
+    return checkpoint / "eval"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def main(argv: list[str] | None = None) -> dict:
+    own, runner_overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    checkpoint = Path(own["checkpoint"])
+    output_dir = Path(own["output_dir"]) if own["output_dir"] else default_output_dir(checkpoint)
+    device = resolve_device(str(own["device"]))
+    cfg = load_config(checkpoint)
+    unknown = set(runner_overrides) - set(cfg.task.env_runner)
+    if unknown:
+        raise UsageError(f"unknown env runner setting(s) {sorted(unknown)}; known: {sorted(cfg.task.env_runner)}")
+    runner_cfg = OmegaConf.merge(cfg.task.env_runner, runner_overrides, {"device": device})
+    # The runner config comes from the checkpoint: checked (allow-listed targets only) before anything is built.
+    runner_cfg = check_config(runner_cfg, "task.env_runner")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    policy = BasePolicy.from_checkpoint(checkpoint, device=device, use_ema=bool(own["use_ema"]))
+    runner = hydra.utils.instantiate(runner_cfg, output_dir=str(output_dir))
+    log = {k: (v.item() if hasattr(v, "item") else v) for k, v in runner.run(policy).items()}
+    (output_dir / "eval_log.json").write_text(json.dumps(log, indent=2, default=str))
+    print(json.dumps({k: v for k, v in log.items() if "video" not in k and "sim_max_reward" not in k}, indent=2))
+    print(f"eval_log.json and videos in {output_dir}")
+    return log
+
+
+if __name__ == "__main__":
+    main()

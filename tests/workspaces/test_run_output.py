@@ -1,0 +1,111 @@
+"""Cadences (0/null is never), the time budget with the final evaluation inside it, what a run
+prints and writes to train.log, and the wandb run kept across a resume."""
+
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from policylab.common.logging import WANDB_ID_FILE, RunLogger, read_logs
+from policylab.workspaces.base import DistributedInfo, due, format_minutes
+from policylab.workspaces.supervised import SupervisedWorkspace, TrainingConfig
+from tests.helpers import run_train, tiny
+
+
+def test_disabled_cadences_never_run_even_at_the_last_epoch(store, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(tiny(store, run_dir, "training.rollout_every=0", "training.val_every=null",
+                            "training.sample_every=0", "training.checkpoint_every=null"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [r for r in read_logs(run_dir / "logs.jsonl") if "train_loss" in r and "lr" not in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert not any(k in r for r in epochs for k in ("test/mean_score", "val_loss", "train_action_mse"))
+    assert not (run_dir / "checkpoints" / "latest").exists() and not (run_dir / "media").exists()
+    assert "no checkpoint written" in result.stdout
+
+
+def test_a_positive_cadence_also_runs_after_the_last_epoch(store, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(tiny(store, run_dir, "training.num_epochs=3", "training.rollout_every=2",
+                            "training.checkpoint_every=100", "training.val_every=0", "training.sample_every=0"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = [r["epoch"] for r in read_logs(run_dir / "logs.jsonl") if "test/mean_score" in r]
+    assert scored == [2, 3]
+    assert (run_dir / "checkpoints" / "latest" / "model.safetensors").exists()
+
+
+def test_run_prints_dir_epochs_and_best_checkpoint_and_train_log_has_them(store, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(tiny(store, run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert f"run dir: {run_dir.resolve()}" in out
+    lines = [line for line in out.splitlines() if " epoch " in line and " step " in line]
+    assert len(lines) == 2 and "epoch 1/2 step" in lines[0] and "epoch 2/2 step" in lines[1]
+    assert all(" | loss " in line and " | val " in line and " | score " in line and " | left " in line
+               for line in lines)
+    assert lines[1].endswith("left 0s")
+    done = [line for line in out.splitlines() if "done after 2 epochs" in line]
+    assert len(done) == 1 and "best checkpoint: " in done[0] and "test/mean_score" in done[0]
+    log = (run_dir / "train.log").read_text()
+    assert "run dir: " in log and "epoch 2/2 step" in log and "best checkpoint: " in log
+
+
+def _budget_workspace(minutes: float, elapsed: float, parts: dict, **cadences) -> SupervisedWorkspace:
+    ws = SupervisedWorkspace.__new__(SupervisedWorkspace)  # only the budget's state: no model, no data
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainingConfig), {"max_train_minutes": minutes, **cadences})
+    ws.c, ws.dist = {"training": cfg}, DistributedInfo()
+    ws._t_start, ws._part_seconds = time.monotonic() - elapsed, parts
+    return ws
+
+
+def test_time_budget_reserves_the_measured_final_evaluation():
+    parts = {"rollout": 20.0, "val": 3.0, "checkpoint": 2.0}
+    # 40 s elapsed of 60: 40 + 20 + 3 + 2 > 60 with every part enabled, so training stops now
+    assert _budget_workspace(1, 40, parts, rollout_every=10, val_every=1, checkpoint_every=10)._over_time_budget()
+    # rollouts never run: 40 + 3 + 2 fits
+    assert not _budget_workspace(1, 40, parts, rollout_every=0, val_every=1, checkpoint_every=10)._over_time_budget()
+    # a part never measured yet counts 0
+    assert not _budget_workspace(1, 40, {}, rollout_every=10)._over_time_budget()
+    assert not _budget_workspace(None, 1e6, parts)._over_time_budget()
+
+
+def test_time_budget_ends_a_run_mid_epoch(store, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(tiny(store, run_dir, "training.num_epochs=100000", "training.max_train_minutes=0.1",
+                            "training.rollout_every=0", "training.checkpoint_every=1000000"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(time budget)" in result.stdout
+    assert (run_dir / "checkpoints" / "latest").exists()  # the final checkpoint still written
+
+
+def test_cadence_helpers():
+    assert [c for c in range(1, 10) if due(c, 3)] == [3, 6, 9]
+    assert not any(due(c, every) for c in range(10) for every in (0, -1, None))
+    assert [format_minutes(s) for s in (0, 42.4, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]
+
+
+def test_wandb_run_id_kept_on_resume_and_videos_logged_as_wandb_video(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    video = tmp_path / "media" / "test_100000.mp4"
+    video.parent.mkdir()
+    from policylab.common.logging import _wandb_record
+
+    video.write_bytes(b"\x00" * 64)
+    record = _wandb_record({"test/mean_score": 0.5, "test/sim_video_100000": str(video), "note": "x", "ok": True})
+    assert set(record) == {"test/mean_score", "test/sim_video_100000"}
+    assert isinstance(record["test/sim_video_100000"], wandb.Video)
+
+    first = RunLogger(tmp_path, mode="offline")
+    run_id = first.run.id
+    first.log({"train_loss": 1.0}, step=1)
+    first.close()
+    assert (tmp_path / WANDB_ID_FILE).read_text().strip() == run_id
+    resumed = RunLogger(tmp_path, mode="offline", resume_from_step=1)
+    assert resumed.run.id == run_id
+    resumed.close()
+    fresh = RunLogger(tmp_path, mode="offline")
+    assert fresh.run.id != run_id
+    fresh.close()
+    assert sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")).count(run_id) == 2
