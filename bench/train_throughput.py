@@ -5,6 +5,7 @@ Three configs, composed from the real Hydra configs (so the numbers follow them)
   image  experiment=dp_pusht_image_cnn   UNet [512,1024,2048] dsed 128 (251.5M) + ResNet18 GroupNorm,
                                          spatial softmax, random 84x84 crops, batch 64
   tiny   debug=tiny                      the CI config, batch 16
+  quickstart experiment=pusht_quickstart UNet [32,64,128] (1.1M), batch 64
 A step is what `SupervisedWorkspace` does per optimizer step: `compute_loss`, backward, AdamW, LR
 schedule, EMA update. "excl. data" repeats steps on one batch already in memory; "incl. data"
 draws each batch from the workspace's DataLoader (vectorized `get_batch`, main process) inside
@@ -48,6 +49,7 @@ CONFIGS = {  # name -> (Hydra overrides, warm-up steps, measured steps per mode,
     "state": (["experiment=dp_pusht_state_cnn"], 1, 4, False),
     "image": (["experiment=dp_pusht_image_cnn"], 1, 3, True),
     "tiny": (["debug=tiny"], 3, 20, False),
+    "quickstart": (["experiment=pusht_quickstart"], 3, 20, False),
 }
 EPISODES = 30  # enough windows for a batch of 256 (about 4,000 samples)
 VARIANTS = {  # name -> (extra overrides, torch threads: None = --threads, else this many)
