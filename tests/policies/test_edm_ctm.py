@@ -1,7 +1,7 @@
 """EDM teacher and CTM student: preconditioning and boundary conditions, the samplers and the
 distillation loss on an exactly solvable toy (data = one chunk), the warm start, and errors.
 (The contract test covers build / loss / shapes / round trip / determinism; train.py runs with
-resume and eval are in tests/workspaces/test_edm_ctm_workspace.py.)"""
+resume and loading are in tests/workspaces/test_edm_ctm_workspace.py.)"""
 
 from __future__ import annotations
 
