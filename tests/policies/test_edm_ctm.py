@@ -1,7 +1,7 @@
 """EDM teacher and CTM student: preconditioning and boundary conditions, the samplers and the
 distillation loss on an exactly solvable toy (data = one chunk), the warm start, and errors.
 (The contract test covers build / loss / shapes / round trip / determinism; train.py runs with
-resume and eval are in tests/workspaces/test_edm_ctm_workspace.py.)"""
+resume and loading are in tests/workspaces/test_edm_ctm_workspace.py.)"""
 
 from __future__ import annotations
 
@@ -187,3 +187,16 @@ def test_ctm_errors_are_clear():
         ctm(inference_sigmas=[0.2, 80.0])
     with pytest.raises(ValueError, match="num_bins"):
         ctm(num_bins=1)
+
+
+def test_cpu_experiments_of_teacher_and_student_share_the_benchmark_backbone():
+    from tests.helpers import compose_config
+
+    base, teacher, student = (compose_config([f"experiment={name}"]) for name in
+                              ("pusht_state_cpu", "pusht_state_cpu_edm", "pusht_state_cpu_ctm"))
+    for cfg in (teacher, student):
+        assert cfg.policy.model == base.policy.model and cfg.task.name == base.task.name
+        assert (cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps) == (base.horizon, base.n_obs_steps,
+                                                                      base.n_action_steps)
+    noise = ("sigma_min", "sigma_max", "sigma_data", "rho")
+    assert all(teacher.policy[k] == student.policy[k] for k in noise)
