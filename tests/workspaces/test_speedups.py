@@ -4,20 +4,15 @@ workspace flags that switch them on train and checkpoint as usual."""
 import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-import policylab.common.config  # noqa: F401  (registers ${calc:})
+from policylab.common.config import compose
 from policylab.common.logging import read_logs
-from policylab.paths import config_dir
 from tests.helpers import run_train, tiny
 
 
 @pytest.fixture(scope="module")
 def policy_and_batch(store):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = compose("train", overrides=["debug=tiny", f"task.dataset.zarr_path={store}"])
-    OmegaConf.resolve(cfg)
+    cfg = compose(["debug=tiny", f"task.dataset.zarr_path={store}"], resolve=True)
     torch.manual_seed(0)
     dataset = hydra.utils.instantiate(cfg.task.dataset)
     policy = hydra.utils.instantiate(cfg.policy)
@@ -35,7 +30,8 @@ def _loss(policy, batch, autocast=False):
 def test_bf16_autocast_loss_matches_fp32(policy_and_batch):
     policy, batch = policy_and_batch
     fp32, bf16 = _loss(policy, batch), _loss(policy, batch, autocast=True)
-    assert fp32 > 0 and bf16 == pytest.approx(fp32, rel=0.03)
+    assert fp32 > 0
+    assert bf16 == pytest.approx(fp32, rel=0.03)
     assert bf16 != fp32  # autocast did run in bf16
 
 
@@ -66,7 +62,9 @@ def test_workspace_flags_train(store, tmp_path):
                             "training.mixed_precision=bf16", "optimizer.fused=false", "training.rollout_every=0"))
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [r["train_loss"] for r in read_logs(run_dir / "logs.jsonl") if "lr" in r]
-    assert len(losses) == 3 and all(0 < x < 10 for x in losses)
+    assert len(losses) == 3
+    assert all(0 < x < 10 for x in losses)
     assert (run_dir / "checkpoints" / "latest" / "model.safetensors").exists()
     bad = run_train(tiny(store, tmp_path / "bad", "training.mixed_precision=fp8"))
-    assert bad.returncode != 0 and "mixed_precision" in bad.stderr
+    assert bad.returncode != 0
+    assert "mixed_precision" in bad.stderr
