@@ -128,7 +128,6 @@ class Pusher:
         self.thread.join(3)
 
 
-@pytest.mark.slow  # 2.5 min: two train.py runs with ray on a shared 2-core machine
 @pytest.mark.timeout(600)
 def test_stage2_session_on_the_stand_ins(fake_ur, recordings, spacenavd, short_dir, sft, tmp_path):
     store, init = sft
