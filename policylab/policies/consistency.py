@@ -33,7 +33,7 @@ from diffusers import DDPMScheduler, LCMScheduler
 from torch import nn
 
 from policylab.models.ema import polyak_update
-from policylab.policies.base import DenoisingPolicy
+from policylab.policies.base import BasePolicy, DenoisingPolicy
 from policylab.policies.loading import load_policy
 
 LCM_SIGMA_DATA = 0.5  # fixed inside diffusers' LCMScheduler boundary scalings
@@ -197,6 +197,26 @@ class ConsistencyTrainingPolicy(KarrasConsistencyPolicy):
         return loss, {"loss": loss.item(), "num_scales": float(n_scales)}
 
 
+def share_or_load_teacher(student: BasePolicy, source: BasePolicy | None, kind: str) -> BasePolicy | None:
+    """A distilled student's teacher, frozen, from `student.teacher_path`; with `source` (another
+    copy of the student), the student takes its state and shares its teacher, and None is returned."""
+    if source is not None:
+        student.load_state_dict(source.state_dict())
+        object.__setattr__(student, "teacher", source.teacher)
+        return None
+    if student.teacher_path is None:
+        raise ValueError(f"policy.teacher must name {kind} checkpoint directory to distill")
+    return load_policy(student.teacher_path, device=student.device).requires_grad_(False)
+
+
+def adopt_teacher(student: BasePolicy, teacher: BasePolicy) -> None:
+    """The student starts from the teacher's encoder and normalizer and keeps the teacher as a plain
+    attribute (never a submodule, so never in the student's checkpoint)."""
+    student.obs_encoder.load_state_dict(teacher.obs_encoder.state_dict())
+    student.normalizer.load_state_dict(teacher.normalizer.state_dict())
+    object.__setattr__(student, "teacher", teacher)
+
+
 class ConsistencyDistillPolicy(DenoisingPolicy):
     """LCM-style consistency distillation of an epsilon-prediction DDPM `DiffusionPolicy`.
 
@@ -231,13 +251,9 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
 
     def on_train_start(self, source: ConsistencyDistillPolicy | None = None) -> None:
         """Load the teacher and start from its weights (with `source`, share its teacher)."""
-        if source is not None:
-            self.load_state_dict(source.state_dict())
-            object.__setattr__(self, "teacher", source.teacher)
+        teacher = share_or_load_teacher(self, source, "a DiffusionPolicy")
+        if teacher is None:
             return
-        if self.teacher_path is None:
-            raise ValueError("policy.teacher must name a DiffusionPolicy checkpoint directory to distill")
-        teacher = load_policy(self.teacher_path, device=self.device).requires_grad_(False)
         mine, theirs = self.model.state_dict(), teacher.model.state_dict()
         bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
         if bad or getattr(teacher, "noise_scheduler", None) is None:
@@ -245,9 +261,7 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
                              "use the teacher's policy.model settings")
         self.model.load_state_dict(theirs)
         self.target_model.load_state_dict(theirs)
-        self.obs_encoder.load_state_dict(teacher.obs_encoder.state_dict())
-        self.normalizer.load_state_dict(teacher.normalizer.state_dict())
-        object.__setattr__(self, "teacher", teacher)
+        adopt_teacher(self, teacher)
 
     def predict_x0(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x0 from an epsilon prediction, clipped as the schedulers clip it at inference

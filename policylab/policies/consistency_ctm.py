@@ -33,7 +33,11 @@ from torch import nn
 
 from policylab.models.ema import polyak_update
 from policylab.models.unet1d import SinusoidalPosEmb
-from policylab.policies.consistency import pseudo_huber
+from policylab.policies.consistency import (
+    adopt_teacher,
+    pseudo_huber,
+    share_or_load_teacher,
+)
 from policylab.policies.edm import EDMDiffusionPolicy, edm_sigmas
 
 
@@ -73,7 +77,6 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
                              persistent=False)
         self.teacher = None  # a plain attribute, not a submodule: never in the student's state_dict
 
-    # ------------------------------------------------------------------ the trajectory function
     def condition_on(self, cond: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The observation condition with emb(s) appended: (B, D) -> (B, D + E), or to every token."""
         emb = self.s_embedding(self.c_noise(s)).to(cond.dtype)
@@ -93,18 +96,11 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         ratio = (s / t).reshape(-1, 1, 1)
         return ratio * x + (1 - ratio) * self.denoiser(x, t, cond, model, s=s)
 
-    # ------------------------------------------------------------------ training
     def on_train_start(self, source: ConsistencyCTMPolicy | None = None) -> None:
         """Load the teacher and start from its weights (with `source`, share its teacher)."""
-        if source is not None:
-            self.load_state_dict(source.state_dict())
-            object.__setattr__(self, "teacher", source.teacher)
+        teacher = share_or_load_teacher(self, source, "a diffusion_edm")
+        if teacher is None:
             return
-        if self.teacher_path is None:
-            raise ValueError("policy.teacher must name a diffusion_edm checkpoint directory to distill")
-        from policylab.policies.loading import load_policy
-
-        teacher = load_policy(self.teacher_path, device=self.device).requires_grad_(False)
         if type(teacher) is not EDMDiffusionPolicy:
             raise ValueError(f"teacher {self.teacher_path} is a {type(teacher).__name__}; "
                              "consistency_ctm distills an EDMDiffusionPolicy (policy=diffusion_edm)")
@@ -114,9 +110,7 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
                              f"{[getattr(teacher, k) for k in noise]}, the student {[getattr(self, k) for k in noise]}")
         warm_start(self.model, teacher.model, self.teacher_path)
         self.target_model.load_state_dict(self.model.state_dict())
-        self.obs_encoder.load_state_dict(teacher.obs_encoder.state_dict())
-        self.normalizer.load_state_dict(teacher.normalizer.state_dict())
-        object.__setattr__(self, "teacher", teacher)
+        adopt_teacher(self, teacher)
 
     def draw_bins(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(n,) levels t > u >= s: u one bin below t, s uniform over the bins from u down."""
@@ -156,7 +150,6 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
     def on_optimizer_step(self) -> None:
         polyak_update(self.target_model, self.model, 1 - self.target_ema_decay)
 
-    # ------------------------------------------------------------------ inference
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                sigmas: Sequence[float] | None = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da), one network evaluation per level of the chain."""

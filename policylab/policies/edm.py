@@ -62,7 +62,6 @@ class EDMDiffusionPolicy(DenoisingPolicy):
         self.p_mean, self.p_std = p_mean, p_std
         self.sampler, self.num_inference_steps, self.clip_denoised = sampler, num_inference_steps, clip_denoised
 
-    # ------------------------------------------------------------------ the denoiser
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """c_skip, c_out, c_in for `sigma (B,)`, each (B, 1, 1)."""
         sd2, s = self.sigma_data ** 2, sigma.reshape(-1, 1, 1)
@@ -87,7 +86,6 @@ class EDMDiffusionPolicy(DenoisingPolicy):
     def draw_sigmas(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.exp(self.p_mean + self.p_std * torch.randn(n, device=device))
 
-    # ------------------------------------------------------------------ training
     def dsm_loss(self, action: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The weighted denoising loss on normalized `action (B, T, Da)`."""
         sigma = self.draw_sigmas(action.shape[0], action.device)
@@ -100,7 +98,6 @@ class EDMDiffusionPolicy(DenoisingPolicy):
         loss = self.dsm_loss(self.normalizer["action"].normalize(batch["action"]), cond)
         return loss, {"loss": loss.item()}
 
-    # ------------------------------------------------------------------ inference
     def clean_estimate(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         d = self.denoiser(x, sigma, cond)
         return d.clamp(-1, 1) if self.clip_denoised else d

@@ -102,7 +102,6 @@ class RealRobotRLEnv(gym.Env):
         self.fault: str | None = None
         self.step_log: list[dict] = []  # per step: loop timing and takeover (for benches and tests)
 
-    # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         if self._devices_started:
             return
@@ -121,7 +120,6 @@ class RealRobotRLEnv(gym.Env):
             self.env.stop()
         self._devices_started = False
 
-    # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.start()
@@ -182,7 +180,6 @@ class RealRobotRLEnv(gym.Env):
         obs = self._last = self._observation(raw)
         return obs, float(terminated), terminated, truncated, info
 
-    # ------------------------------------------------------------------ internals
     def _apply(self, pose: np.ndarray, action: np.ndarray) -> np.ndarray:
         target = np.array(pose, np.float64)
         target[:3] += action[:3] * self.max_delta

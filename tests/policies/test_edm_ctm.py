@@ -52,7 +52,6 @@ class PointMassF(nn.Module):
         return (target - c_skip * x) / c_out
 
 
-# ---------------------------------------------------------------------------- EDM preconditioning
 def test_edm_scalings_and_weighting_are_karras():
     policy = edm()
     sd = policy.sigma_data
@@ -99,7 +98,6 @@ def test_edm_bad_settings_are_refused():
         edm(sigma_min=1.0, sigma_max=0.5)
 
 
-# ---------------------------------------------------------------------------- CTM
 def ctm(model=tiny_unet, **kwargs):
     return edm(ConsistencyCTMPolicy, model=model, **kwargs)
 
