@@ -37,6 +37,7 @@ from policylab.policies.consistency import (
     adopt_teacher,
     pseudo_huber,
     share_or_load_teacher,
+    student_and_teacher_cond,
 )
 from policylab.policies.edm import EDMDiffusionPolicy, edm_sigmas
 
@@ -135,12 +136,7 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         return pseudo_huber(pred, target, self.huber_c).mean()
 
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.teacher is None:
-            raise RuntimeError("the teacher is not loaded: call on_train_start() (the workspace does)")
-        nobs = self.normalize_obs(batch["obs"])
-        cond = self.encode_obs(nobs)
-        with torch.no_grad():
-            teacher_cond = self.teacher.encode_obs(nobs)
+        cond, teacher_cond = student_and_teacher_cond(self, batch)
         action = self.normalizer["action"].normalize(batch["action"])
         ctm = self.ctm_loss(action, cond, teacher_cond)
         dsm = self.dsm_loss(action, cond) if self.dsm_weight else torch.zeros((), device=action.device)
