@@ -2,7 +2,8 @@
 inference budget on 50 test seeds, with latency per chunk and the learning curve.
 
     python bench/pusht_quality.py [--methods edm,ctm] [--episodes 150] [--minutes edm=55,ctm=20]
-                                  [--steps edm=4158] [--parallel] [--reuse] [--eval_only]
+                                  [--steps edm=4158] [--epochs edm=36] [--backbone cpu|small]
+                                  [--parallel] [--reuse] [--eval_only] [--out <json>]
                                   [--teacher <dp run>/checkpoints/latest] [extra train.py overrides ...]
 
 Methods, all on the same demos, 4.6M-parameter UNet, horizons and 50 test seeds (100000..100049):
@@ -52,6 +53,15 @@ VARIANTS = {
     "ctm": [("1 step", 1, {"inference_sigmas": [80.0]}), ("3 steps", 3, {"inference_sigmas": CHAIN3})],
 }
 DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20}
+# Backbones: "cpu" is the experiments' 4.6M UNet (batch 128, lr 3e-4); "small" the quickstart's 1.1M
+# UNet (batch 64; lr 1e-3 for the methods trained from scratch, the students keep their 1e-4), cheap
+# enough on 2 CPU cores for the teachers' curves to flatten.
+BACKBONES = {
+    "cpu": {"all": [], "scratch": []},
+    "small": {"all": ["policy.model.down_dims=[32,64,128]", "policy.model.diffusion_step_embed_dim=32",
+                      "dataloader.batch_size=64", "val_dataloader.batch_size=64"],
+              "scratch": ["optimizer.lr=1e-3", "lr_scheduler.warmup_steps=50"]},
+}
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -80,8 +90,12 @@ def parse_budget(text: str | None, default: dict) -> dict:
 def train(method: str, args, run_dir: Path, extra: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "train.py", f"experiment={EXPERIMENTS[method]}", f"task.dataset.zarr_path={args.data}",
            f"training.max_train_minutes={args.minutes[method]}", f"hydra.run.dir={run_dir}", *extra, *args.overrides]
+    backbone = BACKBONES[args.backbone]
+    cmd[4:4] = backbone["all"] + (backbone["scratch"] if method not in TEACHER else [])
     if method in args.steps:
         cmd.append(f"training.max_train_steps={int(args.steps[method])}")
+    if method in args.epochs:  # the LR schedule's length (cosine over num_epochs)
+        cmd.append(f"training.num_epochs={int(args.epochs[method])}")
     run_dir.mkdir(parents=True, exist_ok=True)
     return start(cmd, run_dir.parent / f"{method}.train.log")
 
@@ -143,6 +157,8 @@ def main():
     parser.add_argument("--episodes", type=int, default=150)
     parser.add_argument("--minutes", default=None, help=f"per-method wall budgets, e.g. edm=55 (default {DEFAULT_MINUTES})")
     parser.add_argument("--steps", default=None, help="per-method optimizer-step caps, e.g. edm=4158,ctm=1500")
+    parser.add_argument("--epochs", default=None, help="per-method num_epochs (the LR schedule), e.g. edm=36")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="cpu")
     parser.add_argument("--ct_total_steps", type=int, default=None, help="steps over which ct's grid grows")
     parser.add_argument("--parallel", action="store_true", help="train the teacher-free methods at once, 1 thread each")
     parser.add_argument("--teacher", default=None, help="an existing dp checkpoint: skip training dp")
@@ -159,6 +175,7 @@ def main():
     if unknown := set(methods) - set(EXPERIMENTS):
         parser.error(f"unknown method(s) {sorted(unknown)}; known: {sorted(EXPERIMENTS)}")
     args.minutes, args.steps = parse_budget(args.minutes, DEFAULT_MINUTES), parse_budget(args.steps, {})
+    args.epochs = parse_budget(args.epochs, {})
     root = Path(args.run_root)
     runs = {m: root / m for m in EXPERIMENTS}
     if args.teacher:
@@ -212,6 +229,8 @@ def main():
     kept = [r for r in previous.get("rows", []) if r.get("method") not in methods and "nfe" in r]
     # rows of the earlier benchmark (one inference budget per method, before this table existed)
     earlier = previous.get("earlier_runs") or [r for r in previous.get("rows", []) if "nfe" not in r]
+    for row in rows:
+        row["backbone"] = args.backbone
     result = {"episodes": args.episodes, "n_test": args.n_test, "rows": kept + rows, "earlier_runs": earlier}
     (REPO / args.out).parent.mkdir(parents=True, exist_ok=True)
     (REPO / args.out).write_text(json.dumps(result, indent=2))

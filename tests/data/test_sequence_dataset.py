@@ -47,16 +47,25 @@ def test_contract_shapes_and_ranges(pusht_path):
     assert len(dp) == sum(length - 7 for length in LENGTHS)  # Diffusion Policy's PushT: L - 7
 
 
-def test_batch_path_equals_item_path(pusht_path):
-    ds = SequenceDataset(KEYPOINT_META, horizon=8, n_obs_steps=3, zarr_path=pusht_path[0])
-    idxs = [0, 5, len(ds) - 1, 7]
+@pytest.mark.parametrize("backend", ["numpy", "zarr"])
+@pytest.mark.parametrize("meta", [KEYPOINT_META, IMAGE_META], ids=["keypoint", "image"])
+def test_batch_path_equals_item_path(pusht_path, backend, meta):
+    path = pusht_path[0]
+    rb = ReplayBuffer.copy_from_path(path) if backend == "numpy" else ReplayBuffer.create_from_path(path, mode="r")
+    assert rb.backend == backend
+    ds = SequenceDataset(meta, horizon=8, n_obs_steps=3, replay_buffer=rb)
+    idxs = list(range(len(ds)))  # every window, padded ones at both ends of every episode included
     batch = ds.get_batch(idxs)
     for row, i in enumerate(idxs):
         item = ds[i]
-        torch.testing.assert_close(batch["action"][row], item["action"], rtol=0, atol=0)
-        for key in item["obs"]:
-            torch.testing.assert_close(batch["obs"][key][row], item["obs"][key], rtol=0, atol=0)
-    assert batch["obs"]["keypoint"].shape == (4, 3, 18)
+        # the per-item fast path, the batch gather and Diffusion Policy's slice-and-pad path agree exactly
+        reference = ds._format(ds.sampler.sample_sequence(i), batched=False)
+        for got in (item, reference):
+            torch.testing.assert_close(batch["action"][row], got["action"], rtol=0, atol=0)
+            for key in meta["obs"]:
+                torch.testing.assert_close(batch["obs"][key][row], got["obs"][key], rtol=0, atol=0)
+    first = next(iter(meta["obs"]))
+    assert batch["obs"][first].shape[:2] == (len(idxs), 3)
 
 
 def test_normalizer_sees_training_episodes_only():

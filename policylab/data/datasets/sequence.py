@@ -49,6 +49,9 @@ class SequenceDataset(BaseDataset):
         obs_zarr_keys = sorted({spec.zarr_key for spec in self.meta.obs.values()})
         self.action_zarr_key = self.meta.action_zarr_key
         self._obs_zarr_keys = obs_zarr_keys
+        # (key, zarr_key, index, spec if rgb else None): the per-item path's plan, decided once
+        self._item_plan = [(key, spec.zarr_key, spec.index, spec if spec.is_rgb else None)
+                           for key, spec in self.meta.obs.items()]
         zarr_keys = sorted(set(obs_zarr_keys) | {self.action_zarr_key})
         if replay_buffer is None:
             if zarr_path is None:
@@ -92,7 +95,34 @@ class SequenceDataset(BaseDataset):
         return len(self.sampler)
 
     def __getitem__(self, idx: int) -> dict:
-        return self._format(self.sampler.sample_sequence(idx), batched=False)
+        """One window `{"obs": {key: (To, ...)}, "action": (T, Da)}`: what a plain DataLoader calls.
+
+        An in-memory buffer is read through the sampler's precomputed index table (one small fancy
+        index per key, only the To observation frames converted); a zarr-backed one through
+        `sample_sequence`. Both equal `get_batch([idx])` without its batch axis.
+        """
+        rb = self.replay_buffer
+        if rb.backend != "numpy":
+            return self._format(self.sampler.sample_sequence(idx), batched=False)
+        sampler, data = self.sampler, rb.data
+        if sampler.unpadded[idx]:  # a slice reads faster than a fancy index
+            start = int(sampler.indices[idx, 0])
+            obs_steps, steps = slice(start, start + self.n_obs_steps), slice(start, start + self.horizon)
+        else:
+            steps = sampler.table[idx]
+            obs_steps = steps[:self.n_obs_steps]
+        obs = {}
+        for key, zarr_key, index, spec in self._item_plan:
+            raw = data[zarr_key][obs_steps]
+            if spec is not None:  # rgb
+                obs[key] = torch.from_numpy(stored_to_policy(spec, raw, 1))
+                continue
+            if index is not None:
+                raw = raw[:, index[0]:index[1]]
+            # np.array copies: an item never shares memory with the buffer
+            obs[key] = torch.from_numpy(np.array(raw.reshape(len(raw), -1), dtype=np.float32))
+        action = data[self.action_zarr_key][steps]
+        return {"obs": obs, "action": torch.from_numpy(np.array(action.reshape(len(action), -1), dtype=np.float32))}
 
     def get_batch(self, idxs) -> dict:
         """`{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}` with one gather per key."""
