@@ -97,8 +97,9 @@ class SequenceSampler:
         self.sequence_length = sequence_length
         self.key_first_k = dict(key_first_k or {})
         self.table = self._gather_table(self.indices, sequence_length)
-        # windows that lie wholly inside their episode: their steps are one contiguous slice
-        self.unpadded = (self.indices[:, 2] == 0) & (self.indices[:, 3] == sequence_length)
+        # a window inside its episode is one contiguous slice of the buffer: its first step, else -1
+        unpadded = (self.indices[:, 2] == 0) & (self.indices[:, 3] == sequence_length)
+        self.slice_start = np.where(unpadded, self.indices[:, 0], -1)
 
     @staticmethod
     def _gather_table(indices: np.ndarray, sequence_length: int) -> np.ndarray:

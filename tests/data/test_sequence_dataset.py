@@ -126,3 +126,29 @@ def test_plain_dataloader_still_works_item_by_item(pusht_path):
     ds = SequenceDataset(KEYPOINT_META, horizon=8, n_obs_steps=2, zarr_path=pusht_path[0])
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     torch.testing.assert_close(batch["action"], ds.get_batch([0, 1, 2, 3])["action"])
+
+
+def test_item_path_index_on_a_multi_axis_key_and_pickle(pusht_path):
+    """`index` slices the last stored axis before flattening, also on (N, 9, 2) keypoints; a pickled
+    copy (what DataLoader workers get) carries the buffer once and gives the same items."""
+    import pickle
+
+    meta = {"obs": {"kp_x": {"shape": [9], "zarr_key": "keypoint", "index": [0, 1]},
+                    "agent_pos": {"shape": [2], "zarr_key": "state", "index": [0, 2]}},
+            "action": {"shape": [2]}}
+    path, arrays = pusht_path
+    ds = SequenceDataset(meta, horizon=8, n_obs_steps=2, zarr_path=path)
+    size_before = len(pickle.dumps(ds))
+    ds[3]  # builds the per-item path's views of the buffer
+    assert len(pickle.dumps(ds)) == size_before
+    copy = pickle.loads(pickle.dumps(ds))
+    batch = ds.get_batch(range(len(ds)))
+    for i in range(len(ds)):
+        for got in (ds[i], copy[i]):
+            torch.testing.assert_close(got["obs"]["kp_x"], batch["obs"]["kp_x"][i], rtol=0, atol=0)
+            torch.testing.assert_close(got["obs"]["agent_pos"], batch["obs"]["agent_pos"][i], rtol=0, atol=0)
+            torch.testing.assert_close(got["action"], batch["action"][i], rtol=0, atol=0)
+    start = int(ds.sampler.indices[5, 0])  # an unpadded window: frame 0 of its obs is buffer step `start`
+    np.testing.assert_array_equal(ds[5]["obs"]["kp_x"][0].numpy(), arrays["keypoint"][start, :, 0])
+    ds[5]["action"][:] = -1  # items never share memory with the buffer
+    assert (ds[5]["action"] != -1).all()

@@ -25,6 +25,16 @@ from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import SequenceSampler, downsample_mask, get_val_mask
 
 
+def _flat_columns(spec, replay_buffer: ReplayBuffer) -> slice | np.ndarray:
+    """The columns of `(N, D)`-flattened stored rows that are this low-dim key's `index` slice."""
+    if spec.index is None:
+        return slice(None)
+    stored = tuple(replay_buffer[spec.zarr_key].shape[1:])
+    if len(stored) <= 1:
+        return slice(*spec.index)
+    return np.arange(int(np.prod(stored))).reshape(stored)[..., spec.index[0]:spec.index[1]].reshape(-1)
+
+
 class SequenceDataset(BaseDataset):
     """Windows of T steps from a ReplayBuffer, as `{"obs": {key: (To, ...)}, "action": (T, Da)}`.
 
@@ -49,9 +59,6 @@ class SequenceDataset(BaseDataset):
         obs_zarr_keys = sorted({spec.zarr_key for spec in self.meta.obs.values()})
         self.action_zarr_key = self.meta.action_zarr_key
         self._obs_zarr_keys = obs_zarr_keys
-        # (key, zarr_key, index, spec if rgb else None): the per-item path's plan, decided once
-        self._item_plan = [(key, spec.zarr_key, spec.index, spec if spec.is_rgb else None)
-                           for key, spec in self.meta.obs.items()]
         zarr_keys = sorted(set(obs_zarr_keys) | {self.action_zarr_key})
         if replay_buffer is None:
             if zarr_path is None:
@@ -59,6 +66,10 @@ class SequenceDataset(BaseDataset):
             replay_buffer = ReplayBuffer.copy_from_path(zarr_path, keys=zarr_keys)
         self.replay_buffer = replay_buffer
         self._check_shapes()
+        # (key, zarr_key, columns of the flattened stored array, spec if rgb else None): the per-item plan
+        self._item_plan = [(key, spec.zarr_key, None if spec.is_rgb else _flat_columns(spec, replay_buffer),
+                            spec if spec.is_rgb else None) for key, spec in self.meta.obs.items()]
+        self._flat: dict[str, np.ndarray] | None = None
 
         val_mask = get_val_mask(replay_buffer.n_episodes, val_ratio, seed=seed)
         self.train_mask = downsample_mask(~val_mask, max_train_episodes, seed=seed)
@@ -97,32 +108,41 @@ class SequenceDataset(BaseDataset):
     def __getitem__(self, idx: int) -> dict:
         """One window `{"obs": {key: (To, ...)}, "action": (T, Da)}`: what a plain DataLoader calls.
 
-        An in-memory buffer is read through the sampler's precomputed index table (one small fancy
-        index per key, only the To observation frames converted); a zarr-backed one through
-        `sample_sequence`. Both equal `get_batch([idx])` without its batch axis.
+        An in-memory buffer is read with one slice per key (a window inside its episode) or the
+        sampler's precomputed index table (a padded one), converting only the To observation frames;
+        a zarr-backed one through `sample_sequence`. All equal `get_batch([idx])` without its batch axis.
         """
         rb = self.replay_buffer
         if rb.backend != "numpy":
             return self._format(self.sampler.sample_sequence(idx), batched=False)
-        sampler, data = self.sampler, rb.data
-        if sampler.unpadded[idx]:  # a slice reads faster than a fancy index
-            start = int(sampler.indices[idx, 0])
+        sampler = self.sampler
+        start = sampler.slice_start.item(idx)
+        if start >= 0:  # a window inside its episode: slices, which read faster than fancy indices
             obs_steps, steps = slice(start, start + self.n_obs_steps), slice(start, start + self.horizon)
         else:
             steps = sampler.table[idx]
             obs_steps = steps[:self.n_obs_steps]
+        flat = self._flat_arrays()
         obs = {}
-        for key, zarr_key, index, spec in self._item_plan:
-            raw = data[zarr_key][obs_steps]
+        for key, zarr_key, columns, spec in self._item_plan:
             if spec is not None:  # rgb
-                obs[key] = torch.from_numpy(stored_to_policy(spec, raw, 1))
-                continue
-            if index is not None:
-                raw = raw[:, index[0]:index[1]]
-            # np.array copies: an item never shares memory with the buffer
-            obs[key] = torch.from_numpy(np.array(raw.reshape(len(raw), -1), dtype=np.float32))
-        action = data[self.action_zarr_key][steps]
-        return {"obs": obs, "action": torch.from_numpy(np.array(action.reshape(len(action), -1), dtype=np.float32))}
+                obs[key] = torch.from_numpy(stored_to_policy(spec, rb.data[zarr_key][obs_steps], 1))
+            else:  # astype copies: an item never shares memory with the buffer
+                obs[key] = torch.from_numpy(flat[zarr_key][obs_steps][:, columns].astype(np.float32))
+        return {"obs": obs, "action": torch.from_numpy(flat[self.action_zarr_key][steps].astype(np.float32))}
+
+    def _flat_arrays(self) -> dict[str, np.ndarray]:
+        """`{zarr_key: (N, D) view}` of the low-dim and action arrays, made once (the windows only
+        index steps that existed when the dataset was made, so appends never invalidate them)."""
+        if self._flat is None:
+            data = self.replay_buffer.data
+            keys = [k for _, k, _, spec in self._item_plan if spec is None] + [self.action_zarr_key]
+            self._flat = {k: data[k].reshape(len(data[k]), -1) for k in keys}
+        return self._flat
+
+    def __getstate__(self) -> dict:
+        # worker processes get the buffer once, not again as the per-item path's views
+        return {**self.__dict__, "_flat": None}
 
     def get_batch(self, idxs) -> dict:
         """`{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}` with one gather per key."""
