@@ -2,16 +2,19 @@
 inference budget on 50 test seeds, with latency per chunk and the learning curve.
 
     python bench/pusht_quality.py [--methods edm,ctm] [--episodes 150] [--minutes edm=55,ctm=20]
-                                  [--steps edm=4158] [--epochs edm=36] [--backbone cpu|small]
+                                  [--steps edm=4158] [--epochs edm=36] [--backbone config|small]
+                                  [--task state|image]
                                   [--parallel] [--reuse] [--eval_only] [--out <json>]
                                   [--teacher <dp run>/checkpoints/latest] [extra train.py overrides ...]
 
-Methods, all on the same demos, 4.6M-parameter UNet, horizons and 50 test seeds (100000..100049):
+Methods, all on the same demos, backbone (--backbone: the experiments' 4.6M UNet, or the quickstart's
+1.1M one), horizons and 50 test seeds (100000..100049):
   dp   Diffusion Policy, DDPM training (experiment=pusht_state_cpu): the DDPM teacher
   ct   teacher-free consistency training (experiment=pusht_state_cpu_consistency)
   cd   LCM-style consistency distillation of dp (experiment=pusht_state_cpu_distill)
   edm  EDM / Karras diffusion policy (experiment=pusht_state_cpu_edm): the EDM teacher
   ctm  CTM distillation of edm (experiment=pusht_state_cpu_ctm), warm-started from it
+`--task image` trains edm and ctm on image PushT (96x96 frames, ResNet18: pusht_image_cpu_edm/_ctm).
 
 Budgets are stated in optimizer steps and CPU minutes of the training process (its user + system
 time, whatever the machine's load does to wall time); a student's budget is counted on top of its
@@ -39,8 +42,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-EXPERIMENTS = {"dp": "pusht_state_cpu", "ct": "pusht_state_cpu_consistency", "cd": "pusht_state_cpu_distill",
-               "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm"}
+TASKS = {  # --task -> method -> experiment
+    "state": {"dp": "pusht_state_cpu", "ct": "pusht_state_cpu_consistency", "cd": "pusht_state_cpu_distill",
+              "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm"},
+    "image": {"edm": "pusht_image_cpu_edm", "ctm": "pusht_image_cpu_ctm"},
+}
+EXPERIMENTS = dict(TASKS["state"])
 TEACHER = {"cd": "dp", "ctm": "edm"}
 CHAIN3 = [80.0, 0.8, 0.2]  # the consistency chains' three levels
 # method -> [(label, NFE, policy attributes set before evaluating)]
@@ -53,11 +60,12 @@ VARIANTS = {
     "ctm": [("1 step", 1, {"inference_sigmas": [80.0]}), ("3 steps", 3, {"inference_sigmas": CHAIN3})],
 }
 DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20}
-# Backbones: "cpu" is the experiments' 4.6M UNet (batch 128, lr 3e-4); "small" the quickstart's 1.1M
+# Backbones: "config" is what the experiment sets (state: a 4.6M UNet, batch 128, lr 3e-4; image:
+# the 1.1M UNet + ResNet18, batch 64, lr 1e-3 / 1e-4 for the student); "small" the quickstart's 1.1M
 # UNet (batch 64; lr 1e-3 for the methods trained from scratch, the students keep their 1e-4), cheap
 # enough on 2 CPU cores for the teachers' curves to flatten.
 BACKBONES = {
-    "cpu": {"all": [], "scratch": []},
+    "config": {"all": [], "scratch": []},
     "small": {"all": ["policy.model.down_dims=[32,64,128]", "policy.model.diffusion_step_embed_dim=32",
                       "dataloader.batch_size=64", "val_dataloader.batch_size=64"],
               "scratch": ["optimizer.lr=1e-3", "lr_scheduler.warmup_steps=50"]},
@@ -158,7 +166,8 @@ def main():
     parser.add_argument("--minutes", default=None, help=f"per-method wall budgets, e.g. edm=55 (default {DEFAULT_MINUTES})")
     parser.add_argument("--steps", default=None, help="per-method optimizer-step caps, e.g. edm=4158,ctm=1500")
     parser.add_argument("--epochs", default=None, help="per-method num_epochs (the LR schedule), e.g. edm=36")
-    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="cpu")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="config")
+    parser.add_argument("--task", choices=sorted(TASKS), default="state", help="state PushT or image PushT (96x96)")
     parser.add_argument("--ct_total_steps", type=int, default=None, help="steps over which ct's grid grows")
     parser.add_argument("--parallel", action="store_true", help="train the teacher-free methods at once, 1 thread each")
     parser.add_argument("--teacher", default=None, help="an existing dp checkpoint: skip training dp")
@@ -172,8 +181,10 @@ def main():
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
+    EXPERIMENTS.clear()
+    EXPERIMENTS.update(TASKS[args.task])
     if unknown := set(methods) - set(EXPERIMENTS):
-        parser.error(f"unknown method(s) {sorted(unknown)}; known: {sorted(EXPERIMENTS)}")
+        parser.error(f"unknown method(s) {sorted(unknown)} for --task {args.task}; known: {sorted(EXPERIMENTS)}")
     args.minutes, args.steps = parse_budget(args.minutes, DEFAULT_MINUTES), parse_budget(args.steps, {})
     args.epochs = parse_budget(args.epochs, {})
     root = Path(args.run_root)
@@ -230,7 +241,7 @@ def main():
     # rows of the earlier benchmark (one inference budget per method, before this table existed)
     earlier = previous.get("earlier_runs") or [r for r in previous.get("rows", []) if "nfe" not in r]
     for row in rows:
-        row["backbone"] = args.backbone
+        row["backbone"], row["task"] = args.backbone, args.task
     result = {"episodes": args.episodes, "n_test": args.n_test, "rows": kept + rows, "earlier_runs": earlier}
     (REPO / args.out).parent.mkdir(parents=True, exist_ok=True)
     (REPO / args.out).write_text(json.dumps(result, indent=2))

@@ -17,7 +17,7 @@ is the process's CPU time per step (all threads), which a busy machine inflates 
 the wall time.
 
     python bench/train_throughput.py [--configs state image tiny] [--threads N] [--device cpu|cuda]
-                                     [--variants eager compile bf16 compile+bf16 fused_adamw channels_last threads=1]
+                                     [--variants eager compile bf16 compile+bf16 fused_adamw bf16+fused_adamw channels_last threads=1]
                                      [--steps N] [--out bench/results/train_throughput.json]
 
 `--variants` runs each config once per speed-up, each in a fresh process, and prints the step time
@@ -58,6 +58,7 @@ VARIANTS = {  # name -> (extra overrides, torch threads: None = --threads, else 
     "bf16": (["training.mixed_precision=bf16"], None),
     "compile+bf16": (["training.compile=true", "training.mixed_precision=bf16"], None),
     "fused_adamw": (["optimizer.fused=true"], None),
+    "bf16+fused_adamw": (["training.mixed_precision=bf16", "optimizer.fused=true"], None),
     "channels_last": (["training.channels_last=true"], None),  # Conv2d only: a no-op for the state UNet
     "threads=1": ([], 1),
 }
