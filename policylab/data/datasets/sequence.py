@@ -128,7 +128,9 @@ class SequenceDataset(BaseDataset):
             if spec is not None:  # rgb
                 obs[key] = torch.from_numpy(stored_to_policy(spec, rb.data[zarr_key][obs_steps], 1))
             else:  # astype copies: an item never shares memory with the buffer
-                obs[key] = torch.from_numpy(flat[zarr_key][obs_steps][:, columns].astype(np.float32))
+                arr = flat[zarr_key]
+                value = arr[obs_steps, columns] if type(columns) is slice else arr[obs_steps][:, columns]
+                obs[key] = torch.from_numpy(value.astype(np.float32))
         return {"obs": obs, "action": torch.from_numpy(flat[self.action_zarr_key][steps].astype(np.float32))}
 
     def _flat_arrays(self) -> dict[str, np.ndarray]:
