@@ -70,8 +70,11 @@ deps-real: $(STAMPS)/deps-real
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# when make started, before the install: a recipe's $(shell ...) would run after its prerequisites
+STARTED_AT := $(shell date +%s)
+
 quickstart: $(STAMPS)/pusht
-	$(PY) -m policylab.quickstart --started_at $(shell date +%s)
+	$(PY) -m policylab.quickstart --started_at $(STARTED_AT)
 
 bench: deps
 	$(PY) bench/data_loading.py
