@@ -47,7 +47,6 @@ TASKS = {  # --task -> method -> experiment
               "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm"},
     "image": {"edm": "pusht_image_cpu_edm", "ctm": "pusht_image_cpu_ctm"},
 }
-EXPERIMENTS = dict(TASKS["state"])
 TEACHER = {"cd": "dp", "ctm": "edm"}
 CHAIN3 = [80.0, 0.8, 0.2]  # the consistency chains' three levels
 # method -> [(label, NFE, policy attributes set before evaluating)]
@@ -96,7 +95,7 @@ def parse_budget(text: str | None, default: dict) -> dict:
 
 
 def train(method: str, args, run_dir: Path, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "train.py", f"experiment={EXPERIMENTS[method]}", f"task.dataset.zarr_path={args.data}",
+    cmd = [sys.executable, "train.py", f"experiment={TASKS[args.task][method]}", f"task.dataset.zarr_path={args.data}",
            f"training.max_train_minutes={args.minutes[method]}", f"hydra.run.dir={run_dir}", *extra, *args.overrides]
     backbone = BACKBONES[args.backbone]
     cmd[4:4] = backbone["all"] + (backbone["scratch"] if method not in TEACHER else [])
@@ -161,7 +160,7 @@ def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="edm,ctm", help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
+    parser.add_argument("--methods", default="edm,ctm", help="comma-separated subset of the --task's methods")
     parser.add_argument("--episodes", type=int, default=150)
     parser.add_argument("--minutes", default=None, help=f"per-method wall budgets, e.g. edm=55 (default {DEFAULT_MINUTES})")
     parser.add_argument("--steps", default=None, help="per-method optimizer-step caps, e.g. edm=4158,ctm=1500")
@@ -181,14 +180,13 @@ def main():
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
-    EXPERIMENTS.clear()
-    EXPERIMENTS.update(TASKS[args.task])
-    if unknown := set(methods) - set(EXPERIMENTS):
-        parser.error(f"unknown method(s) {sorted(unknown)} for --task {args.task}; known: {sorted(EXPERIMENTS)}")
+    experiments = TASKS[args.task]
+    if unknown := set(methods) - set(experiments):
+        parser.error(f"unknown method(s) {sorted(unknown)} for --task {args.task}; known: {sorted(experiments)}")
     args.minutes, args.steps = parse_budget(args.minutes, DEFAULT_MINUTES), parse_budget(args.steps, {})
     args.epochs = parse_budget(args.epochs, {})
     root = Path(args.run_root)
-    runs = {m: root / m for m in EXPERIMENTS}
+    runs = {m: root / m for m in experiments}
     if args.teacher:
         runs["dp"] = Path(args.teacher).parents[1]
     for item in filter(None, (args.runs or "").split(",")):
@@ -228,7 +226,7 @@ def main():
         for label, nfe, settings in VARIANTS[m]:
             result = evaluate(REPO / runs[m] / "checkpoints" / "latest", settings, args.n_test,
                               REPO / runs[m] / f"eval_{args.n_test}_{nfe}")
-            row = {"method": m, "experiment": EXPERIMENTS[m], "inference": label, "nfe": nfe, **result,
+            row = {"method": m, "experiment": experiments[m], "inference": label, "nfe": nfe, **result,
                    "train_steps": budget.get("steps"), "train_cpu_minutes": budget.get("cpu_minutes"),
                    "train_wall_minutes": budget.get("wall_minutes"), "teacher": TEACHER.get(m),
                    "total_steps": (budget.get("steps") or 0) + (teacher_budget.get("steps") or 0),
