@@ -18,7 +18,13 @@ one Heun step x_t -> x_u; then
     ctm = d( G_sg(G(x_t, t, s), s, sigma_min),  G_sg(G_sg(x_u, u, s), s, sigma_min) )
 
 with d pseudo-Huber and G_sg a stop-gradient copy (`target_ema_decay` 0: the current weights), plus
-the EDM denoising loss of g(x, sigma, sigma) (`dsm_weight`). Sampling: G(sigma_max z, sigma_max,
+the EDM denoising loss of g(x, sigma, sigma) (`dsm_weight`), and optionally (`endpoint_weight`) the
+teacher's whole sampler run on the one-step sampler's own input:
+
+    endpoint = d( G(sigma_max z, sigma_max, sigma_min),  the teacher's sampler from sigma_max z to sigma_min )
+
+which trains the jump that one-step inference takes against its exact target instead of a chain of
+`num_bins` bootstrapped ones (Luhman & Luhman's distillation; CTM's u = s limit at t = sigma_max). Sampling: G(sigma_max z, sigma_max,
 sigma_min), one network evaluation; a chain `inference_sigmas` re-noises to each next level.
 """
 
@@ -51,6 +57,9 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         target_ema_decay: of the stop-gradient copy G_sg (0: a copy of the current weights).
         huber_c: pseudo-Huber c; None: improved CT's 0.00054 sqrt(T * Da).
         ctm_weight, dsm_weight: weights of the two loss terms (Consistency Policy: 1 and 1).
+        endpoint_weight: weight of the term that matches the one-step jump to the teacher's sampler
+            (0: off, Consistency Policy's loss); it costs the teacher's NFE on `endpoint_batch`
+            samples of each batch (None: all).
         inference_sigmas: the sampling chain; [sigma_max] is one evaluation, e.g. [80, 0.8, 0.2]
             three (each step jumps to sigma_min, the next re-noises to its level).
     """
@@ -59,13 +68,16 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
                  model: Callable, obs_encoder: Callable | None = None, teacher: str | None = None,
                  num_bins: int = 40, s_embed_dim: int = 16, target_ema_decay: float = 0.0,
                  huber_c: float | None = None, ctm_weight: float = 1.0, dsm_weight: float = 1.0,
-                 inference_sigmas: Sequence[float] | None = None, **edm):
+                 endpoint_weight: float = 0.0, endpoint_batch: int | None = None, inference_sigmas: Sequence[float] | None = None, **edm):
         super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps,
                          _with_extra_condition(model, s_embed_dim), obs_encoder, **edm)
         if num_bins < 2:
             raise ValueError(f"num_bins must be >= 2, got {num_bins}")
         self.teacher_path, self.num_bins, self.s_embed_dim = teacher, num_bins, s_embed_dim
         self.target_ema_decay, self.ctm_weight, self.dsm_weight = target_ema_decay, ctm_weight, dsm_weight
+        if endpoint_batch is not None and endpoint_batch < 1:
+            raise ValueError(f"endpoint_batch must be >= 1 or null (the whole batch), got {endpoint_batch}")
+        self.endpoint_weight, self.endpoint_batch = endpoint_weight, endpoint_batch
         self.huber_c = 0.00054 * math.sqrt(horizon * self.action_dim) if huber_c is None else huber_c
         self.inference_sigmas = [float(s) for s in (inference_sigmas or [self.sigma_max])]
         if any(not self.sigma_min < s <= self.sigma_max for s in self.inference_sigmas) or \
@@ -135,13 +147,26 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         pred = self.trajectory_fn(pred, s, floor, sg_cond, self.target_model)
         return pseudo_huber(pred, target, self.huber_c).mean()
 
+    def endpoint_loss(self, cond: torch.Tensor, teacher_cond: torch.Tensor) -> torch.Tensor:
+        """The one-step jump from sigma_max noise against the teacher's sampler run on that noise."""
+        n = cond.shape[0] if self.endpoint_batch is None else min(self.endpoint_batch, cond.shape[0])
+        cond, teacher_cond = cond[:n], teacher_cond[:n]
+        x = self.sigma_max * torch.randn((n, self.horizon, self.action_dim), device=cond.device, dtype=cond.dtype)
+        with torch.no_grad():
+            target = self.teacher.solve(x, teacher_cond, to_zero=False)
+        t, floor = torch.full((n,), self.sigma_max, device=x.device), torch.full((n,), self.sigma_min, device=x.device)
+        return pseudo_huber(self.trajectory_fn(x, t, floor, cond), target, self.huber_c).mean()
+
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
         cond, teacher_cond = student_and_teacher_cond(self, batch)
         action = self.normalizer["action"].normalize(batch["action"])
+        zero = torch.zeros((), device=action.device)
         ctm = self.ctm_loss(action, cond, teacher_cond)
-        dsm = self.dsm_loss(action, cond) if self.dsm_weight else torch.zeros((), device=action.device)
-        loss = self.ctm_weight * ctm + self.dsm_weight * dsm
-        return loss, {"loss": loss.item(), "ctm_loss": ctm.item(), "dsm_loss": dsm.item()}
+        dsm = self.dsm_loss(action, cond) if self.dsm_weight else zero
+        endpoint = self.endpoint_loss(cond, teacher_cond) if self.endpoint_weight else zero
+        loss = self.ctm_weight * ctm + self.dsm_weight * dsm + self.endpoint_weight * endpoint
+        return loss, {"loss": loss.item(), "ctm_loss": ctm.item(), "dsm_loss": dsm.item(),
+                      "endpoint_loss": endpoint.item()}
 
     def on_optimizer_step(self) -> None:
         polyak_update(self.target_model, self.model, 1 - self.target_ema_decay)

@@ -123,10 +123,18 @@ class EDMDiffusionPolicy(DenoisingPolicy):
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da) from sigma_max noise over `num_inference_steps` levels."""
         batch_size = cond.shape[0]
-        sigmas = torch.cat([edm_sigmas(self.num_inference_steps, self.sigma_min, self.sigma_max, self.rho),
-                            torch.zeros(1)]).to(cond.device)
         x = torch.randn((batch_size, self.horizon, self.action_dim), generator=generator, device=cond.device,
                         dtype=cond.dtype) * self.sigma_max
+        return self.solve(x, cond)
+
+    def solve(self, x: torch.Tensor, cond: torch.Tensor, to_zero: bool = True) -> torch.Tensor:
+        """The sampler's chunks from `x (B, T, Da)` at sigma_max: the deterministic map that
+        `sample` applies to its noise. `to_zero=False` stops at sigma_min, before the last step
+        (where a CTM student's one-step jump lands)."""
+        batch_size = x.shape[0]
+        sigmas = edm_sigmas(self.num_inference_steps, self.sigma_min, self.sigma_max, self.rho).to(x.device)
+        if to_zero:
+            sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
         for s, s_next in itertools.pairwise(sigmas):
             x = self.ode_step(x, s.expand(batch_size), s_next.expand(batch_size), cond)
         return x.clamp(-1, 1) if self.clip_denoised else x

@@ -84,6 +84,18 @@ def test_samplers_land_on_the_data_of_an_exact_denoiser(sampler, steps, nfe):
     assert policy.num_function_evals() == nfe
 
 
+def test_solve_is_the_samplers_map_and_can_stop_at_sigma_min():
+    policy = edm(model=PointMassF, clip_denoised=False)
+    cond = torch.zeros(3, 1)
+    x = policy.sigma_max * torch.randn(3, T, 1, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(policy.solve(x, cond), A0.expand(3, T, 1), atol=1e-5, rtol=0)
+    # the exact ODE through x: a0 + (sigma / sigma_max)(x - a0), read at sigma_min
+    expected = A0 + policy.sigma_min / policy.sigma_max * (x - A0)
+    torch.testing.assert_close(policy.solve(x, cond, to_zero=False), expected, atol=1e-5, rtol=0)
+    noise = torch.randn(3, T, 1, generator=torch.Generator().manual_seed(2)) * policy.sigma_max
+    torch.testing.assert_close(policy.sample(cond, torch.Generator().manual_seed(2)), policy.solve(noise, cond))
+
+
 def test_edm_loss_vanishes_for_an_exact_denoiser_and_not_otherwise():
     torch.manual_seed(0)
     batch = {"obs": {"state": torch.zeros(64, TO, 1)}, "action": A0.expand(64, T, 1)}
@@ -133,6 +145,29 @@ def test_ctm_loss_vanishes_for_an_exact_teacher_and_student():
     attach_teacher(wrong, teacher)
     _, bad = wrong.compute_loss(batch)
     assert bad["ctm_loss"] > 1e3 * max(metrics["ctm_loss"], 1e-7) and bad["dsm_loss"] > 0.1
+
+
+def test_endpoint_loss_vanishes_for_an_exact_teacher_and_student():
+    """The teacher's sampler from sigma_max z, stopped at sigma_min, is where the exact student's
+    one-step jump lands; a wrong student is far from it. Only `endpoint_batch` samples pay for it."""
+    torch.manual_seed(0)
+    teacher = edm(model=PointMassF)
+    student = ctm(model=PointMassF, num_bins=20, endpoint_weight=1.0, endpoint_batch=8)
+    attach_teacher(student, teacher)
+    sizes = []
+    teacher.model.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    batch = {"obs": {"state": torch.zeros(64, TO, 1)}, "action": A0.expand(64, T, 1)}
+    _, metrics = student.compute_loss(batch)
+    assert metrics["endpoint_loss"] < 1e-5, metrics
+    # the CTM term's Heun step (2 evaluations on 64) and the sampler's 9 levels to sigma_min (16 on 8)
+    assert sorted(sizes) == [8] * 16 + [64] * 2
+    wrong = ctm(model=partial(PointMassF, wrong=True), num_bins=20, endpoint_weight=1.0)
+    attach_teacher(wrong, teacher)
+    assert wrong.compute_loss(batch)[1]["endpoint_loss"] > 0.1
+    sizes.clear()
+    default = ctm(model=PointMassF, num_bins=20)  # off by default: no sampler run
+    attach_teacher(default, teacher)
+    assert default.compute_loss(batch)[1]["endpoint_loss"] == 0.0 and sizes == [64, 64]
 
 
 def test_bins_are_ordered_t_above_u_at_or_above_s():
@@ -185,6 +220,8 @@ def test_ctm_errors_are_clear():
         ctm(inference_sigmas=[0.2, 80.0])
     with pytest.raises(ValueError, match="num_bins"):
         ctm(num_bins=1)
+    with pytest.raises(ValueError, match="endpoint_batch"):
+        ctm(endpoint_batch=0)
 
 
 @pytest.mark.parametrize("task", ["state", "image"])
