@@ -18,14 +18,15 @@ one Heun step x_t -> x_u; then
     ctm = d( G_sg(G(x_t, t, s), s, sigma_min),  G_sg(G_sg(x_u, u, s), s, sigma_min) )
 
 with d pseudo-Huber and G_sg a stop-gradient copy (`target_ema_decay` 0: the current weights), plus
-the EDM denoising loss of g(x, sigma, sigma) (`dsm_weight`), and optionally (`endpoint_weight`) the
-teacher's whole sampler run on the one-step sampler's own input:
+the EDM denoising loss of g(x, sigma, sigma) (`dsm_weight`), and (`endpoint_weight`, 0 turns it off)
+the teacher's whole sampler run on the one-step sampler's own input:
 
     endpoint = d( G(sigma_max z, sigma_max, sigma_min),  the teacher's sampler from sigma_max z to sigma_min )
 
 which trains the jump that one-step inference takes against its exact target instead of a chain of
-`num_bins` bootstrapped ones (Luhman & Luhman's distillation; CTM's u = s limit at t = sigma_max). Sampling: G(sigma_max z, sigma_max,
-sigma_min), one network evaluation; a chain `inference_sigmas` re-noises to each next level.
+`num_bins` bootstrapped ones (Luhman & Luhman's distillation; CTM's u = s limit at t = sigma_max).
+Sampling: G(sigma_max z, sigma_max, sigma_min), one network evaluation; a chain `inference_sigmas`
+re-noises to each next level.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         huber_c: pseudo-Huber c; None: improved CT's 0.00054 sqrt(T * Da).
         ctm_weight, dsm_weight: weights of the two loss terms (Consistency Policy: 1 and 1).
         endpoint_weight: weight of the term that matches the one-step jump to the teacher's sampler
-            (0: off, Consistency Policy's loss); it costs the teacher's NFE on `endpoint_batch`
-            samples of each batch (None: all).
+            (0: off, which is Consistency Policy's loss); it costs the teacher's NFE on
+            `endpoint_batch` samples of each batch (None: all).
         inference_sigmas: the sampling chain; [sigma_max] is one evaluation, e.g. [80, 0.8, 0.2]
             three (each step jumps to sigma_min, the next re-noises to its level).
     """
@@ -68,7 +69,7 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
                  model: Callable, obs_encoder: Callable | None = None, teacher: str | None = None,
                  num_bins: int = 40, s_embed_dim: int = 16, target_ema_decay: float = 0.0,
                  huber_c: float | None = None, ctm_weight: float = 1.0, dsm_weight: float = 1.0,
-                 endpoint_weight: float = 0.0, endpoint_batch: int | None = None, inference_sigmas: Sequence[float] | None = None, **edm):
+                 endpoint_weight: float = 1.0, endpoint_batch: int | None = None, inference_sigmas: Sequence[float] | None = None, **edm):
         super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps,
                          _with_extra_condition(model, s_embed_dim), obs_encoder, **edm)
         if num_bins < 2:
