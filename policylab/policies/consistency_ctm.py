@@ -69,7 +69,8 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
                  model: Callable, obs_encoder: Callable | None = None, teacher: str | None = None,
                  num_bins: int = 40, s_embed_dim: int = 16, target_ema_decay: float = 0.0,
                  huber_c: float | None = None, ctm_weight: float = 1.0, dsm_weight: float = 1.0,
-                 endpoint_weight: float = 1.0, endpoint_batch: int | None = None, inference_sigmas: Sequence[float] | None = None, **edm):
+                 endpoint_weight: float = 1.0, endpoint_batch: int | None = None,
+                 inference_sigmas: Sequence[float] | None = None, **edm):
         super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps,
                          _with_extra_condition(model, s_embed_dim), obs_encoder, **edm)
         if num_bins < 2:
