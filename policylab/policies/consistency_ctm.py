@@ -57,7 +57,8 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         s_embed_dim: size of the embedding of the target level s.
         target_ema_decay: of the stop-gradient copy G_sg (0: a copy of the current weights).
         huber_c: pseudo-Huber c; None: improved CT's 0.00054 sqrt(T * Da).
-        ctm_weight, dsm_weight: weights of the two loss terms (Consistency Policy: 1 and 1).
+        ctm_weight, dsm_weight: weights of the two loss terms (Consistency Policy: 1 and 1); a term
+            whose weight is 0 is not computed.
         endpoint_weight: weight of the term that matches the one-step jump to the teacher's sampler
             (0: off, which is Consistency Policy's loss); it costs the teacher's NFE on
             `endpoint_batch` samples of each batch (None: all).
@@ -163,7 +164,7 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         cond, teacher_cond = student_and_teacher_cond(self, batch)
         action = self.normalizer["action"].normalize(batch["action"])
         zero = torch.zeros((), device=action.device)
-        ctm = self.ctm_loss(action, cond, teacher_cond)
+        ctm = self.ctm_loss(action, cond, teacher_cond) if self.ctm_weight else zero
         dsm = self.dsm_loss(action, cond) if self.dsm_weight else zero
         endpoint = self.endpoint_loss(cond, teacher_cond) if self.endpoint_weight else zero
         loss = self.ctm_weight * ctm + self.dsm_weight * dsm + self.endpoint_weight * endpoint

@@ -168,6 +168,11 @@ def test_endpoint_loss_vanishes_for_an_exact_teacher_and_student():
     off = ctm(model=PointMassF, num_bins=20, endpoint_weight=0.0)  # Consistency Policy's loss: no sampler run
     attach_teacher(off, teacher)
     assert off.compute_loss(batch)[1]["endpoint_loss"] == 0.0 and sizes == [64, 64]
+    sizes.clear()
+    only = ctm(model=PointMassF, num_bins=20, endpoint_weight=1.0, endpoint_batch=8, ctm_weight=0.0)
+    attach_teacher(only, teacher)  # endpoint distillation alone: the CTM term's Heun step is not run
+    metrics = only.compute_loss(batch)[1]
+    assert metrics["ctm_loss"] == 0.0 and metrics["endpoint_loss"] < 1e-5 and sizes == [8] * 16
 
 
 def test_bins_are_ordered_t_above_u_at_or_above_s():
