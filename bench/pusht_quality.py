@@ -5,6 +5,7 @@ inference budget on 50 test seeds, with latency per chunk and the learning curve
                                   [--steps edm=4158] [--epochs edm=36] [--backbone config|small]
                                   [--task state|image]
                                   [--parallel] [--reuse] [--eval_only] [--out <json>]
+                                  [--n_test 50] [--last_k 1]
                                   [--teacher <dp run>/checkpoints/latest] [extra train.py overrides ...]
 
 Methods, all on the same demos, backbone (--backbone: the experiments' 4.6M UNet, or the quickstart's
@@ -32,6 +33,7 @@ and prints the table. Goal: a one-step policy within 0.05 mean_score of its teac
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -97,7 +99,8 @@ def parse_budget(text: str | None, default: dict) -> dict:
 
 def train(method: str, args, run_dir: Path, extra: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "train.py", f"experiment={TASKS[args.task][method]}", f"task.dataset.zarr_path={args.data}",
-           f"training.max_train_minutes={args.minutes[method]}", f"hydra.run.dir={run_dir}", *extra, *args.overrides]
+           f"training.max_train_minutes={args.minutes[method]}", f"hydra.run.dir={run_dir}",
+           "checkpoint.topk=1000", *extra, *args.overrides]  # keep every checkpoint: --last_k picks by time
     backbone = BACKBONES[args.backbone]
     cmd[4:4] = backbone["all"] + (backbone["scratch"] if method not in TEACHER else [])
     if method in args.steps:
@@ -122,6 +125,31 @@ def read_logs(run_dir: Path) -> list[dict]:
 def curve(run_dir: Path) -> list[list]:
     return [[r["global_step"], r["test/mean_score"], r.get("test/success_rate")]
             for r in read_logs(run_dir) if "test/mean_score" in r]
+
+
+def last_checkpoints(run_dir: Path, k: int) -> list[Path]:
+    """checkpoints/latest for k = 1, else the k saved epoch=... checkpoints with the highest epochs."""
+    if k < 1:
+        raise ValueError(f"--last_k must be >= 1, got {k}")
+    if k == 1:
+        return [run_dir / "checkpoints" / "latest"]
+    def epoch(path: Path) -> int:
+        return int(path.name.split("-")[0].removeprefix("epoch="))
+
+    def weights(path: Path) -> str:
+        return json.loads((path / "checksums.json").read_text())["model.safetensors"]
+
+    from omegaconf import OmegaConf
+
+    every = OmegaConf.load(run_dir / "checkpoints" / "latest" / "config.yaml").training.checkpoint_every
+    saved = sorted((run_dir / "checkpoints").glob("epoch=*"), key=epoch)[-k:]
+    gaps = {epoch(b) - epoch(a) for a, b in itertools.pairwise(saved)}
+    # top-k retention deletes the worst-scoring checkpoints: a set with a hole, or without the final
+    # weights, would be chosen by score, not by time
+    if len(saved) < k or gaps - {every} or weights(saved[-1]) != weights(run_dir / "checkpoints" / "latest"):
+        raise SystemExit(f"{run_dir}: the saved checkpoints {[p.name for p in saved]} are not the run's last {k} "
+                         "(top-k retention deleted some); retrain with checkpoint.topk raised")
+    return saved
 
 
 def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
@@ -175,6 +203,9 @@ def main():
     parser.add_argument("--eval_only", action="store_true", help="evaluate what exists; train nothing")
     parser.add_argument("--runs", default=None, help="per-method run directories, e.g. edm=<dir> (default <run_root>/<method>)")
     parser.add_argument("--n_test", type=int, default=50)
+    parser.add_argument("--last_k", type=int, default=1,
+                        help="score each variant as the mean over the run's last K saved checkpoints "
+                             "(1: checkpoints/latest), which averages out one checkpoint's luck")
     parser.add_argument("--data", default="data/pusht/pusht_expert.zarr")
     parser.add_argument("--run_root", default="outputs/bench/pusht_quality")
     parser.add_argument("--out", default="bench/results/pusht_quality.json")
@@ -224,9 +255,13 @@ def main():
         teacher_budget = {}
         if m in TEACHER and (REPO / runs[TEACHER[m]] / "budget.json").exists():
             teacher_budget = json.loads((REPO / runs[TEACHER[m]] / "budget.json").read_text())
+        ckpts = last_checkpoints(REPO / runs[m], args.last_k)
         for label, nfe, settings in VARIANTS[m]:
-            result = evaluate(REPO / runs[m] / "checkpoints" / "latest", settings, args.n_test,
-                              REPO / runs[m] / f"eval_{args.n_test}_{nfe}")
+            results = [evaluate(ckpt, settings, args.n_test, REPO / runs[m] / f"eval_{args.n_test}_{nfe}_{ckpt.name}")
+                       for ckpt in ckpts]
+            result = {k: statistics.mean(r[k] for r in results) for k in results[0]}
+            if len(ckpts) > 1:
+                result["checkpoints"] = {ckpt.name: r["mean_score"] for ckpt, r in zip(ckpts, results)}
             row = {"method": m, "experiment": experiments[m], "inference": label, "nfe": nfe, **result,
                    "train_steps": budget.get("steps"), "train_cpu_minutes": budget.get("cpu_minutes"),
                    "train_wall_minutes": budget.get("wall_minutes"), "teacher": TEACHER.get(m),
@@ -241,7 +276,8 @@ def main():
     earlier = previous.get("earlier_runs") or [r for r in previous.get("rows", []) if "nfe" not in r]
     for row in rows:
         row["backbone"], row["task"] = args.backbone, args.task
-    result = {"episodes": args.episodes, "n_test": args.n_test, "rows": kept + rows, "earlier_runs": earlier}
+    result = {"episodes": args.episodes, "n_test": args.n_test, "last_k": args.last_k, "rows": kept + rows,
+              "earlier_runs": earlier}
     (REPO / args.out).parent.mkdir(parents=True, exist_ok=True)
     (REPO / args.out).write_text(json.dumps(result, indent=2))
     print_table(result["rows"])
