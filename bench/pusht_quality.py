@@ -187,6 +187,37 @@ def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
             "latency_ms": 1000 * statistics.median(times[3:]), "eval_cpu_minutes": eval_cpu}
 
 
+def one_step_error(student_ckpt: Path, teacher_ckpt: Path, data: str, n: int = 512) -> dict:
+    """How far the one-step student lands from its teacher's sampler on the same noise, on held-out
+    windows: the executed actions' mean Euclidean distance per chunk, in action units (PushT: px),
+    median and 90th percentile; and the teacher's own spread (two noises for one observation) for scale.
+    A far less noisy measure of distillation than rollout scores."""
+    import hydra
+    import torch
+
+    from policylab.common.checkpoint import load_config
+    from policylab.policies.base import BasePolicy
+
+    torch.set_num_threads(1)
+    student, teacher = BasePolicy.from_checkpoint(student_ckpt), BasePolicy.from_checkpoint(teacher_ckpt)
+    student.inference_sigmas = [student.sigma_max]
+    dataset_cfg = load_config(student_ckpt).task.dataset
+    dataset = hydra.utils.instantiate(dataset_cfg, zarr_path=data).get_validation_dataset()
+    pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n]
+    obs = torch.utils.data.default_collate([dataset[int(i)]["obs"] for i in pick])
+
+    def act(policy, seed):
+        return policy.predict_action(obs, generator=torch.Generator().manual_seed(seed))["action"]
+
+    def quantiles(a, b):
+        d = (a - b).norm(dim=-1).mean(dim=-1)
+        return {"median": float(d.median()), "p90": float(d.quantile(0.9))}
+
+    target = act(teacher, 0)
+    return {"windows": len(pick), "student_vs_teacher": quantiles(act(student, 0), target),
+            "teacher_vs_teacher": quantiles(act(teacher, 1), target)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="edm,ctm", help="comma-separated subset of the --task's methods")
@@ -268,6 +299,9 @@ def main():
                    "total_steps": (budget.get("steps") or 0) + (teacher_budget.get("steps") or 0),
                    "total_cpu_minutes": (budget.get("cpu_minutes") or 0) + (teacher_budget.get("cpu_minutes") or 0),
                    "curve": curve(runs[m])}
+            if m == "ctm" and nfe == 1:  # the jump from the very noise the teacher solves from
+                row["one_step_error"] = one_step_error(ckpts[-1], REPO / runs[TEACHER[m]] / "checkpoints" / "latest",
+                                                       args.data)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
     previous = json.loads((REPO / args.out).read_text()) if (REPO / args.out).exists() else {}
@@ -296,6 +330,12 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['method']:>6} {r['inference']:>12} {r['nfe']:4d} {r['train_steps'] or 0:6d} "
               f"{r['train_cpu_minutes'] or float('nan'):8.1f} {r['total_steps']:11d} {r['mean_score']:10.3f} "
               f"{r['success_rate']:8.2f} {r['latency_ms']:9.1f} {delta}")
+    for r in rows:
+        if err := r.get("one_step_error"):
+            print(f"{r['method']} one step vs its teacher on the same noise ({err['windows']} held-out windows, "
+                  f"action units): median {err['student_vs_teacher']['median']:.2f}, "
+                  f"p90 {err['student_vs_teacher']['p90']:.2f}; the teacher vs itself on another noise: "
+                  f"median {err['teacher_vs_teacher']['median']:.2f}, p90 {err['teacher_vs_teacher']['p90']:.2f}")
     for m in dict.fromkeys(r["method"] for r in rows):
         points = next(r["curve"] for r in rows if r["method"] == m)
         print(f"{m} curve (step: score@20 seeds): " + ", ".join(f"{s}: {v:.3f}" for s, v, _ in points))
