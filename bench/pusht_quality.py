@@ -16,6 +16,7 @@ Methods, all on the same demos, backbone (--backbone: the experiments' 4.6M UNet
   edm  EDM / Karras diffusion policy (experiment=pusht_state_cpu_edm): the EDM teacher
   ctm  CTM distillation of edm (experiment=pusht_state_cpu_ctm), warm-started from it, with the
        endpoint term (policy.endpoint_weight=0: Consistency Policy's loss)
+  onestep  the same student on the endpoint term alone, lr 3e-4 (experiment=pusht_state_cpu_ctm_onestep)
 `--task image` trains edm and ctm on image PushT (96x96 frames, ResNet18: pusht_image_cpu_edm/_ctm).
 
 Budgets are stated in optimizer steps and CPU minutes of the training process (its user + system
@@ -47,10 +48,10 @@ sys.path.insert(0, str(REPO))
 
 TASKS = {  # --task -> method -> experiment
     "state": {"dp": "pusht_state_cpu", "ct": "pusht_state_cpu_consistency", "cd": "pusht_state_cpu_distill",
-              "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm"},
+              "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm", "onestep": "pusht_state_cpu_ctm_onestep"},
     "image": {"edm": "pusht_image_cpu_edm", "ctm": "pusht_image_cpu_ctm"},
 }
-TEACHER = {"cd": "dp", "ctm": "edm"}
+TEACHER = {"cd": "dp", "ctm": "edm", "onestep": "edm"}
 CHAIN3 = [80.0, 0.8, 0.2]  # the consistency chains' three levels
 # method -> [(label, NFE, policy attributes set before evaluating)]
 VARIANTS = {
@@ -60,11 +61,12 @@ VARIANTS = {
     "edm": [("Heun 17 NFE", 17, {"sampler": "heun", "num_inference_steps": 9}),
             ("Heun 3 NFE", 3, {"sampler": "heun", "num_inference_steps": 2})],
     "ctm": [("1 step", 1, {"inference_sigmas": [80.0]}), ("3 steps", 3, {"inference_sigmas": CHAIN3})],
+    "onestep": [("1 step", 1, {"inference_sigmas": [80.0]})],  # no chain: the CTM term is off
 }
-DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20}
+DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20, "onestep": 20}
 # Backbones: "config" is what the experiment sets (state: a 4.6M UNet, batch 128, lr 3e-4; image:
 # the 1.1M UNet + ResNet18, batch 64, lr 1e-3 / 1e-4 for the student); "small" the quickstart's 1.1M
-# UNet (batch 64; lr 1e-3 for the methods trained from scratch, the students keep their 1e-4), cheap
+# UNet (batch 64; lr 1e-3 for the methods trained from scratch, the students keep their experiments' lr), cheap
 # enough on 2 CPU cores for the teachers' curves to flatten.
 BACKBONES = {
     "config": {"all": [], "scratch": []},
@@ -173,6 +175,9 @@ def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
                                                        "n_train_vis": 0, "n_envs": 10, "vector_env": "sync",
                                                        "device": "cpu"})
     runner = hydra.utils.instantiate(check_config(runner_cfg, "task.env_runner"), output_dir=str(out_dir))
+    # the env seeds fix the initial states; the policy's own noise comes from torch's global generator
+    # (the runner does not seed it), so seed it too: the same checkpoint then gets the same score
+    torch.manual_seed(0)
     t0 = time.process_time()
     log = runner.run(policy)
     eval_cpu = (time.process_time() - t0) / 60
@@ -299,7 +304,7 @@ def main():
                    "total_steps": (budget.get("steps") or 0) + (teacher_budget.get("steps") or 0),
                    "total_cpu_minutes": (budget.get("cpu_minutes") or 0) + (teacher_budget.get("cpu_minutes") or 0),
                    "curve": curve(runs[m])}
-            if m == "ctm" and nfe == 1:  # the jump from the very noise the teacher solves from
+            if m in ("ctm", "onestep") and nfe == 1:  # the jump from the very noise the teacher solves from
                 row["one_step_error"] = one_step_error(ckpts[-1], REPO / runs[TEACHER[m]] / "checkpoints" / "latest",
                                                        args.data)
             rows.append(row)

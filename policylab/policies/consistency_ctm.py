@@ -87,6 +87,9 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
                 self.inference_sigmas != sorted(self.inference_sigmas, reverse=True):
             raise ValueError(f"inference_sigmas {self.inference_sigmas} must decrease within "
                              f"({self.sigma_min}, {self.sigma_max}]")
+        if not ctm_weight and len(self.inference_sigmas) > 1:
+            raise ValueError(f"inference_sigmas {self.inference_sigmas} chains jumps from lower levels, which "
+                             "only the CTM term trains; with ctm_weight=0 the student learns the one-step jump alone")
         self.s_embedding = SinusoidalPosEmb(s_embed_dim)
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)
         self.register_buffer("bins", edm_sigmas(num_bins, self.sigma_min, self.sigma_max, self.rho),

@@ -227,6 +227,9 @@ def test_ctm_errors_are_clear():
         ctm(num_bins=1)
     with pytest.raises(ValueError, match="endpoint_batch"):
         ctm(endpoint_batch=0)
+    with pytest.raises(ValueError, match="ctm_weight=0"):  # endpoint-only: no chain was trained
+        ctm(ctm_weight=0.0, inference_sigmas=[80.0, 0.8, 0.2])
+    ctm(ctm_weight=0.0, inference_sigmas=[80.0])
 
 
 @pytest.mark.parametrize("task", ["state", "image"])
@@ -243,3 +246,13 @@ def test_cpu_experiments_of_teacher_and_student_share_the_benchmark_backbone(tas
     assert all(teacher.policy[k] == student.policy[k] for k in noise)
     if task == "state":  # the DDPM teacher of the same benchmark has the same network
         assert compose_config(["experiment=pusht_state_cpu"]).policy.model == teacher.policy.model
+
+
+def test_one_step_experiment_is_the_ctm_experiment_on_the_endpoint_term_alone():
+    from tests.helpers import compose_config
+
+    ctm_cfg, onestep = (compose_config([f"experiment={name}"])
+                        for name in ("pusht_state_cpu_ctm", "pusht_state_cpu_ctm_onestep"))
+    assert onestep.policy.model == ctm_cfg.policy.model and onestep.task.name == ctm_cfg.task.name
+    assert (onestep.policy.ctm_weight, onestep.policy.dsm_weight, onestep.policy.endpoint_weight) == (0, 0, 1)
+    assert list(onestep.policy.inference_sigmas) == [80.0] and onestep.optimizer.lr == 3e-4
