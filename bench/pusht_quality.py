@@ -16,7 +16,7 @@ Methods, all on the same demos, backbone (--backbone: the experiments' 4.6M UNet
   edm  EDM / Karras diffusion policy (experiment=pusht_state_cpu_edm): the EDM teacher
   ctm  CTM distillation of edm (experiment=pusht_state_cpu_ctm), warm-started from it, with the
        endpoint term (policy.endpoint_weight=0: Consistency Policy's loss)
-  onestep  the same student on the endpoint term alone, lr 3e-4 (experiment=pusht_state_cpu_ctm_onestep)
+  onestep  the same student on the endpoint term alone, lr 1e-3 (experiment=pusht_state_cpu_ctm_onestep)
 `--task image` trains edm and ctm on image PushT (96x96 frames, ResNet18: pusht_image_cpu_edm/_ctm).
 
 Budgets are stated in optimizer steps and CPU minutes of the training process (its user + system

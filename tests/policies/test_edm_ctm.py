@@ -255,4 +255,4 @@ def test_one_step_experiment_is_the_ctm_experiment_on_the_endpoint_term_alone():
                         for name in ("pusht_state_cpu_ctm", "pusht_state_cpu_ctm_onestep"))
     assert onestep.policy.model == ctm_cfg.policy.model and onestep.task.name == ctm_cfg.task.name
     assert (onestep.policy.ctm_weight, onestep.policy.dsm_weight, onestep.policy.endpoint_weight) == (0, 0, 1)
-    assert list(onestep.policy.inference_sigmas) == [80.0] and onestep.optimizer.lr == 3e-4
+    assert list(onestep.policy.inference_sigmas) == [80.0] and onestep.optimizer.lr == 1e-3
