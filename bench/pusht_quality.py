@@ -26,6 +26,9 @@ teacher's (`total_*` columns). Each trained method is evaluated at each of its i
 full budget (DDIM-16, Heun 17 NFE) and at 3 NFE (what a short teacher chain gives without
 distillation). Latency: median ms per `predict_action` for one observation, 1 thread.
 The curve is the periodic rollout score during training (20 test seeds, logs.jsonl).
+Evaluations seed the policy's sampling noise (torch.manual_seed(0)), so a checkpoint's score is
+reproducible; `--n_test 150 --last_k 3` gives the steadier measure (450 episodes a policy). For a
+one-step student the table adds its distance, in action units, from the teacher's sampler on the same noise.
 
 A long run (an hour or more on 2 cores); not part of CI. Writes bench/results/pusht_quality.json
 and prints the table. Goal: a one-step policy within 0.05 mean_score of its teacher.
