@@ -138,6 +138,7 @@ def last_checkpoints(run_dir: Path, k: int) -> list[Path]:
         raise ValueError(f"--last_k must be >= 1, got {k}")
     if k == 1:
         return [run_dir / "checkpoints" / "latest"]
+
     def epoch(path: Path) -> int:
         return int(path.name.split("-")[0].removeprefix("epoch="))
 
@@ -307,7 +308,7 @@ def main():
                    "total_steps": (budget.get("steps") or 0) + (teacher_budget.get("steps") or 0),
                    "total_cpu_minutes": (budget.get("cpu_minutes") or 0) + (teacher_budget.get("cpu_minutes") or 0),
                    "curve": curve(runs[m])}
-            if m in ("ctm", "onestep") and nfe == 1:  # the jump from the very noise the teacher solves from
+            if TEACHER.get(m) == "edm" and nfe == 1:  # the jump from the very noise the teacher solves from
                 row["one_step_error"] = one_step_error(ckpts[-1], REPO / runs[TEACHER[m]] / "checkpoints" / "latest",
                                                        args.data)
             rows.append(row)
