@@ -209,11 +209,11 @@ def share_or_load_teacher(student: BasePolicy, source: BasePolicy | None, kind: 
     return load_policy(student.teacher_path, device=student.device).requires_grad_(False)
 
 
-def student_and_teacher_cond(student: BasePolicy, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's observation condition (with gradients) and the frozen teacher's, for one batch."""
+def student_and_teacher_cond(student: BasePolicy, nobs: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's observation condition (with gradients) and the frozen teacher's, for one batch
+    of normalized observations."""
     if student.teacher is None:
         raise RuntimeError("the teacher is not loaded: call on_train_start() (the workspace does)")
-    nobs = student.normalize_obs(batch["obs"])
     with torch.no_grad():
         teacher_cond = student.teacher.encode_obs(nobs)
     return student.encode_obs(nobs), teacher_cond
@@ -310,7 +310,7 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
         return pseudo_huber(pred, target, self.huber_c).mean()
 
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
-        cond, teacher_cond = student_and_teacher_cond(self, batch)
+        cond, teacher_cond = student_and_teacher_cond(self, self.normalize_obs(batch["obs"]))
         loss = self.distillation_loss(self.normalizer["action"].normalize(batch["action"]), cond, teacher_cond)
         return loss, {"loss": loss.item()}
 

@@ -62,6 +62,9 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         endpoint_weight: weight of the term that matches the one-step jump to the teacher's sampler
             (0: off, which is Consistency Policy's loss); it costs the teacher's NFE on
             `endpoint_batch` samples of each batch (None: all).
+        endpoint_obs_noise: std of Gaussian noise added to the normalized low-dim observations of the
+            endpoint term's samples, which student and teacher both see: the teacher labels states
+            near the demos that its rollouts visit but the demos do not hold (0: the demo states only).
         inference_sigmas: the sampling chain; [sigma_max] is one evaluation, e.g. [80, 0.8, 0.2]
             three (each step jumps to sigma_min, the next re-noises to its level).
     """
@@ -71,7 +74,7 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
                  num_bins: int = 40, s_embed_dim: int = 16, target_ema_decay: float = 0.0,
                  huber_c: float | None = None, ctm_weight: float = 1.0, dsm_weight: float = 1.0,
                  endpoint_weight: float = 1.0, endpoint_batch: int | None = None,
-                 inference_sigmas: Sequence[float] | None = None, **edm):
+                 endpoint_obs_noise: float = 0.0, inference_sigmas: Sequence[float] | None = None, **edm):
         super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps,
                          _with_extra_condition(model, s_embed_dim), obs_encoder, **edm)
         if num_bins < 2:
@@ -80,7 +83,10 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         self.target_ema_decay, self.ctm_weight, self.dsm_weight = target_ema_decay, ctm_weight, dsm_weight
         if endpoint_batch is not None and endpoint_batch < 1:
             raise ValueError(f"endpoint_batch must be >= 1 or null (the whole batch), got {endpoint_batch}")
+        if endpoint_obs_noise < 0:
+            raise ValueError(f"endpoint_obs_noise must be >= 0, got {endpoint_obs_noise}")
         self.endpoint_weight, self.endpoint_batch = endpoint_weight, endpoint_batch
+        self.endpoint_obs_noise = endpoint_obs_noise
         self.huber_c = 0.00054 * math.sqrt(horizon * self.action_dim) if huber_c is None else huber_c
         self.inference_sigmas = [float(s) for s in (inference_sigmas or [self.sigma_max])]
         if any(not self.sigma_min < s <= self.sigma_max for s in self.inference_sigmas) or \
@@ -153,9 +159,17 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         pred = self.trajectory_fn(pred, s, floor, sg_cond, self.target_model)
         return pseudo_huber(pred, target, self.huber_c).mean()
 
-    def endpoint_loss(self, cond: torch.Tensor, teacher_cond: torch.Tensor) -> torch.Tensor:
-        """The one-step jump from sigma_max noise against the teacher's sampler run on that noise."""
+    def endpoint_loss(self, nobs: Mapping[str, torch.Tensor], cond: torch.Tensor,
+                      teacher_cond: torch.Tensor) -> torch.Tensor:
+        """The one-step jump from sigma_max noise against the teacher's sampler run on that noise, on
+        the first `endpoint_batch` samples (their observations perturbed by `endpoint_obs_noise`)."""
         n = cond.shape[0] if self.endpoint_batch is None else min(self.endpoint_batch, cond.shape[0])
+        if self.endpoint_obs_noise:
+            nobs = {k: v[:n] if k in self.rgb_keys else v[:n] + self.endpoint_obs_noise * torch.randn_like(v[:n])
+                    for k, v in nobs.items()}
+            cond = self.encode_obs(nobs)
+            with torch.no_grad():
+                teacher_cond = self.teacher.encode_obs(nobs)
         cond, teacher_cond = cond[:n], teacher_cond[:n]
         x = self.sigma_max * torch.randn((n, self.horizon, self.action_dim), device=cond.device, dtype=cond.dtype)
         with torch.no_grad():
@@ -164,12 +178,13 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         return pseudo_huber(self.trajectory_fn(x, t, floor, cond), target, self.huber_c).mean()
 
     def compute_loss(self, batch: Mapping) -> tuple[torch.Tensor, dict[str, float]]:
-        cond, teacher_cond = student_and_teacher_cond(self, batch)
+        nobs = self.normalize_obs(batch["obs"])
+        cond, teacher_cond = student_and_teacher_cond(self, nobs)
         action = self.normalizer["action"].normalize(batch["action"])
         zero = torch.zeros((), device=action.device)
         ctm = self.ctm_loss(action, cond, teacher_cond) if self.ctm_weight else zero
         dsm = self.dsm_loss(action, cond) if self.dsm_weight else zero
-        endpoint = self.endpoint_loss(cond, teacher_cond) if self.endpoint_weight else zero
+        endpoint = self.endpoint_loss(nobs, cond, teacher_cond) if self.endpoint_weight else zero
         loss = self.ctm_weight * ctm + self.dsm_weight * dsm + self.endpoint_weight * endpoint
         return loss, {"loss": loss.item(), "ctm_loss": ctm.item(), "dsm_loss": dsm.item(),
                       "endpoint_loss": endpoint.item()}

@@ -35,13 +35,14 @@ def edm(cls=EDMDiffusionPolicy, model=tiny_unet, **kwargs):
 class PointMassF(nn.Module):
     """The raw network F whose preconditioned denoiser is exact for data that is the one chunk
     `a0`: D(x, sigma) = a0 whatever x, so F = (a0 - c_skip x) / c_out. It reads sigma back from
-    c_noise = 250 ln sigma and x from c_in x (sigma_data 0.5); the condition is ignored."""
+    c_noise = 250 ln sigma and x from c_in x (sigma_data 0.5); the condition is ignored, or with
+    `from_obs` the data is the chunk that repeats the observation (the condition's first feature)."""
 
     obs_conditioning = "global"
 
-    def __init__(self, input_dim, global_cond_dim, a0=A0, wrong: bool = False):
+    def __init__(self, input_dim, global_cond_dim, a0=A0, wrong: bool = False, from_obs: bool = False):
         super().__init__()
-        self.a0, self.wrong = a0, wrong
+        self.a0, self.wrong, self.from_obs = a0, wrong, from_obs
 
     def forward(self, sample, timestep, global_cond):
         sigma = torch.exp(timestep / 250.0).reshape(-1, 1, 1)
@@ -49,6 +50,8 @@ class PointMassF(nn.Module):
         x = sample / c_in
         c_skip, c_out = 0.25 / (sigma ** 2 + 0.25), sigma * 0.5 / torch.sqrt(sigma ** 2 + 0.25)
         target = torch.zeros_like(self.a0) if self.wrong else self.a0
+        if self.from_obs:
+            target = global_cond[:, :1, None].expand(-1, T, 1)
         return (target - c_skip * x) / c_out
 
 
@@ -173,6 +176,33 @@ def test_endpoint_loss_vanishes_for_an_exact_teacher_and_student():
     attach_teacher(only, teacher)  # endpoint distillation alone: the CTM term's Heun step is not run
     metrics = only.compute_loss(batch)[1]
     assert metrics["ctm_loss"] == 0.0 and metrics["endpoint_loss"] < 1e-5 and sizes == [8] * 16
+
+
+def test_endpoint_obs_noise_shows_student_and_teacher_the_same_perturbed_observations():
+    """With `endpoint_obs_noise` the endpoint samples' observations are perturbed once, for both:
+    an exact pair whose action depends on the observation still has zero loss, while the teacher
+    saw observations off the batch's by about the noise's std."""
+    torch.manual_seed(0)
+    teacher = edm(model=partial(PointMassF, from_obs=True))
+    seen = []
+    teacher.model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["global_cond"][:, 0]),
+                                        with_kwargs=True)
+    batch = {"obs": {"state": torch.zeros(512, TO, 1)}, "action": torch.zeros(512, T, 1)}
+    for noise, exact in ((0.0, True), (0.1, True), (0.1, False)):
+        student = ctm(model=partial(PointMassF, from_obs=exact, wrong=not exact), endpoint_weight=1.0,
+                      ctm_weight=0.0, dsm_weight=0.0, endpoint_batch=256, endpoint_obs_noise=noise)
+        attach_teacher(student, teacher)
+        seen.clear()
+        endpoint = student.compute_loss(batch)[1]["endpoint_loss"]
+        if exact:
+            assert endpoint < 1e-5, (noise, endpoint)
+        else:  # the zero-chunk student misses the perturbed observations' chunks by their noise
+            assert endpoint > 1e-3
+        obs = torch.stack(seen)  # every teacher evaluation, on the 256 endpoint samples
+        assert obs.shape == (16, 256) and torch.all(obs == obs[0])
+        assert obs[0].std().item() == pytest.approx(noise, rel=0.15, abs=1e-12)
+    with pytest.raises(ValueError, match="endpoint_obs_noise"):
+        ctm(endpoint_obs_noise=-0.1)
 
 
 def test_bins_are_ordered_t_above_u_at_or_above_s():
