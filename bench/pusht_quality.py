@@ -66,7 +66,7 @@ VARIANTS = {
     "ctm": [("1 step", 1, {"inference_sigmas": [80.0]}), ("3 steps", 3, {"inference_sigmas": CHAIN3})],
     "onestep": [("1 step", 1, {"inference_sigmas": [80.0]})],  # no chain: the CTM term is off
 }
-DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20, "onestep": 20}
+DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20, "onestep": 45}
 # Backbones: "config" is what the experiment sets (state: a 4.6M UNet, batch 128, lr 3e-4; image:
 # the 1.1M UNet + ResNet18, batch 64, lr 1e-3 / 1e-4 for the student); "small" the quickstart's 1.1M
 # UNet (batch 64; lr 1e-3 for the methods trained from scratch, the students keep their experiments' lr), cheap
