@@ -263,9 +263,10 @@ class BaseWorkspace:
                          resume_from_step=self.resumed_from_step,
                          config=OmegaConf.to_container(self.cfg, resolve=True), **log_cfg)
 
-    def save_checkpoint(self, path: Path) -> None:
-        """Called on every rank (each contributes its RNG state); rank 0 writes."""
-        rng_per_rank = _gather_objects(ckpt.get_rng_state(), self.dist)
+    def save_checkpoint(self, path: Path, rng_state: dict | None = None) -> None:
+        """Called on every rank (each contributes its RNG state, or `rng_state`: the one taken
+        where training stopped, before an evaluation drew from it); rank 0 writes."""
+        rng_per_rank = _gather_objects(ckpt.get_rng_state() if rng_state is None else rng_state, self.dist)
         if not self.dist.is_main:
             return
         state = {**self.state_dict(), "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},

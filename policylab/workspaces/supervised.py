@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from policylab.common.checkpoint import TopKCheckpointManager
+from policylab.common.checkpoint import TopKCheckpointManager, get_rng_state
 from policylab.data.datasets.base import make_dataloader
 from policylab.models.ema import EMAModel
 from policylab.workspaces.base import (
@@ -132,6 +132,12 @@ class SupervisedWorkspace(BaseWorkspace):
         self.data_generator = torch.Generator().manual_seed(train.seed)
         self.lr_scheduler = None
         self.epoch = 0
+        # A stop mid-epoch (time budget, max_train_steps) counts that epoch; a resume finishes it, in
+        # the same order, from the batch where it stopped.
+        self.batches_into_epoch = 0
+        self._epoch_start_data_state = self.data_generator.get_state()
+        self._stop_rng: dict | None = None  # RNG states where training stopped, before the evaluation
+        self._epoch_losses: list[float] = []  # the stopped epoch's losses so far
         self._t_start, self._time_up = time.monotonic(), False
         self._part_seconds: dict[str, float] = {}
 
@@ -207,9 +213,10 @@ class SupervisedWorkspace(BaseWorkspace):
         metrics: dict[str, Any] = {}
         first_epoch, first_step = self.epoch, self.global_step
         try:
-            while self.epoch < train.num_epochs and not self._done():
+            while (self.epoch < train.num_epochs or self.batches_into_epoch) and not self._done():
+                finishing = self.batches_into_epoch > 0  # the epoch a stop cut short, already counted
                 train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
-                self.epoch += 1  # epochs done; cadences below count them
+                self.epoch += 0 if finishing else 1  # epochs done; cadences below count them
                 metrics = {"epoch": self.epoch, "train_loss": self.mean_over_ranks(train_loss)}
                 if main:
                     metrics |= self._evaluate(env_runner, val_loader, dataset)
@@ -305,14 +312,22 @@ class SupervisedWorkspace(BaseWorkspace):
     def _train_epoch(self, model, loader, lr_scheduler, logger) -> float:
         train = self.c["training"]
         accum = train.gradient_accumulate_every
+        skip = self.batches_into_epoch
+        epoch = self.epoch - 1 if skip else self.epoch  # 0-based index of the epoch being trained
+        if skip:  # finish the epoch a stop cut short: its order again, from the first batch not trained
+            self.data_generator.set_state(self._epoch_start_data_state)
+            loader.batch_sampler.skip = skip
+        else:
+            self._epoch_start_data_state = self.data_generator.get_state()
         if hasattr(loader, "dist_sampler"):
-            loader.dist_sampler.set_epoch(self.epoch)
+            loader.dist_sampler.set_epoch(epoch)
         self.policy.train()
-        losses, n_batches = [], len(loader)
+        losses, n_batches = (self._epoch_losses if skip else []), len(loader)
+        self.batches_into_epoch, self._stop_rng, self._epoch_losses = 0, None, []
         # The bar only on a terminal: in a log file the per-epoch line says it once.
-        bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, mininterval=1.0,
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, mininterval=1.0, initial=skip, total=n_batches,
                    disable=not (self.dist.is_main and sys.stderr.isatty()))
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(bar, start=skip):
             # The last group of an epoch may hold fewer than `accum` micro-batches: weight by its size.
             group_size = min(accum, n_batches - (i // accum) * accum)
             step_now = (i + 1) % accum == 0 or i + 1 == n_batches
@@ -327,9 +342,12 @@ class SupervisedWorkspace(BaseWorkspace):
                 self._time_up = self._time_up or self._over_time_budget()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if self.global_step % self.c["logging"].log_every == 0:
-                    logger.log({"train_loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0], "epoch": self.epoch},
+                    logger.log({"train_loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch},
                                step=self.global_step)
                 if self._done():
+                    if i + 1 < n_batches:  # stopped mid-epoch: where a resume picks up
+                        self.batches_into_epoch, self._stop_rng = i + 1, get_rng_state()
+                        self._epoch_losses = losses
                     break
         return sum(losses) / max(len(losses), 1)
 
@@ -384,7 +402,8 @@ class SupervisedWorkspace(BaseWorkspace):
 
     def state_dict(self) -> dict:
         state = {**super().state_dict(), "epoch": self.epoch, "lr_scheduler": self.lr_scheduler.state_dict(),
-                 "data_generator": self.data_generator.get_state()}
+                 "data_generator": self.data_generator.get_state(), "batches_into_epoch": self.batches_into_epoch,
+                 "epoch_start_data_generator": self._epoch_start_data_state, "epoch_losses": self._epoch_losses}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -394,27 +413,33 @@ class SupervisedWorkspace(BaseWorkspace):
         self.epoch = int(state["epoch"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.data_generator.set_state(state["data_generator"])
+        self.batches_into_epoch = int(state.get("batches_into_epoch", 0))  # 0 in checkpoints before it existed
+        if "epoch_start_data_generator" in state:
+            self._epoch_start_data_state = state["epoch_start_data_generator"]
+            self._epoch_losses = [float(x) for x in state["epoch_losses"]]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
     def _checkpoint(self, topk: TopKCheckpointManager, metrics: dict) -> None:
         """Called on every rank (each contributes its RNG state); rank 0 writes."""
         if self.c["checkpoint"].save_latest:
-            self.save_checkpoint(self.checkpoint_dir / "latest")
+            self.save_checkpoint(self.checkpoint_dir / "latest", self._stop_rng)
         path = topk.get_ckpt_path({**metrics, "epoch": self.epoch}) if self.dist.is_main else None
         path = broadcast_object(path, self.dist)  # saving is collective: every rank gives its RNG state
         if path is not None:
-            self.save_checkpoint(path)
+            self.save_checkpoint(path, self._stop_rng)
 
     def _loader(self, dataset, c, shard: bool):
-        """With `shard` under DDP each rank reads its own 1/world_size of every epoch."""
+        """The training loader (`shard`: under DDP each rank reads its own 1/world_size of every
+        epoch) draws from `data_generator` alone; the validation loader leaves it be."""
         if not (shard and self.dist.enabled):
             return make_dataloader(dataset, c.batch_size, shuffle=c.shuffle, num_workers=c.num_workers,
-                                   generator=self.data_generator, pin_memory=c.pin_memory,
+                                   generator=self.data_generator if shard else None, pin_memory=c.pin_memory,
                                    persistent_workers=c.persistent_workers)
         sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                      shuffle=c.shuffle, seed=self.c["training"].seed)
         loader = make_dataloader(dataset, c.batch_size, index_sampler=sampler, num_workers=c.num_workers,
+                                 generator=self.data_generator,
                                  pin_memory=c.pin_memory, persistent_workers=c.persistent_workers)
         loader.dist_sampler = sampler
         return loader

@@ -98,6 +98,39 @@ def test_resume_after_sigkill_equals_uninterrupted(store, tmp_path):
         assert g.keys() == w.keys() and all(g[s] == pytest.approx(w[s], abs=1e-6) for s in w)
 
 
+def test_resume_after_a_stop_mid_epoch_equals_uninterrupted(store, tmp_path):
+    """A run stopped mid-epoch (max_train_steps here; the time budget stops the same way) and then
+    resumed finishes that epoch in its order from the next batch, with the RNG as training left it
+    (not as the stop's evaluation rollouts left it): every step's loss equals the uninterrupted run's."""
+    args = ["training.num_epochs=3", "training.checkpoint_every=1", "training.gradient_accumulate_every=2"]
+    full = run_train(tiny(store, tmp_path / "full", *args))
+    assert full.returncode == 0, full.stderr[-3000:]
+    want = read_logs(tmp_path / "full" / "logs.jsonl")
+    per_epoch = sum(1 for r in want if "lr" in r and r["epoch"] == 0)
+    assert per_epoch >= 2
+    stop = per_epoch + per_epoch // 2  # inside the second epoch
+
+    run_dir = tmp_path / "stopped"
+    stopped = run_train(tiny(store, run_dir, *args, f"training.max_train_steps={stop}"))
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    state = load_training_state(run_dir / "checkpoints" / "latest")
+    assert (state["global_step"], state["epoch"], state["batches_into_epoch"]) == (stop, 2, 2 * (stop - per_epoch))
+    resumed = run_train(tiny(store, run_dir, *args, "training.resume=true", "training.max_train_steps=null"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = read_logs(run_dir / "logs.jsonl")
+    steps = [r for r in got if "lr" in r]  # per optimizer step: its loss, lr and epoch
+    assert [(r["global_step"], r["epoch"]) for r in steps] == [(r["global_step"], r["epoch"]) for r in want if "lr" in r]
+    for r, w in zip(steps, (r for r in want if "lr" in r)):
+        assert r["train_loss"] == pytest.approx(w["train_loss"], abs=1e-6), f"step {r['global_step']}"
+    ends = [r for r in got if "val_loss" in r and r["global_step"] != stop]  # the epochs' ends
+    assert len(ends) == 3
+    for r, w in zip(ends, (r for r in want if "val_loss" in r)):
+        for key in ("train_loss", "val_loss", "test/mean_score"):
+            assert r[key] == pytest.approx(w[key], abs=1e-6), f"{key} at step {r['global_step']}"
+    assert load_training_state(run_dir / "checkpoints" / "latest")["epoch"] == 3
+    assert [r["epoch"] for r in got if "test/mean_score" in r] == [1, 2, 2, 3]  # the stop's evaluation counts epoch 2
+
+
 def test_config_typo_fails_naming_the_key(store, tmp_path):
     result = run_train(tiny(store, tmp_path / "run", "training.num_epoch=3"))
     assert result.returncode != 0 and "num_epoch" in result.stderr

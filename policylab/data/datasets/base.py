@@ -64,6 +64,21 @@ class _Batched(Dataset):
         return self.dataset.get_batch(idxs)
 
 
+class ResumableBatchSampler(BatchSampler):
+    """A BatchSampler whose next pass can start `skip` batches in: it draws the skipped batches'
+    indices (so the order is the uninterrupted pass's) but nothing loads them. Resuming a run that
+    stopped mid-epoch sets `skip` once; the pass after that starts from the beginning again."""
+
+    skip = 0
+
+    def __iter__(self):
+        batches = super().__iter__()
+        skip, self.skip = self.skip, 0
+        for _ in range(skip):
+            next(batches, None)
+        yield from batches
+
+
 def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
                     drop_last: bool = False, generator: torch.Generator | None = None,
                     pin_memory: bool = False, persistent_workers: bool = False,
@@ -71,15 +86,18 @@ def make_dataloader(dataset: Dataset, batch_size: int, shuffle: bool = True, num
     """A DataLoader; batched (one `get_batch` per step) when the dataset supports it.
 
     `index_sampler` replaces the default random/sequential order (e.g. a DistributedSampler).
+    `generator` draws the order and each pass's worker base seed (None: torch's global generator),
+    so restoring it replays a pass exactly.
     """
     batched = hasattr(dataset, "get_batch")
     if index_sampler is None:
         index_sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         _Batched(dataset) if batched else dataset,
-        batch_sampler=BatchSampler(index_sampler, batch_size, drop_last=drop_last),
+        batch_sampler=ResumableBatchSampler(index_sampler, batch_size, drop_last=drop_last),
         collate_fn=_batch_as_is if batched else None,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
+        generator=generator,  # also the workers' base seed, drawn when an epoch's iterator starts
     )
