@@ -102,6 +102,7 @@ def test_wandb_run_id_kept_on_resume_and_videos_logged_as_wandb_video(tmp_path, 
     first.log({"train_loss": 1.0}, step=1)
     first.close()
     assert (tmp_path / WANDB_ID_FILE).read_text().strip() == run_id
+    time.sleep(1.1)  # wandb names offline run directories to the second: same second, same directory
     resumed = RunLogger(tmp_path, mode="offline", resume_from_step=1)
     assert resumed.run.id == run_id
     resumed.close()
