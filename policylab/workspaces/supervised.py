@@ -216,7 +216,8 @@ class SupervisedWorkspace(BaseWorkspace):
             while (self.epoch < train.num_epochs or self.batches_into_epoch) and not self._done():
                 finishing = self.batches_into_epoch > 0  # the epoch a stop cut short, already counted
                 train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
-                self.epoch += 0 if finishing else 1  # epochs done; cadences below count them
+                if not finishing:
+                    self.epoch += 1  # epochs done; cadences below count them
                 metrics = {"epoch": self.epoch, "train_loss": self.mean_over_ranks(train_loss)}
                 if main:
                     metrics |= self._evaluate(env_runner, val_loader, dataset)
