@@ -10,7 +10,10 @@ address needs a shared token (`Authorization: Bearer <token>` at the handshake, 
 constant time) or an explicit `--insecure`. The token comes from a file or the environment, never
 from argv (which `ps` shows to every user). Message size, concurrent connections and batch size
 are capped; a malformed request, or a policy output that is NaN or inf (e.g. for finite but extreme
-inputs), gets an error reply and the server keeps serving. Requests are answered one at a time:
+inputs), gets an error reply and the server keeps serving. Each refused handshake or bad request
+logs one line, at most `LOG_BURST` a minute (then one line counting what was left out), so a
+client cannot grow the log without bound. A token file readable by group or others is refused.
+Requests are answered one at a time, whichever connection sends them (a lock around the policy):
 the policy is one model on one device.
 """
 
@@ -23,6 +26,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 from http import HTTPStatus
 from pathlib import Path
 
@@ -38,6 +42,32 @@ from policylab.serving.protocol import ProtocolError, check_obs, decode, encode
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "POLICYLAB_SERVER_TOKEN"
+LOG_BURST = 20  # bad-request lines per LOG_WINDOW seconds; the rest are counted, not written
+LOG_WINDOW = 60.0
+
+
+class RateLimitedLog:
+    """At most `burst` warning lines per `window` seconds; the first line after a full window
+    says how many were left out. Called from the event loop and the request threads: locked."""
+
+    def __init__(self, logger: logging.Logger, burst: int = LOG_BURST, window: float = LOG_WINDOW):
+        self.logger, self.burst, self.window = logger, burst, window
+        self._start, self._written, self._dropped = -float("inf"), 0, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str, *args) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._start >= self.window:
+                if self._dropped:
+                    self.logger.warning("%d further bad requests in the last %.0f s were not logged",
+                                        self._dropped, self.window)
+                self._start, self._written, self._dropped = now, 0, 0
+            if self._written >= self.burst:
+                self._dropped += 1
+                return
+            self._written += 1
+        self.logger.warning(message, *args)
 
 
 def is_loopback(host: str) -> bool:
@@ -72,6 +102,8 @@ class PolicyServer:
         self.max_connections, self.max_batch = max_connections, max_batch
         self.n_requests = self.n_errors = 0
         self._n_open = 0
+        self._predict_lock = threading.Lock()  # requests run in worker threads; the policy takes one at a time
+        self.log_bad = RateLimitedLog(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -92,14 +124,19 @@ class PolicyServer:
             if kind == "schema":
                 return encode({**self.schema(), "id": header.get("id")})
             if kind == "predict":
-                return encode({"type": "result", "id": header.get("id")}, self._predict(arrays))
+                with self._predict_lock:
+                    result = self._predict(arrays)
+                return encode({"type": "result", "id": header.get("id")}, result)
             raise ProtocolError(f"unknown request type {kind!r}; use ping, schema or predict")
         except ProtocolError as err:
             self.n_errors += 1
+            self.log_bad("bad request: %s", err)
             return encode({"type": "error", "message": str(err)})
         except Exception as err:  # a policy failure must not take the server down either
             self.n_errors += 1
-            log.exception("predict_action failed")
+            # One line; the traceback only at DEBUG, so a client cannot make the log grow by 15 lines a request.
+            self.log_bad("predict_action failed: %s: %s", type(err).__name__, err)
+            log.debug("predict_action failed", exc_info=True)
             return encode({"type": "error", "message": f"policy error: {type(err).__name__}: {err}"})
 
     def _predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -120,14 +157,25 @@ class PolicyServer:
         return out
 
     def _authorize(self, connection, request):
+        """None to accept the handshake, else the HTTP response that refuses it (logged in one line)."""
+        refusal = self._refusal(request.headers.get_all("Authorization"))
+        if refusal is None:
+            return None
+        status, reason = refusal
+        self.log_bad("refused a connection from %s: %d %s", _peer(connection), status, reason)
+        return connection.respond(status, reason + "\n")
+
+    def _refusal(self, authorization: list[str]) -> tuple[HTTPStatus, str] | None:
         if self._n_open >= self.max_connections:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"{self.max_connections} connections open, the server's limit\n")
+            return HTTPStatus.SERVICE_UNAVAILABLE, f"{self.max_connections} connections open, the server's limit"
         if self.token is None:
             return None
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        if len(authorization) > 1:
+            return HTTPStatus.BAD_REQUEST, f"{len(authorization)} Authorization headers; send exactly one"
+        # Header values arrive as latin-1 text: compare bytes, so any value compares without raising.
+        given = authorization[0].encode("latin-1", "replace") if authorization else b""
+        if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
+            return HTTPStatus.UNAUTHORIZED, "missing or wrong token (Authorization: Bearer <token>)"
         return None
 
     async def _connection(self, websocket) -> None:
@@ -142,8 +190,11 @@ class PolicyServer:
 
     async def serve(self) -> None:
         self._stop = asyncio.Event()
+        # websockets' own logger says INFO per connection: quiet it; refusals are logged (rate-limited) above.
+        quiet = logging.getLogger(f"{__name__}.websockets")
+        quiet.setLevel(logging.WARNING)
         async with serve(self._connection, self.host, self.port, max_size=self.max_message_bytes,
-                         process_request=self._authorize, compression=None) as server:
+                         process_request=self._authorize, compression=None, logger=quiet) as server:
             self.port = server.sockets[0].getsockname()[1]
             log.info("policy server on ws://%s:%d", self.host, self.port)
             self._ready.set()
@@ -178,12 +229,26 @@ class PolicyServer:
         self.stop()
 
 
+def _peer(connection) -> str:
+    address = getattr(connection, "remote_address", None)
+    return f"{address[0]}:{address[1]}" if address else "?"
+
+
 def read_token(token_file: str | None) -> str | None:
-    """The shared token from `token_file` (first line) or the POLICYLAB_SERVER_TOKEN variable; None if neither."""
+    """The shared token from `token_file` (first line) or the POLICYLAB_SERVER_TOKEN variable; None if neither.
+
+    A file that group or others may read is refused (ValueError naming the file and the fix): a
+    secret every local user can read is no secret.
+    """
     if token_file:
-        token = Path(token_file).read_text().strip()
+        path = Path(token_file)
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ValueError(f"--token-file {path} is readable or writable by group or others (mode "
+                             f"{mode & 0o777:04o}); make it private: chmod 600 {path}")
+        token = path.read_text().strip()
         if not token:
-            raise SystemExit(f"--token-file {token_file} is empty")
+            raise ValueError(f"--token-file {path} is empty")
         return token
     return os.environ.get(TOKEN_ENV) or None
 
@@ -203,7 +268,10 @@ def main(argv=None) -> None:
     parser.add_argument("--max-connections", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=64)
     args = parser.parse_args(argv)
-    token = read_token(args.token_file)
+    try:
+        token = read_token(args.token_file)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     if not token and not args.insecure and not is_loopback(args.host):
         parser.error(f"--host {args.host} needs a token ({TOKEN_ENV} or --token-file) or --insecure")
     from policylab.policies.base import BasePolicy
