@@ -14,66 +14,66 @@ Writes <output_dir>/eval_log.json (scores, per-seed rewards, video paths) and th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import OmegaConf
 
 from policylab.common.checkpoint import load_config
+from policylab.common.overrides import MISSING, parse_overrides
 from policylab.common.safe_config import check_config
 from policylab.policies.base import BasePolicy
 
-OWN_KEYS = {"checkpoint": None, "output_dir": None, "device": "auto", "use_ema": True}
+PROG = "eval"
 LEGACY_FLAGS = {"--checkpoint": "checkpoint", "--output_dir": "output_dir", "--device": "device"}
 RUNNER_PREFIXES = ("task.env_runner.", "env_runner.")
 
 
-class UsageError(SystemExit):
-    def __init__(self, message: str):
-        super().__init__(f"eval: {message}\n\n{__doc__.strip().splitlines()[2]}")
+@dataclasses.dataclass
+class EvalArgs:
+    checkpoint: str = MISSING
+    output_dir: str | None = None  # default: <run>/eval/<checkpoint name>
+    device: str = "auto"
+    use_ema: bool = True
+    # `n_test=50` is short for `env_runner.n_test=50`; checked against the checkpoint's runner config
+    env_runner: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def to_overrides(argv: list[str]) -> list[str]:
+    """The command line as `key=value` overrides of EvalArgs: the legacy flags translated, and
+    env-runner settings (`n_test=50`, `task.env_runner.n_test=50`) put under `env_runner.`."""
+    own = {f.name for f in dataclasses.fields(EvalArgs)} - {"env_runner"}
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, sep, value = arg.partition("=")
+        if arg == "--no-ema":
+            arg = "use_ema=false"
+        elif flag in LEGACY_FLAGS:
+            if not sep:
+                i += 1
+                if i == len(argv):
+                    raise SystemExit(f"{PROG}: {flag} needs a value")
+                value = argv[i]
+            arg = f"{LEGACY_FLAGS[flag]}={value}"
+        elif sep and not arg.startswith("-") and flag not in own:
+            for prefix in RUNNER_PREFIXES:
+                flag = flag.removeprefix(prefix)
+            arg = f"env_runner.{flag}={value}"
+        out.append(arg)
+        i += 1
+    return out
 
 
 def parse_args(argv: list[str]) -> tuple[dict, dict]:
     """(own settings, env-runner overrides) from key=value arguments (and the legacy flags)."""
-    dotlist, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        if arg == "--no-ema":
-            dotlist.append("use_ema=false")
-        elif arg.split("=", 1)[0] in LEGACY_FLAGS:
-            flag, sep, value = arg.partition("=")
-            if not sep:
-                i += 1
-                if i == len(argv):
-                    raise UsageError(f"{flag} needs a value")
-                value = argv[i]
-            dotlist.append(f"{LEGACY_FLAGS[flag]}={value}")
-        elif arg.startswith("-") or "=" not in arg:
-            raise UsageError(f"unexpected argument {arg!r}; arguments are key=value")
-        else:
-            dotlist.append(arg)
-        i += 1
-    try:
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
-    except Exception as err:  # noqa: BLE001  (OmegaConf's grammar errors have several types)
-        raise UsageError(f"cannot parse {dotlist}: {err}") from None
-    own = {**OWN_KEYS, **{k: v for k, v in parsed.items() if k in OWN_KEYS}}
-    runner = {}
-    for arg in dotlist:
-        key = arg.split("=", 1)[0]
-        if key in OWN_KEYS:
-            continue
-        for prefix in RUNNER_PREFIXES:
-            key = key.removeprefix(prefix)
-        runner.update(OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={arg.split('=', 1)[1]}"])))
-    if own["checkpoint"] is None:
-        raise UsageError("checkpoint=<checkpoint dir> is required")
-    return own, runner
+    args = parse_overrides(EvalArgs, to_overrides(argv), prog=PROG, usage=__doc__)
+    own = dataclasses.asdict(args)
+    return own, own.pop("env_runner")
 
 
 def default_output_dir(checkpoint: Path) -> Path:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(checkpoint)
     unknown = set(runner_overrides) - set(cfg.task.env_runner)
     if unknown:
-        raise UsageError(f"unknown env runner setting(s) {sorted(unknown)}; known: {sorted(cfg.task.env_runner)}")
+        raise SystemExit(f"{PROG}: unknown env runner setting(s) {sorted(unknown)}; known: {sorted(cfg.task.env_runner)}")
     runner_cfg = OmegaConf.merge(cfg.task.env_runner, runner_overrides, {"device": device})
     # The runner config comes from the checkpoint: checked (allow-listed targets only) before anything is built.
     runner_cfg = check_config(runner_cfg, "task.env_runner")

@@ -1,37 +1,109 @@
-"""`key=value` command lines parsed as Hydra parses overrides (OmegaConf dotlists, YAML values),
-checked against a dataclass schema: a misspelt key, a missing required key or a value of the
-wrong type exits with a message naming it."""
+"""The one parser of `key=value` command lines: Hydra's override syntax (OmegaConf dotlists, YAML
+values: `true`, `3`, `0.5`, `null`, `[a,b]`), checked against a schema, with `-h`/`--help`.
+
+Which commands take `key=value` and which take `--flags` (the rule, one style per kind of tool):
+
+- `key=value`: commands that make a run or a dataset from settings, as train.py does (train.py /
+  `policylab-train` and eval.py / `policylab-eval` through Hydra or this parser;
+  `policylab.data.generate` / `policylab-generate`, `policylab.data.importers.*`,
+  `policylab.rl.success_frames`, `policylab.real.rl_demos` through this parser).
+- `--flags` (argparse): utilities that read existing files or run a service: `policylab.plot`,
+  `ray_train_multirun.py` (its own options; what follows them are train.py's overrides),
+  `policylab.serving.server`, `policylab.policies.dp_import`, `policylab.data.repair`,
+  `policylab.quickstart`, `policylab.models.octo.convert`, `bench/*`.
+
+Every command of either kind answers `--help` and exits 0.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+HELP_FLAGS = ("-h", "--help")
 
-def parse_overrides(schema: type, argv: list[str], prog: str = "") -> Any:
-    """An instance of the dataclass `schema` from `key=value` arguments (fields default to the
-    schema's; fields without a default, or defaulting to MISSING, are required)."""
+
+def parse_overrides(schema: type | Mapping[str, Any], argv: list[str], prog: str = "", usage: str = "") -> Any:
+    """Settings from `key=value` arguments, checked against `schema`.
+
+    `schema` is a dataclass (the result is an instance; values are type-checked) or a mapping
+    {key: default} (the result is a dict with the YAML-parsed values; for keys that are not
+    identifiers, e.g. `in`). A key whose default is MISSING is required. A misspelt key, a missing
+    required key, a value of the wrong type or an argument that is not key=value exits non-zero
+    with a message naming it; `-h`/`--help` prints `usage` and the keys with their defaults, and
+    exits 0."""
     prefix = f"{prog}: " if prog else ""
-    fields = [f.name for f in dataclasses.fields(schema)]
+    defaults = _defaults(schema)
+    if any(a in HELP_FLAGS for a in argv):
+        print(help_text(schema, prog, usage))
+        raise SystemExit(0)
     bad = [a for a in argv if "=" not in a or a.startswith("-")]
     if bad:
-        raise SystemExit(f"{prefix}unexpected argument(s) {bad}; expected key=value with key in {fields}")
-    base = OmegaConf.structured(schema)
+        raise SystemExit(f"{prefix}unexpected argument(s) {bad}; expected key=value with key in {list(defaults)}"
+                         " (--help lists them)")
+    if dataclasses.is_dataclass(schema):
+        base = OmegaConf.structured(schema)  # unknown keys refused; dict-typed fields stay open
+    else:
+        base = OmegaConf.create(dict(schema))
+        OmegaConf.set_struct(base, True)
     try:
-        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
+        cfg = OmegaConf.merge(base, _dotlist(argv, prefix))
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise SystemExit(f"{prefix}missing required argument(s): {', '.join(k + '=...' for k in missing)}")
+        if dataclasses.is_dataclass(schema):
+            return OmegaConf.to_object(cfg)
+        return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", None)
-        if key is not None and str(key).split(".")[0] not in fields:
-            raise SystemExit(f"{prefix}unknown key {key!r}; known: {fields}") from None
+        if key is not None and str(key).split(".")[0] not in defaults:
+            raise SystemExit(f"{prefix}unknown key {key!r}; known: {list(defaults)}") from None
         message = str(getattr(err, "msg", err)).splitlines()[0]
         raise SystemExit(f"{prefix}{key}: {message}" if key else f"{prefix}{message}") from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise SystemExit(f"{prefix}missing required argument(s): {', '.join(k + '=...' for k in missing)}")
-    return OmegaConf.to_object(cfg)
+
+def help_text(schema: type | Mapping[str, Any], prog: str = "", usage: str = "") -> str:
+    """`usage` (a module docstring, say) followed by every key with its default."""
+    defaults = _defaults(schema)
+    width = max(map(len, defaults), default=0)
+    lines = [usage.strip() or f"usage: {prog} key=value ...", "", "keys (default; ??? = required):"]
+    lines += [f"  {key:<{width}}  {_show(value)}" for key, value in defaults.items()]
+    return "\n".join(lines)
 
 
-__all__ = ["MISSING", "parse_overrides"]
+def _dotlist(argv: list[str], prefix: str):
+    """The arguments as one config; a value YAML cannot read exits naming its argument."""
+    import yaml
+
+    for arg in argv:
+        try:
+            OmegaConf.from_dotlist([arg])
+        except yaml.YAMLError as err:
+            raise SystemExit(f"{prefix}cannot parse {arg!r}: {str(err).splitlines()[0]}") from None
+    return OmegaConf.from_dotlist(argv)
+
+
+def _defaults(schema: type | Mapping[str, Any]) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(schema):
+        return dict(schema)
+    out = {}
+    for field in dataclasses.fields(schema):
+        if field.default is not dataclasses.MISSING:
+            out[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            out[field.name] = field.default_factory()
+        else:
+            out[field.name] = MISSING
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+__all__ = ["MISSING", "help_text", "parse_overrides"]

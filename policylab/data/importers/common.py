@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from policylab.common.overrides import MISSING, parse_overrides
 from policylab.data.replay_buffer import ReplayBuffer
 
 
@@ -16,23 +16,14 @@ class ImportFormatError(ValueError):
     """The source dataset does not have the layout the importer reads; the message says where."""
 
 
-def parse_cli(argv: list[str], required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, str]:
-    """`key=value` arguments, parsed as Hydra parses overrides (OmegaConf dotlist), -> {key: text};
+def parse_cli(argv: list[str], required: tuple[str, ...], optional: tuple[str, ...], prog: str = "",
+              usage: str = "") -> dict[str, str]:
+    """`key=value` arguments (policylab.common.overrides: Hydra's syntax, `--help`) -> {key: text};
     unknown or missing keys exit with their names. `null` leaves a key unset; a list
     (`keys=[a,b]`) comes back comma-joined, as `keys=a,b` does."""
-    known = required + optional
-    bad = [a for a in argv if "=" not in a or a.startswith("-") or a.split("=", 1)[0] not in known]
-    if bad:
-        raise SystemExit(f"unknown argument(s) {bad}; expected key=value with key in {list(known)}")
-    try:
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    except Exception as err:  # noqa: BLE001  (OmegaConf's grammar errors have several types)
-        raise SystemExit(f"cannot parse {argv}: {err}") from None
-    args = {k: _text(v) for k, v in parsed.items() if v is not None}
-    missing = [k for k in required if k not in args]
-    if missing:
-        raise SystemExit(f"missing required argument(s): {', '.join(k + '=...' for k in missing)}")
-    return args
+    schema = {**{k: MISSING for k in required}, **{k: None for k in optional}}
+    parsed = parse_overrides(schema, argv, prog=prog, usage=usage)
+    return {k: _text(v) for k, v in parsed.items() if v is not None}
 
 
 def _text(value) -> str:
