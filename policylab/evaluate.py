@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,9 @@ def parse_args(argv: list[str]) -> tuple[dict, dict]:
 
 
 def default_output_dir(checkpoint: Path) -> Path:
-    """`<run>/eval/<name>` for `<run>/checkpoints/<name>`; else `<checkpoint>/eval`."""
-    checkpoint = checkpoint.resolve()
+    """`<run>/eval/<name>` for `<run>/checkpoints/<name>`; else `<checkpoint>/eval`. Named after the
+    folder given, not where a symlink leads (an old run's `latest` -> `.latest.<id>`)."""
+    checkpoint = Path(os.path.abspath(checkpoint))
     if checkpoint.parent.name == "checkpoints":
         return checkpoint.parent.parent / "eval" / checkpoint.name
     return checkpoint / "eval"

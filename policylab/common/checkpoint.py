@@ -10,9 +10,17 @@
       normalizer.json         the normalizer stats, for humans
       checksums.json          sha256 of every file above; verified when a file is loaded
 
-A checkpoint is written into a hidden directory next to its final place; then the name is pointed
-at it by atomically replacing a symlink (`latest -> .latest.<id>`), so a crash at any moment leaves
-either the old or the new checkpoint under the name, never a half-written one or none.
+Each name is a plain directory (`cp -r`, `rsync` and `tar` copy it as it is). It is written into a
+hidden `.<name>.tmp-<id>` beside its place, then swapped in with two renames: the old directory to
+`.<name>.old-<id>`, the new one to `<name>`; then the old one is removed. A kill at any moment leaves
+the old or the new complete checkpoint: between the two renames only `.<name>.old-<id>` holds it,
+so readers fall back to it (`find_checkpoint_dir`) and the next run's start renames it back
+(`clean_orphans`). Runs written by older versions, where `<name>` is a symlink to `.<name>.<id>`,
+load unchanged; their next save replaces the symlink by a directory.
+
+Nothing outside the checkpoint folder is removed: names read from files (topk.json keys, symlink
+targets) must be plain names in the folder, and only directories this module wrote are deleted (a
+symlink is unlinked; what it points to is left alone unless it is an old `.<name>.<id>` sibling).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER, CHECKSUMS = (
 TOPK_INDEX = "topk.json"
 # Names save_checkpoint and atomic_write_text give their temporary and superseded entries.
 _SCRATCH = re.compile(r"\..+\.(?:(?:tmp|link|old)-)?[0-9a-f]{8}")
+_ASIDE = re.compile(r"\.(.+)\.old-[0-9a-f]{8}")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 
 
@@ -138,48 +147,115 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
+def _fsync_parent(path: Path) -> None:
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Make `dst` name the complete directory `src`, atomically (a symlink swap)."""
-    target = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}"
-    os.replace(src, target)
-    old_target = dst.resolve() if dst.is_symlink() else None
-    if dst.exists() and not dst.is_symlink():  # a plain directory (copied checkpoints): move it aside
+    """Make `dst` the complete directory `src` with two renames (old `dst` aside, `src` in), then
+    remove the old one. Whatever `dst` was (a directory, an old-style symlink) is renamed itself,
+    never followed."""
+    aside = None
+    if dst.is_symlink() or dst.exists():
         aside = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(dst, aside)
-        old_target = aside
-    link = dst.parent / f".{dst.name}.link-{uuid.uuid4().hex[:8]}"
-    os.symlink(target.name, link)
-    os.replace(link, dst)
-    if old_target is not None and old_target != target.resolve():
-        shutil.rmtree(old_target, ignore_errors=True)
+    os.replace(src, dst)
+    _fsync_parent(dst)
+    if aside is not None:
+        _discard(aside, dst.name)
+
+
+def _discard(path: Path, name: str) -> None:
+    """Remove `path`, an entry of a checkpoint folder that held checkpoint `name`. A symlink is
+    unlinked; its target is removed too only when it is the `.<name>.<id>` sibling directory that
+    older versions wrote for `name` (never a folder it points to elsewhere)."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        path.unlink()
+        if re.fullmatch(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}", target):
+            sibling = path.parent / target
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
 
 
 def remove_checkpoint(ckpt_dir: str | Path) -> None:
-    """Delete a checkpoint name and the directory it points to."""
+    """Delete the checkpoint `ckpt_dir`: its directory, or, for an old-style symlink, the link and
+    its hidden `.<name>.<id>` sibling (never a folder the link points to elsewhere)."""
     ckpt_dir = Path(ckpt_dir)
-    if ckpt_dir.is_symlink():
-        target = ckpt_dir.resolve()
-        ckpt_dir.unlink()
-        shutil.rmtree(target, ignore_errors=True)
-    elif ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if ckpt_dir.is_symlink() or ckpt_dir.exists():
+        _discard(ckpt_dir, ckpt_dir.name)
+
+
+def is_plain_name(name: object) -> bool:
+    """True when `name` is one visible entry of a folder: no separator, not `.`/`..`, not hidden,
+    not absolute. Names read from files must pass it before they become paths."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not name.startswith(".")
+            and not any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep, "\0")))
+
+
+def find_checkpoint_dir(ckpt_dir: str | Path) -> Path:
+    """`ckpt_dir`, or, when a save was killed between its two renames, the complete previous
+    checkpoint it left as `.<name>.old-<id>` (the newest one); read-only: nothing is renamed."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.exists() or not ckpt_dir.parent.is_dir():
+        return ckpt_dir
+    aside = _asides(ckpt_dir.parent).get(ckpt_dir.name, [])
+    return aside[-1] if aside else ckpt_dir
+
+
+def _asides(ckpt_root: Path) -> dict[str, list[Path]]:
+    """{name: its `.<name>.old-<id>` entries holding a config, oldest first}."""
+    found: dict[str, list[Path]] = {}
+    for path in ckpt_root.iterdir():
+        match = _ASIDE.fullmatch(path.name)
+        if match and (path / CONFIG).is_file():
+            found.setdefault(match.group(1), []).append(path)
+    return {name: sorted(paths, key=lambda p: (p / CONFIG).stat().st_mtime_ns) for name, paths in found.items()}
+
+
+def recover_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """Rename back what a save killed between its two renames left aside: `.<name>.old-<id>` ->
+    `<name>` when `<name>` is missing (the newest one). Returns the recovered names. Call it only
+    while holding the run directory's lock (`RunDirLock`)."""
+    ckpt_root = Path(ckpt_root)
+    if not ckpt_root.is_dir():
+        return []
+    recovered = []
+    for name, paths in _asides(ckpt_root).items():
+        dst = ckpt_root / name
+        if is_plain_name(name) and not dst.exists() and not dst.is_symlink():
+            os.replace(paths[-1], dst)
+            recovered.append(dst)
+    return recovered
 
 
 def clean_orphans(ckpt_root: str | Path) -> list[Path]:
-    """Remove what killed checkpoint writes leave in `ckpt_root`; returns the removed paths.
+    """Recover checkpoints a killed save left aside (`recover_checkpoints`), then remove what killed
+    checkpoint writes leave in `ckpt_root`; returns the removed paths.
 
-    That is: `.<name>.tmp-*` directories (a save in progress), `.<name>.link-*` symlinks and
-    `.<name>.old-*` directories (a swap in progress), `.<name>.<id>` directories that no name
-    points to any more, and `.topk.json.tmp-*` files. Call it only while holding the run directory's
-    lock (`RunDirLock`): a concurrent writer's scratch directories look the same.
+    That is: `.<name>.tmp-*` directories (a save in progress), `.<name>.old-*` entries (a swap in
+    progress whose new checkpoint is in place), old versions' `.<name>.link-*` symlinks and
+    `.<name>.<id>` directories that no name links to any more, and `.topk.json.tmp-*` files. Call it
+    only while holding the run directory's lock (`RunDirLock`): a concurrent writer's scratch
+    directories look the same. Only entries of `ckpt_root` are removed; links are not followed.
     """
     ckpt_root = Path(ckpt_root)
     if not ckpt_root.is_dir():
         return []
-    live = {p.resolve() for p in ckpt_root.iterdir() if p.is_symlink() and not p.name.startswith(".")}
+    recover_checkpoints(ckpt_root)
+    entries = sorted(ckpt_root.iterdir())
+    live = {os.readlink(p) for p in entries if p.is_symlink() and not p.name.startswith(".")}
     removed = []
-    for path in sorted(ckpt_root.iterdir()):
-        if not _SCRATCH.fullmatch(path.name) or (not path.is_symlink() and path.resolve() in live):
+    for path in entries:
+        if not _SCRATCH.fullmatch(path.name) or (not path.is_symlink() and path.name in live):
             continue
         if path.is_symlink() or path.is_file():  # a hidden symlink is always a swap in progress
             path.unlink()
@@ -207,7 +283,7 @@ def find_resume_checkpoint(ckpt_root: str | Path, resume: bool | str) -> Path | 
 
 
 def load_config(ckpt_dir: str | Path) -> DictConfig:
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = find_checkpoint_dir(ckpt_dir)
     if not (ckpt_dir / CONFIG).is_file():
         raise CheckpointError(f"{ckpt_dir} is not a policylab checkpoint: no {CONFIG}")
     return OmegaConf.load(verify_file(ckpt_dir / CONFIG))
@@ -215,7 +291,7 @@ def load_config(ckpt_dir: str | Path) -> DictConfig:
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     """Load a `.safetensors` file (verified against its checkpoint's checksums.json) into `module`."""
-    path = Path(path)
+    path = find_checkpoint_dir(Path(path).parent) / Path(path).name
     verify_file(path)
     try:
         state = load_file(str(path), device="cpu")
@@ -239,7 +315,7 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
 
 def load_modules(ckpt_dir: str | Path, modules: Mapping[str, torch.nn.Module]) -> None:
     """Load the extra modules saved with `save_checkpoint(..., modules=...)` into `modules`, by name."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = find_checkpoint_dir(ckpt_dir)
     for name, module in modules.items():
         path = ckpt_dir / _module_file(name)
         if not path.is_file():
@@ -248,7 +324,7 @@ def load_modules(ckpt_dir: str | Path, modules: Mapping[str, torch.nn.Module]) -
 
 
 def load_training_state(ckpt_dir: str | Path) -> dict:
-    path = Path(ckpt_dir) / TRAINING_STATE
+    path = find_checkpoint_dir(ckpt_dir) / TRAINING_STATE
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir} has no {TRAINING_STATE}; cannot resume from it")
     verify_file(path)
@@ -296,13 +372,22 @@ class TopKCheckpointManager:
             entries = json.loads(self.index_path.read_text())
             if not isinstance(entries, dict) or not all(isinstance(v, (int, float)) for v in entries.values()):
                 raise ValueError("not a {name: value} mapping")
-            return {str(k): float(v) for k, v in entries.items()}
+            return self._confined({str(k): float(v) for k, v in entries.items()})
         except (ValueError, OSError) as err:
             entries = self._entries_from_names(err)
             warnings.warn(f"{self.index_path} is unreadable ({err}); rebuilt it from the checkpoint directory "
                           f"names: {sorted(entries)}", stacklevel=3)
             atomic_write_text(self.index_path, json.dumps(entries, indent=2))
             return entries
+
+    def _confined(self, entries: dict[str, float]) -> dict[str, float]:
+        """The entries naming a checkpoint folder in save_dir. Keys that are paths (`../x`, absolute),
+        hidden or reserved names are dropped with a warning naming them: they are never removed."""
+        bad = [k for k in entries if not is_plain_name(k) or k in ("latest", TOPK_INDEX)]
+        if bad:
+            warnings.warn(f"{self.index_path}: ignoring entries that do not name a checkpoint folder in "
+                          f"{self.save_dir}: {bad}", stacklevel=4)
+        return {k: v for k, v in entries.items() if k not in bad}
 
     def _entries_from_names(self, err: Exception) -> dict[str, float]:
         """{name: value} for the checkpoints in save_dir whose names `format_str` made (the value is in the
@@ -337,6 +422,8 @@ class TopKCheckpointManager:
             return None
         name = self.format_str.format(epoch=int(metrics.get("epoch", 0)), monitor_key=self.monitor_key.replace("/", "_"),
                                       value=value)
+        if not is_plain_name(name) or name in ("latest", TOPK_INDEX):
+            raise ValueError(f"checkpoint.topk.format_str {self.format_str!r} gives {name!r}, not a plain folder name")
         ranked = sorted({**self.entries, name: value}.items(), key=lambda kv: kv[1], reverse=self.mode == "max")
         keep = dict(ranked[: self.k])
         if name not in keep:

@@ -11,6 +11,7 @@ from policylab.common.checkpoint import (
     EMA_MODEL,
     MODEL,
     CheckpointError,
+    find_checkpoint_dir,
     load_config,
     load_weights,
 )
@@ -20,7 +21,7 @@ from policylab.common.safe_config import UnsafeConfigError, instantiate_trusted
 def load_policy(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
     """Rebuild any policylab policy from a checkpoint directory alone; its config may only name
     allow-listed targets (`policylab.common.safe_config`), else UnsafeConfigError."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = find_checkpoint_dir(ckpt_dir)
     cfg = load_config(ckpt_dir)
     if "policy" not in cfg or "_target_" not in cfg.policy:
         raise CheckpointError(f"{ckpt_dir / CONFIG} has no policy._target_")
