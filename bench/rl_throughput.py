@@ -46,6 +46,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from policylab.common.config import compose
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.generate.__main__ import main as generate
 from policylab.rl.actor import EnvActor, make_actor_env, policy_weights, run_episode
 from policylab.rl.conrft import ConRFT, ConRFTConfig
@@ -71,8 +72,8 @@ class Learner:
             shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=ws.actor.n_obs_steps,
             action_dim=ws.actor.n_action_steps * ws.actor.action_dim)
         self.agent = ConRFT(ws.actor, critic, ConRFTConfig(**stage_cfg))
-        self.sampler = TransitionSampler(ws.demo_replay_buffer(), OmegaConf.to_container(cfg.task.shape_meta),
-                                         **ws.sampler_kwargs())
+        self.sampler = TransitionSampler(ws.demo_replay_buffer(), ShapeMeta.parse(cfg.task.shape_meta),
+                                         ws.transition_spec())
         self.generator = torch.Generator().manual_seed(0)
         self.threads, self.batch_size = threads, batch_size
         self.ratio = self.agent.cfg.critic_actor_ratio

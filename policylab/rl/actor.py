@@ -1,20 +1,14 @@
 """The actor side of online RL: run the current policy in the env, with a simulated human, to episodes.
 
 `run_episode` is one episode of a policy in an env (usually `make_actor_env`'s: the task's env in an
-`InterventionWrapper` with the task's scripted expert as the human). It keeps the policy's
-observation history like `MultiStepWrapper` (the first observation repeated at reset), asks the
-policy for Ta actions every Ta env steps and records every env step in the layout of the demo
-stores (`policylab.data.generate.demos`), which the learner's stores (`policylab.rl.buffers`) take::
-
-    <obs key> (L, ...)     the env's obs the step's action was chosen from, store format: rgb
-                           (3, H, W) float in [0, 1] -> (H, W, 3) uint8; the rest float32
-    action (L, Da)         float32, the EXECUTED action (the human's while intervening), clipped to
-                           the env's action space as the env clips it
-    reward (L,)            float32
-    terminal (L,)          uint8, 1 only at the last step and only if the env terminated there
-                           (a time limit or `max_steps` is not terminal)
-    intervention (L,)      uint8, 1 where the executed action was the human's
-    embedding (L, D)       float32, only with `embed`: a frozen encoder on the step's obs window
+`InterventionWrapper` with the task's scripted expert as the human). The policy acts through a
+`MultiStepWrapper` (the one keeper of its observation history: the first observation repeated at
+reset; Ta actions every Ta env steps); beneath it a `StepRecorder` records every env step in the
+episode layout of `policylab.rl.episodes`, which the learner's stores (`policylab.rl.buffers`)
+take: the obs before the step (store format), the EXECUTED action (the human's while
+intervening, clipped to the env's action space as the env clips it), reward, terminal (a time
+limit or `max_steps` is not terminal), intervention, and with `embed` an embedding (L, D) of a
+frozen encoder on the step's obs window.
 
 `EnvActor` wraps this for ray: it builds the env and the policy from plain config dicts, takes
 weights as a plain tensor dict and returns episodes as numpy dicts, so nothing but tensors, arrays
@@ -26,7 +20,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 
 import gymnasium as gym
@@ -36,10 +29,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from policylab.common.obs import to_policy_obs
 from policylab.common.safe_config import instantiate_trusted
-from policylab.data.generate.demos import to_store
 from policylab.envs.interventions import InterventionWrapper
-
-ACTION, REWARD, TERMINAL, INTERVENTION, EMBEDDING = "action", "reward", "terminal", "intervention", "embedding"
+from policylab.envs.wrappers import MultiStepWrapper, stack_last_n
+from policylab.rl.episodes import (
+    ACTION,
+    EMBEDDING,
+    INTERVENTION,
+    REWARD,
+    TERMINAL,
+    to_store,
+    validate_episode,
+)
 
 
 def make_actor_env(task_cfg: DictConfig | Mapping, intervention: Mapping | None = None,
@@ -108,48 +108,79 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
     device = _device(policy)
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    space = env.observation_space
-    low, high = _action_bounds(env.action_space)
+    recorder = StepRecorder(env, keep_obs=embed is not None)
+    steps = MultiStepWrapper(recorder, n_obs_steps, n_action_steps, max_episode_steps=max_steps)
     was_training = policy.training
     policy.eval()
     start, policy_s = time.perf_counter(), 0.0
-    rows, success, terminated = [], False, False
     try:
         with torch.no_grad():
-            obs, _ = env.reset(seed=seed)
-            history = deque([obs] * n_obs_steps, maxlen=n_obs_steps)
+            window, _ = steps.reset(seed=seed)
             done = False
             while not done:
                 tic = time.perf_counter()
-                chunk = _predict_chunk(policy, _window(history, device), generator, n_action_steps)
+                chunk = _predict_chunk(policy, _window(window, device), generator, n_action_steps)
                 policy_s += time.perf_counter() - tic
-                for policy_action in chunk:
-                    row = to_store(obs, space)
-                    if embed is not None:
-                        tic = time.perf_counter()
-                        row[EMBEDDING] = _embedding(embed(_window(history, device)), len(rows))
-                        policy_s += time.perf_counter() - tic
-                    obs, reward, terminated, truncated, info = env.step(policy_action)
-                    row[ACTION], row[INTERVENTION] = _executed(info, policy_action, low, high)
-                    row[REWARD] = np.float32(reward)
-                    rows.append(row)
-                    history.append(obs)
-                    success |= bool(info.get("is_success", False))
-                    done = bool(terminated) or bool(truncated) or len(rows) >= max_steps
-                    if done:
-                        break
+                window, _, terminated, truncated, _ = steps.step(chunk)
+                done = terminated or truncated
+            episode = recorder.episode()
+            if embed is not None:
+                tic = time.perf_counter()
+                episode[EMBEDDING] = _embeddings(embed, recorder.obs[:-1], n_obs_steps, device)
+                policy_s += time.perf_counter() - tic
     finally:
         policy.train(was_training)
     wall_s = time.perf_counter() - start
-    episode = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-    episode[TERMINAL] = np.zeros(len(rows), np.uint8)
-    episode[TERMINAL][-1] = bool(terminated)
     validate_episode(episode)
-    n_intervened = int(episode[INTERVENTION].sum())
-    return episode, {"length": len(rows), "success": success, "return": float(episode[REWARD].sum(dtype=np.float64)),
+    length, n_intervened = len(episode[ACTION]), int(episode[INTERVENTION].sum())
+    return episode, {"length": length, "success": recorder.success,
+                     "return": float(episode[REWARD].sum(dtype=np.float64)),
                      "n_interventions": _n_interventions(env, episode[INTERVENTION]),
-                     "n_intervened_steps": n_intervened, "intervention_rate": n_intervened / len(rows),
-                     "wall_s": wall_s, "env_steps_per_s": len(rows) / max(wall_s, 1e-9), "policy_s": policy_s}
+                     "n_intervened_steps": n_intervened, "intervention_rate": n_intervened / length,
+                     "wall_s": wall_s, "env_steps_per_s": length / max(wall_s, 1e-9), "policy_s": policy_s}
+
+
+class StepRecorder(gym.Wrapper):
+    """Records every env step beneath `MultiStepWrapper`, in the layout of `policylab.rl.episodes`.
+
+    Per step: the obs the action was chosen from (store format), the executed action and whether
+    the human chose it (`info["intervention"]` / `info["action"]`, as `InterventionWrapper` and
+    the robot env report them; else the given action), clipped to the action space, and the
+    reward. `keep_obs` also keeps the env's own observations (`obs`, L + 1 of them), from which
+    per-step windows are built after the episode.
+    """
+
+    def __init__(self, env: gym.Env, keep_obs: bool = False):
+        super().__init__(env)
+        self.keep_obs = keep_obs
+        self.low, self.high = _action_bounds(env.action_space)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.rows, self.obs, self.last_obs = [], [obs] if self.keep_obs else [], obs
+        self.success = self.terminated = False
+        return obs, info
+
+    def step(self, action):
+        row = to_store(self.last_obs, self.env.observation_space)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        row[ACTION], row[INTERVENTION] = _executed(info, np.asarray(action, np.float64), self.low, self.high)
+        row[REWARD] = np.float32(reward)
+        self.rows.append(row)
+        self.last_obs, self.terminated = obs, bool(terminated)
+        if self.keep_obs:
+            self.obs.append(obs)
+        self.success |= bool(info.get("is_success", False))
+        return obs, reward, terminated, truncated, info
+
+    def episode(self) -> dict[str, np.ndarray]:
+        """The steps so far `{key: (L, ...)}`; `terminal` is 1 at the last step if the env terminated there."""
+        if not self.rows:
+            raise ValueError("no env step was recorded: the episode is empty")
+        episode = {key: np.stack([row[key] for row in self.rows]) for key in self.rows[0]}
+        episode[TERMINAL] = np.zeros(len(self.rows), np.uint8)
+        episode[TERMINAL][-1] = self.terminated
+        return episode
 
 
 def policy_weights(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -241,25 +272,6 @@ def remote_env_actor(num_cpus: float = 1, **options):
     return ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=num_cpus, **options)(EnvActor)
 
 
-def validate_episode(episode: Mapping[str, np.ndarray]) -> None:
-    """Raise ValueError naming the key if lengths differ, a number is NaN/inf or a flag is not 0/1."""
-    for key in (ACTION, REWARD, TERMINAL, INTERVENTION):
-        if key not in episode:
-            raise ValueError(f"episode has no key {key!r}; it has {sorted(episode)}")
-    length = len(episode[ACTION])
-    for key, value in episode.items():
-        if len(value) != length:
-            raise ValueError(f"episode key {key!r} has {len(value)} steps but {ACTION!r} has {length}")
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            step = int(np.flatnonzero(~np.isfinite(value.reshape(length, -1)).all(axis=1))[0])
-            raise ValueError(f"episode key {key!r} has a NaN or inf value, first at step {step}")
-    for key in (TERMINAL, INTERVENTION):
-        if not np.isin(episode[key], (0, 1)).all():
-            raise ValueError(f"episode key {key!r} must hold 0/1 flags")
-    if episode[TERMINAL][:-1].any():
-        raise ValueError(f"episode key {TERMINAL!r} is set before the last step")
-
-
 def _predict_chunk(policy, window: dict[str, torch.Tensor], generator: torch.Generator,
                    n_action_steps: int) -> np.ndarray:
     """The policy's actions for `window` -> (Ta, Da) float64 numpy, checked."""
@@ -279,9 +291,19 @@ def _executed(info: Mapping, policy_action: np.ndarray, low, high) -> tuple[np.n
     return np.clip(executed, low, high).astype(np.float32), np.uint8(bool(info["intervention"]) if human else 0)
 
 
-def _window(history: deque, device: torch.device) -> dict[str, torch.Tensor]:
-    """The last To env obs -> {key: (1, To, ...)} float32 on `device` (images stay (3, H, W) in [0, 1])."""
-    return to_policy_obs({key: np.stack([o[key] for o in history])[None] for key in history[-1]}, device=device)
+def _window(window: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """`MultiStepWrapper`'s obs {key: (To, ...)} -> {key: (1, To, ...)} float32 on `device` (images stay (3, H, W) in [0, 1])."""
+    return to_policy_obs({key: np.asarray(value)[None] for key, value in window.items()}, device=device)
+
+
+def _embeddings(embed: Callable, obs: list[Mapping], n_obs_steps: int, device: torch.device) -> np.ndarray:
+    """(L, D) float32: `embed` on each step's obs window (the To obs ending there, the first repeated)."""
+    rows = []
+    for step in range(len(obs)):
+        recent = obs[max(0, step + 1 - n_obs_steps): step + 1]
+        window = {key: stack_last_n([o[key] for o in recent], n_obs_steps) for key in obs[step]}
+        rows.append(_embedding(embed(_window(window, device)), step))
+    return np.stack(rows)
 
 
 def _embedding(value, step: int) -> np.ndarray:

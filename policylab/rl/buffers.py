@@ -1,4 +1,4 @@
-"""RL buffers: zarr stores in the run directory, RLPD-style mixed batches, intervention routing.
+"""RL buffers: zarr stores in the run directory and RLPD-style mixed batches.
 
 ConRFT keeps two buffers: the online replay buffer (every actor step) and the demo buffer (the
 demonstrations plus every intervened step, so interventions fill half of each Stage II batch).
@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policylab.common.obs import stored_to_policy
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import EPISODE_ENDS, ReplayBuffer, get_optimal_chunks
-from policylab.rl.transitions import INTERVENTION, REWARD, TERMINAL, TransitionSampler
+from policylab.rl.episodes import TERMINAL, prepare_episode, store_keys, validate_steps
+from policylab.rl.transitions import TransitionSampler, TransitionSpec, check_types
 
-FLOAT_KEYS = ("action", REWARD)
-FLAG_KEYS = (TERMINAL, INTERVENTION)
 # Rows per zarr chunk are sized for a long buffer, not the first episode: appends then
 # rewrite one partial chunk instead of creating a file per episode.
 CHUNK_ROWS = 4096
@@ -33,22 +31,23 @@ CHUNK_ROWS = 4096
 class OnlineReplayStore:
     """Episodes on disk at `path` (zarr, lossless) mirrored in memory, with a TransitionSampler.
 
-    Store keys: the shape_meta obs `zarr_key`s, action (L, Da) float32, reward (L,) float32,
-    terminal (L,) uint8, intervention (L,) uint8 (zeros when an episode has none) and
-    `embedding_key` (L, D) float32 if given. Other keys of an added episode are not stored.
+    Store keys (`policylab.rl.episodes.store_keys`): the shape_meta obs `zarr_key`s, action,
+    reward, terminal, intervention (zeros when an episode has none) and `spec.embedding_key` if
+    given. Other keys of an added episode are not stored.
 
     Args:
-        path: a `.zarr` directory; created if missing, reopened (resume) if present.
-        shape_meta, horizon, n_obs_steps, n_action_steps, gamma, **sampler_kwargs: the
-            TransitionSampler's arguments (reward_scale, reward_bias, reward_neg, ...).
+        path: a `.zarr` directory; created if missing, reopened (resume) if present. A reopened
+            store is checked whole (`policylab.rl.episodes.validate_steps`): a NaN/inf or a bad
+            flag already on disk is refused with a ValueError naming the key and the episode.
+        shape_meta: the task's.
+        spec: the TransitionSampler's windows, discount and reward shaping.
     """
 
-    def __init__(self, path, shape_meta, horizon: int, n_obs_steps: int, n_action_steps: int, gamma: float,
-                 **sampler_kwargs):
+    def __init__(self, path, shape_meta: ShapeMeta, spec: TransitionSpec):
+        check_types(shape_meta, spec)
         self.path = Path(path)
-        self.meta = ShapeMeta.parse(shape_meta)
-        self.shape_meta = self.meta.to_dict()
-        self.embedding_key = sampler_kwargs.get("embedding_key")
+        self.meta, self.spec = shape_meta, spec
+        self.embedding_key = spec.embedding_key
         self.disk = ReplayBuffer.create_from_path(self.path, mode="a")
         if self.disk.n_episodes:
             self._check_keys(set(self.disk.keys()), f"store {self.path}")
@@ -57,13 +56,13 @@ class OnlineReplayStore:
             "data": {key: np.asarray(arr[:n]) for key, arr in self.disk.items()},
             "meta": {EPISODE_ENDS: self.disk.episode_ends.copy()},
         })
-        self.sampler = TransitionSampler(self.replay_buffer, self.shape_meta, horizon, n_obs_steps,
-                                         n_action_steps, gamma, **sampler_kwargs)
+        validate_steps(dict(self.replay_buffer.items()), self.replay_buffer.episode_ends,
+                       lambda e: f"store {self.path}: episode {e}")
+        self.sampler = TransitionSampler(self.replay_buffer, shape_meta, spec)
 
     @classmethod
-    def from_demos(cls, path, demos: ReplayBuffer, shape_meta, horizon: int, n_obs_steps: int,
-                   n_action_steps: int, gamma: float,
-                   transform: Callable[[dict], dict] | None = None, **sampler_kwargs) -> OnlineReplayStore:
+    def from_demos(cls, path, demos: ReplayBuffer, shape_meta: ShapeMeta, spec: TransitionSpec,
+                   transform: Callable[[dict], dict] | None = None) -> OnlineReplayStore:
         """The demo-side store at `path`: a copy of `demos` the first time, reopened afterwards.
 
         Demo episodes without `terminal` get 1 at their last step (demo stores hold successful
@@ -71,9 +70,10 @@ class OnlineReplayStore:
         e.g. to add frozen-encoder embeddings. The copy is written next to `path` and renamed
         into place, so a crash never leaves a half-copied store that would be reopened as whole.
         """
+        check_types(shape_meta, spec)
         path = Path(path)
         if not path.exists():
-            keys = _store_keys(ShapeMeta.parse(shape_meta), sampler_kwargs.get("embedding_key"))
+            keys = store_keys(shape_meta, spec.embedding_key)
             memory = ReplayBuffer.create_empty_numpy()
             # Only the store's keys are read (demo stores may hold images the task does not use);
             # a transform may need any of them.
@@ -82,7 +82,7 @@ class OnlineReplayStore:
                 steps = demos.get_episode_slice(i)
                 episode = {k: np.asarray(demos[k][steps]) for k in read}
                 if TERMINAL not in episode:
-                    episode[TERMINAL] = np.zeros(len(episode["action"]), np.uint8)
+                    episode[TERMINAL] = np.zeros(len(episode[shape_meta.action_zarr_key]), np.uint8)
                     episode[TERMINAL][-1] = 1
                 episode = transform(episode) if transform else episode
                 memory.add_episode(prepare_episode(episode, keys, shape_meta, memory, f"demo episode {i}"))
@@ -92,11 +92,11 @@ class OnlineReplayStore:
                                 chunks=_chunks(dict(memory.items())))
             os.replace(tmp / path.name, path)
             shutil.rmtree(tmp, ignore_errors=True)
-        return cls(path, shape_meta, horizon, n_obs_steps, n_action_steps, gamma, **sampler_kwargs)
+        return cls(path, shape_meta, spec)
 
     @property
     def keys(self) -> list[str]:
-        return _store_keys(self.meta, self.embedding_key)
+        return store_keys(self.meta, self.embedding_key)
 
     @property
     def n_episodes(self) -> int:
@@ -120,85 +120,14 @@ class OnlineReplayStore:
         `terminal` is set before the last step.
         """
         label = f"episode {self.n_episodes}" + (f" ({name})" if name else "")
-        episode = prepare_episode(episode, self.keys, self.shape_meta, self.replay_buffer, label)
+        episode = prepare_episode(episode, self.keys, self.meta, self.replay_buffer, label)
         self.disk.add_episode(episode, chunks=_chunks(episode), compressors="disk")
         self.replay_buffer.add_episode(episode)
         self.sampler.extend()
 
 
-def _store_keys(meta: ShapeMeta, embedding_key: str | None) -> list[str]:
-    keys = {spec.zarr_key for spec in meta.obs.values()} | {meta.action_zarr_key}
-    keys |= {REWARD, TERMINAL, INTERVENTION} | ({embedding_key} if embedding_key else set())
-    return sorted(keys)
-
-
 def _chunks(arrays) -> dict:
     return {k: get_optimal_chunks((CHUNK_ROWS, *v.shape[1:]), v.dtype) for k, v in arrays.items()}
-
-
-def prepare_episode(episode: Mapping, keys: list[str], shape_meta, stored: ReplayBuffer, label: str) -> dict:
-    """The episode's store keys, cast to the store dtypes and checked; ValueError naming the key."""
-    meta = ShapeMeta.parse(shape_meta)
-    action_key = meta.action_zarr_key
-    missing = sorted(set(keys) - set(episode) - {INTERVENTION})
-    if missing:
-        raise ValueError(f"{label}: missing keys {missing} (the store needs {keys})")
-    out = {}
-    for key in keys:
-        if key == INTERVENTION and key not in episode:
-            continue
-        value = np.asarray(episode[key])
-        if value.ndim == 0:
-            raise ValueError(f"{label}: key {key!r} is a scalar; every key is (L, ...) per step")
-        if key in FLAG_KEYS:
-            if not np.isin(value, (0, 1)).all():
-                raise ValueError(f"{label}: key {key!r} must hold 0/1 flags, got values {np.unique(value)[:5]}")
-            value = value.astype(np.uint8)
-        elif key in FLOAT_KEYS or key == action_key or np.issubdtype(value.dtype, np.floating):
-            if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
-                raise ValueError(f"{label}: key {key!r} has dtype {value.dtype}, expected real numbers")
-            value = value.astype(np.float32)
-            bad = np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
-            if len(bad):
-                raise ValueError(f"{label}: key {key!r} has non-finite values (NaN/inf) at {len(bad)} "
-                                 f"steps, first at step {int(bad[0])}")
-        out[key] = value
-    length = len(out[action_key])
-    odd = {key: len(v) for key, v in out.items() if len(v) != length}
-    if odd:
-        raise ValueError(f"{label}: key {next(iter(odd))!r} has {odd[next(iter(odd))]} steps but "
-                         f"{action_key!r} has {length} (every key is (L, ...), one row per step)")
-    if length == 0:
-        raise ValueError(f"{label}: key {action_key!r} is empty; an episode has L >= 1 steps")
-    out.setdefault(INTERVENTION, np.zeros(length, np.uint8))
-    if out[TERMINAL][:-1].any():
-        raise ValueError(f"{label}: key 'terminal' is set at step {int(np.flatnonzero(out[TERMINAL])[0])}, "
-                         f"before the last step {length - 1}")
-    for key, value in out.items():
-        _check_step_shape(key, value, meta, action_key, stored, label)
-    return out
-
-
-def _check_step_shape(key: str, value: np.ndarray, meta: ShapeMeta, action_key: str, stored: ReplayBuffer,
-                      label: str) -> None:
-    if key in stored:
-        want, dtype = tuple(stored[key].shape[1:]), stored[key].dtype
-        if value.shape[1:] != want or value.dtype != dtype:
-            raise ValueError(f"{label}: key {key!r} has per-step shape {value.shape[1:]} {value.dtype} but "
-                             f"the store holds {want} {dtype}")
-        return
-    if key in (REWARD, *FLAG_KEYS) and value.ndim != 1:
-        raise ValueError(f"{label}: key {key!r} must be (L,), got {value.shape}")
-    if key == action_key and (value.ndim != 2 or value.shape[1] != meta.action_dim):
-        raise ValueError(f"{label}: key {key!r} must be (L, {meta.action_dim}), "
-                         f"got {value.shape}")
-    for obs_key, spec in meta.obs.items():
-        if spec.zarr_key != key:
-            continue
-        got = stored_to_policy(spec, value[:1], 1).shape[1:]
-        if tuple(got) != spec.shape:
-            raise ValueError(f"{label}: key {key!r} per-step shape {value.shape[1:]} gives "
-                             f"shape_meta.obs.{obs_key} {tuple(got)}, expected {spec.shape}")
 
 
 class MixedSampler:
@@ -237,30 +166,3 @@ def _concat(batches: list[dict]) -> dict:
         raise ValueError(f"online and demo batches have different keys: {sorted(set(first) ^ set(second))}")
     return {key: _concat([value, second[key]]) if isinstance(value, dict) else torch.cat([value, second[key]])
             for key, value in first.items()}
-
-
-def route_episode(episode: Mapping[str, np.ndarray]) -> tuple[dict, list[dict] | None]:
-    """(the whole episode for the online store, its intervened segments for the demo side or None).
-
-    Each maximal run of `intervention == 1`, steps a..b-1, becomes one demo-side episode. When
-    the run stops before the episode's end, the next step b (a policy step) is kept as the
-    segment's last, non-terminal step: it holds the next observation of the run's last action, so
-    every intervened chunk keeps its transition, while b's own action is never executed in a
-    transition (a non-terminal last step has no next observation). A run reaching the episode's
-    end keeps the episode's `terminal` flag. Without `intervention`, there is nothing to route.
-    """
-    episode = {key: np.asarray(value) for key, value in episode.items()}
-    if INTERVENTION not in episode or not episode[INTERVENTION].any():
-        return episode, None
-    flag = episode[INTERVENTION].astype(bool)
-    length = len(flag)
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], flag, [False]]).astype(np.int8)))
-    segments = []
-    for start, stop in zip(edges[::2], edges[1::2]):
-        end = min(stop + 1, length)
-        segment = {key: value[start:end].copy() for key, value in episode.items()}
-        if TERMINAL in segment:
-            segment[TERMINAL][:] = 0
-            segment[TERMINAL][-1] = episode[TERMINAL][-1] if end == length else 0
-        segments.append(segment)
-    return episode, segments

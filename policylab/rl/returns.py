@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check_gamma(gamma: float) -> float:
+def check_gamma(gamma: float) -> float:
     gamma = float(gamma)
     if not 0.0 <= gamma < 1.0:
         raise ValueError(f"gamma must be in [0, 1), got {gamma}")
@@ -54,7 +54,7 @@ def mc_returns(rewards: np.ndarray, terminal_last: bool, gamma: float, reward_ne
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 1 or len(rewards) == 0:
         raise ValueError(f"rewards must be (L,) with L >= 1, got shape {rewards.shape}")
-    gamma = _check_gamma(gamma)
+    gamma = check_gamma(gamma)
     _check_sparse(is_sparse, reward_neg)
     if is_sparse and _all_negative(rewards, reward_neg):
         return np.full(len(rewards), reward_neg / (1.0 - gamma))
@@ -80,7 +80,7 @@ def episode_mc_returns(rewards: np.ndarray, episode_ends: np.ndarray, terminal: 
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     ends = np.asarray(episode_ends, dtype=np.int64)
-    gamma = _check_gamma(gamma)
+    gamma = check_gamma(gamma)
     _check_sparse(is_sparse, reward_neg)
     if rewards.ndim != 1 or (len(ends) and ends[-1] != len(rewards)):
         raise ValueError(f"rewards must be (N,) with N = episode_ends[-1]; got shape {rewards.shape} "

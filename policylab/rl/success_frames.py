@@ -8,7 +8,7 @@ Store layout (a zarr `ReplayBuffer`, one episode per recording, appended atomica
     <low-dim key> (N, D) float32      optional (e.g. gripper), for classifiers that read them
     success (N,) uint8                1 where the frame shows the task done
 
-On a robot the label is a key held while recording (`policylab.real.success_recording`). In
+On a robot the label is a key held while recording (`policylab.robot_apps.success_recording`). In
 sim it is the env's own success test on the frame's state: the scripted expert runs to success,
 holds the result for a while (positives), then lets go (negatives that look close to success);
 a share of episodes closes the gripper on nothing and lifts the empty hand (hard negatives:
@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
 from policylab.data.replay_buffer import ReplayBuffer
-from policylab.envs.pick_cube.env import LIFT_SUCCESS
+from policylab.rl.episodes import to_store
 
 SUCCESS = "success"
 SEEDS_KEY = "episode_seeds"
@@ -59,8 +59,12 @@ class FramesConfig:
     max_steps: int = 80                 # time limit of the expert phase
 
 
-def _actions(env, expert, rng: np.random.Generator, cfg: FramesConfig):
-    """The episode's actions, decided step by step from the env's state (a generator)."""
+def _actions(env, expert, rng: np.random.Generator, cfg: FramesConfig, succeeded: Callable[[], bool]):
+    """The episode's actions, decided step by step from the env's state (a generator).
+
+    `succeeded()`: the env's own success test after the last step (`info["is_success"]`), so the
+    task's threshold is read from the env, not repeated here.
+    """
     hold = int(rng.integers(*cfg.hold_steps))
     if rng.random() < cfg.empty_grasp_fraction:
         angle = rng.uniform(0, 2 * np.pi)
@@ -74,7 +78,7 @@ def _actions(env, expert, rng: np.random.Generator, cfg: FramesConfig):
             yield np.array([0.0, 0.0, 1.0, 1.0])
         return
     for _ in range(cfg.max_steps):
-        if env.cube_pos[2] - env.cube_rest_z > LIFT_SUCCESS:
+        if succeeded():
             break
         yield np.asarray(expert.act(env))
     for _ in range(hold):
@@ -85,16 +89,14 @@ def _actions(env, expert, rng: np.random.Generator, cfg: FramesConfig):
 
 def _label_run(env, expert, rng: np.random.Generator, cfg: FramesConfig, seed: int) -> dict[str, np.ndarray]:
     """One recording of every env observation key plus `success` (the env's test on that frame)."""
-    from policylab.data.generate.demos import to_store
-
     obs, _ = env.reset(seed=seed)
     expert.reset(seed)
-    rows, success = [], False
-    for action in _actions(env, expert, rng, cfg):
-        rows.append({**to_store(obs, env.observation_space), SUCCESS: np.uint8(success)})
+    rows, success = [], [False]  # the last step's success, read by the action generator too
+    for action in _actions(env, expert, rng, cfg, lambda: success[0]):
+        rows.append({**to_store(obs, env.observation_space), SUCCESS: np.uint8(success[0])})
         obs, _, _, _, info = env.step(action)
-        success = bool(info.get("is_success", False))
-    rows.append({**to_store(obs, env.observation_space), SUCCESS: np.uint8(success)})
+        success[0] = bool(info.get("is_success", False))
+    rows.append({**to_store(obs, env.observation_space), SUCCESS: np.uint8(success[0])})
     return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 

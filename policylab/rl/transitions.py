@@ -10,17 +10,13 @@ whose current step is t (its position To-1) executes the chunk t..t+Ta-1 and yie
     next_obs  the obs window ending at step t+Ta; when done, the one ending at the last step
 
 A window whose chunk runs past the last step of an episode that did not terminate (a time limit)
-has no next observation and is left out. Per-step store layout read here::
-
-    <obs zarr_keys> (N, ...)   action (N, Da) float32   reward (N,) float32
-    terminal (N,) uint8        1 only at an episode's last step when the env terminated there;
-                               absent: every episode is terminal at its last step (older demo
-                               stores hold only successful episodes, which end by termination)
-    intervention (N,) uint8    optional; 1 where the executed action was the human's
-    <embedding_key> (N, D)     optional; a frozen encoder's output for the obs window ending there
+has no next observation and is left out. The store holds episodes in the layout of
+`policylab.rl.episodes`; without `terminal`, every episode is terminal at its last step.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,9 +25,44 @@ from policylab.common.obs import check_stored_shapes, stored_to_policy
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import SequenceSampler, create_indices
-from policylab.rl.returns import episode_mc_returns
+from policylab.rl.episodes import INTERVENTION, REWARD, TERMINAL, validate_steps
+from policylab.rl.returns import check_gamma, episode_mc_returns
 
-REWARD, TERMINAL, INTERVENTION = "reward", "terminal", "intervention"
+
+@dataclass(frozen=True)
+class TransitionSpec:
+    """What a transition is: its windows, discount and reward shaping (checked when built).
+
+    horizon, n_obs_steps, n_action_steps: T, To, Ta with 1 <= To <= T, Ta >= 1, T >= To + Ta - 1.
+    gamma: per-step discount in [0, 1).
+    reward_scale, reward_bias: r' = reward_scale * r + reward_bias, used for "reward" and
+        "mc_return"; reward_neg is in raw reward units.
+    reward_neg, is_sparse_reward: ConRFT's sparse special case of the MC return.
+    embedding_key: store key of (N, D) embeddings; adds "embedding" and "next_embedding".
+    """
+
+    horizon: int
+    n_obs_steps: int
+    n_action_steps: int
+    gamma: float
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    reward_neg: float | None = None
+    is_sparse_reward: bool = False
+    embedding_key: str | None = None
+
+    def __post_init__(self):
+        T, To, Ta = self.horizon, self.n_obs_steps, self.n_action_steps
+        if not 1 <= To <= T or Ta < 1 or T < To + Ta - 1:
+            raise ValueError(f"need 1 <= To <= T, Ta >= 1 and T >= To + Ta - 1; got T={T}, To={To}, Ta={Ta}")
+        check_gamma(self.gamma)
+
+
+def check_types(shape_meta, spec) -> None:
+    """TypeError unless a parsed ShapeMeta and a TransitionSpec (a dict would be parsed in many places)."""
+    if not isinstance(shape_meta, ShapeMeta) or not isinstance(spec, TransitionSpec):
+        raise TypeError(f"expected a ShapeMeta (ShapeMeta.parse(shape_meta)) and a TransitionSpec, got "
+                        f"{type(shape_meta).__name__} and {type(spec).__name__}")
 
 
 class _GrowingTable:
@@ -64,34 +95,21 @@ class TransitionSampler:
 
     Args:
         replay_buffer: episodes in the layout above (numpy or zarr backend; may start empty).
-        shape_meta: the task's shape_meta (obs keys with `zarr_key`/`index`, action).
-        horizon, n_obs_steps, n_action_steps: T, To, Ta with T >= To + Ta - 1.
-        gamma: per-step discount in [0, 1).
-        reward_scale, reward_bias: r' = reward_scale * r + reward_bias, used for "reward" and
-            "mc_return"; reward_neg is in raw reward units.
-        reward_neg, is_sparse_reward: ConRFT's sparse special case of the MC return.
-        embedding_key: store key of (N, D) embeddings; adds "embedding" and "next_embedding".
+        shape_meta: the task's (obs keys with `zarr_key`/`index`, action).
+        spec: the windows, discount and reward shaping.
         episode_mask: (E,) bool over the episodes present now; episodes appended later are used.
     """
 
-    def __init__(self, replay_buffer: ReplayBuffer, shape_meta, horizon: int, n_obs_steps: int,
-                 n_action_steps: int, gamma: float, reward_scale: float = 1.0, reward_bias: float = 0.0,
-                 reward_neg: float | None = None, is_sparse_reward: bool = False,
-                 embedding_key: str | None = None, episode_mask: np.ndarray | None = None):
-        if not 1 <= n_obs_steps <= horizon or n_action_steps < 1 or horizon < n_obs_steps + n_action_steps - 1:
-            raise ValueError(f"need 1 <= To <= T, Ta >= 1 and T >= To + Ta - 1; got T={horizon}, "
-                             f"To={n_obs_steps}, Ta={n_action_steps}")
-        if not 0.0 <= gamma < 1.0:
-            raise ValueError(f"gamma must be in [0, 1), got {gamma}")
-        self.replay_buffer = replay_buffer
-        self.meta = ShapeMeta.parse(shape_meta)
-        self.shape_meta = self.meta.to_dict()
-        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
-        self.gamma = float(gamma)
-        self.reward_scale, self.reward_bias = float(reward_scale), float(reward_bias)
-        self.reward_neg = None if reward_neg is None else float(self._scaled(reward_neg))
-        self.is_sparse_reward = is_sparse_reward
-        self.embedding_key = embedding_key
+    def __init__(self, replay_buffer: ReplayBuffer, shape_meta: ShapeMeta, spec: TransitionSpec,
+                 episode_mask: np.ndarray | None = None):
+        check_types(shape_meta, spec)
+        self.replay_buffer, self.meta, self.spec = replay_buffer, shape_meta, spec
+        self.horizon, self.n_obs_steps, self.n_action_steps = spec.horizon, spec.n_obs_steps, spec.n_action_steps
+        self.gamma = float(spec.gamma)
+        self.reward_scale, self.reward_bias = float(spec.reward_scale), float(spec.reward_bias)
+        self.reward_neg = None if spec.reward_neg is None else float(self._scaled(spec.reward_neg))
+        self.is_sparse_reward = spec.is_sparse_reward
+        self.embedding_key = spec.embedding_key
         self.action_key = self.meta.action_zarr_key
         self._episode_mask = None if episode_mask is None else np.asarray(episode_mask, dtype=bool)
         if self._episode_mask is not None and len(self._episode_mask) != replay_buffer.n_episodes:
@@ -117,14 +135,10 @@ class TransitionSampler:
             raise KeyError(f"keys {missing} not in the replay buffer; it has {sorted(rb.keys())}")
         check_stored_shapes(self.meta, rb)
         if TERMINAL in rb:
-            ends = rb.episode_ends
-            start = int(ends[first - 1]) if first else 0
-            flags = np.flatnonzero(np.asarray(rb[TERMINAL][start:rb.n_steps])) + start
-            early = flags[~np.isin(flags, ends - 1)]
-            if len(early):
-                episode = int(np.searchsorted(ends, early[0], side="right"))
-                raise ValueError(f"key 'terminal': episode {episode} has a terminal flag at step "
-                                 f"{int(early[0])}, before its last step {int(ends[episode]) - 1}")
+            ends = rb.episode_ends[first:]
+            start = int(rb.episode_ends[first - 1]) if first else 0
+            validate_steps({TERMINAL: np.asarray(rb[TERMINAL][start:rb.n_steps])}, ends - start,
+                           lambda e: f"replay buffer episode {first + e}")
 
     def extend(self) -> int:
         """Add the windows of episodes appended to the buffer since the last call; returns how many."""

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from policylab.common import checkpoint as ckpt
 from policylab.common.safe_config import instantiate_trusted
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import downsample_mask, get_val_mask
 from policylab.policies.loading import load_policy
@@ -38,7 +39,7 @@ from policylab.rl.embeddings import (
     episode_embeddings,
     has_frozen_encoder,
 )
-from policylab.rl.transitions import TransitionSampler
+from policylab.rl.transitions import TransitionSampler, TransitionSpec
 from policylab.workspaces.base import BaseWorkspace, LoggingConfig, due, to_device
 
 
@@ -171,12 +172,11 @@ class OfflineRLWorkspace(BaseWorkspace):
         self.generator.set_state(state["generator"])
         self.agent.n_updates = int(state["n_updates"])
 
-    def sampler_kwargs(self) -> dict:
+    def transition_spec(self) -> TransitionSpec:
         r = self.c["reward"]
-        return {"horizon": self.actor.horizon, "n_obs_steps": self.actor.n_obs_steps,
-                "n_action_steps": self.actor.n_action_steps, "gamma": r.gamma, "reward_scale": r.scale,
-                "reward_bias": r.bias, "reward_neg": r.reward_neg, "is_sparse_reward": r.is_sparse,
-                "embedding_key": EMBEDDING_KEY if self.embed else None}
+        return TransitionSpec(self.actor.horizon, self.actor.n_obs_steps, self.actor.n_action_steps, r.gamma,
+                              reward_scale=r.scale, reward_bias=r.bias, reward_neg=r.reward_neg,
+                              is_sparse_reward=r.is_sparse, embedding_key=EMBEDDING_KEY if self.embed else None)
 
     def demo_replay_buffer(self) -> ReplayBuffer:
         """The task dataset's training episodes (same `val_ratio` / `max_train_episodes` / `seed`
@@ -229,8 +229,8 @@ class OfflineRLWorkspace(BaseWorkspace):
 
     def run(self) -> dict[str, Any]:
         train = self.c["training"]
-        sampler = TransitionSampler(self.demo_replay_buffer(), OmegaConf.to_container(self.cfg.task.shape_meta),
-                                    **self.sampler_kwargs())
+        sampler = TransitionSampler(self.demo_replay_buffer(), ShapeMeta.parse(self.cfg.task.shape_meta),
+                                    self.transition_spec())
         self.resume_if_asked()
         topk = ckpt.TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,
                                           self.c["checkpoint"].mode, self.c["checkpoint"].topk,

@@ -29,8 +29,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from policylab.common import checkpoint as ckpt
+from policylab.common.shape_meta import ShapeMeta
 from policylab.rl.actor import policy_weights
-from policylab.rl.buffers import MixedSampler, OnlineReplayStore, route_episode
+from policylab.rl.buffers import MixedSampler, OnlineReplayStore
+from policylab.rl.episodes import route_episode
 from policylab.workspaces.base import LoggingConfig, due, to_device
 from policylab.workspaces.rl_offline import (
     CheckpointConfig,
@@ -92,11 +94,10 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
         self.weights_version = int(state["weights_version"])
 
     def stores(self) -> tuple[OnlineReplayStore, OnlineReplayStore]:
-        shape_meta = OmegaConf.to_container(self.cfg.task.shape_meta, resolve=True)
+        shape_meta, spec = ShapeMeta.parse(self.cfg.task.shape_meta), self.transition_spec()
         buffers = self.output_dir / "buffers"
-        demo = OnlineReplayStore.from_demos(buffers / "demos.zarr", self.demo_replay_buffer(), shape_meta,
-                                            **self.sampler_kwargs())
-        online = OnlineReplayStore(buffers / "online.zarr", shape_meta, **self.sampler_kwargs())
+        demo = OnlineReplayStore.from_demos(buffers / "demos.zarr", self.demo_replay_buffer(), shape_meta, spec)
+        online = OnlineReplayStore(buffers / "online.zarr", shape_meta, spec)
         return demo, online
 
     def start_actors(self) -> list:

@@ -1,7 +1,6 @@
 """One frame, every path to a policy: dataset, env runner, real-robot evaluation, policy server and
 RL actor all give the policy the same tensors (`policylab.common.obs`)."""
 
-from collections import deque
 
 import numpy as np
 import pytest
@@ -72,8 +71,7 @@ def test_the_same_frame_gives_the_same_tensor_through_every_path(frames, tmp_pat
     PolicyServer(recorder).handle(encode({"type": "predict"}, env))
     paths["server"] = recorder.seen[-1]
 
-    history = deque([{k: v[i] for k, v in env_layout(frames, steps).items()} for i in range(TO)], maxlen=TO)
-    paths["rl_actor"] = _window(history, torch.device("cpu"))
+    paths["rl_actor"] = _window(env_layout(frames, steps), torch.device("cpu"))  # MultiStepWrapper's (To, ...)
 
     for name, obs in paths.items():
         for key in SHAPE_META["obs"]:

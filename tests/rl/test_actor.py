@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from policylab.data.generate.demos import to_store
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer
 from policylab.rl.actor import (
     EnvActor,
@@ -24,6 +24,8 @@ from policylab.rl.actor import (
     run_episode,
 )
 from policylab.rl.buffers import OnlineReplayStore
+from policylab.rl.episodes import to_store
+from policylab.rl.transitions import TransitionSpec
 from tests.helpers import compose_config
 
 TO, TA = 2, 4
@@ -135,8 +137,8 @@ def test_episode_layout_windows_and_interventions(cfg, tmp_path):
     np.testing.assert_array_equal(again["action"], episode["action"])  # same seed, same episode
 
     # the learner's store takes it as it is
-    store = OnlineReplayStore(tmp_path / "online.zarr", cfg.task.shape_meta, cfg.horizon, TO, TA, gamma=0.99,
-                              embedding_key="embedding")
+    store = OnlineReplayStore(tmp_path / "online.zarr", ShapeMeta.parse(cfg.task.shape_meta),
+                              TransitionSpec(cfg.horizon, TO, TA, gamma=0.99, embedding_key="embedding"))
     store.add_episode(episode)
     assert store.n_steps == L
 

@@ -1,12 +1,19 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
-from policylab.rl.buffers import MixedSampler, OnlineReplayStore, route_episode
+from policylab.rl.buffers import MixedSampler, OnlineReplayStore
+from policylab.rl.episodes import route_episode
+from policylab.rl.transitions import TransitionSpec
 from tests.rl.test_transitions import SHAPE_META, make_episode
 
-ARGS = (SHAPE_META, 3, 2, 2, 0.9)  # T, To, Ta, gamma
+META = ShapeMeta.parse(SHAPE_META)
+SPEC = TransitionSpec(3, 2, 2, 0.9)  # T, To, Ta, gamma
+ARGS = (META, SPEC)
 
 
 def episode(length=5, terminal=True, start=0, drop=("embedding",)):
@@ -15,7 +22,7 @@ def episode(length=5, terminal=True, start=0, drop=("embedding",)):
 
 
 def store_at(path, **kwargs) -> OnlineReplayStore:
-    return OnlineReplayStore(path, *ARGS, **kwargs)
+    return OnlineReplayStore(path, META, dataclasses.replace(SPEC, **kwargs))
 
 
 def clone(batch):
@@ -119,15 +126,15 @@ def test_demo_store_is_copied_once_with_terminal_filled(tmp_path):
         return {**ep, "emb": ep["state"][:, :2] * 2}
 
     path = tmp_path / "run" / "demo.zarr"
-    demo = OnlineReplayStore.from_demos(path, _old_demo_store(), *ARGS, transform=add_embedding,
-                                        embedding_key="emb")
+    demo = OnlineReplayStore.from_demos(path, _old_demo_store(), META,
+                                        dataclasses.replace(SPEC, embedding_key="emb"), transform=add_embedding)
     assert (demo.n_episodes, demo.n_steps, len(calls)) == (2, 10, 2)
     np.testing.assert_array_equal(demo.replay_buffer["terminal"], [0, 0, 0, 1, 0, 0, 0, 0, 0, 1])
     np.testing.assert_array_equal(demo.replay_buffer["intervention"], 0)
     # no temp dir left; the store's writer lock sits beside it while it is open
     assert sorted(p.name for p in path.parent.iterdir()) == [".demo.zarr.lock", "demo.zarr"]
-    again = OnlineReplayStore.from_demos(path, _old_demo_store(), *ARGS, transform=add_embedding,
-                                         embedding_key="emb")
+    again = OnlineReplayStore.from_demos(path, _old_demo_store(), META,
+                                         dataclasses.replace(SPEC, embedding_key="emb"), transform=add_embedding)
     assert again.n_episodes == 2
     assert len(calls) == 2  # reopened, not copied again
 
@@ -148,7 +155,7 @@ def test_route_episode_cuts_intervened_runs():
 
 def test_routed_segments_give_only_intervened_chunks(tmp_path):
     # To=2, Ta=1, T=2 (ConRFT's): every intervened step gives one transition, no policy action does
-    store = OnlineReplayStore(tmp_path / "demo.zarr", SHAPE_META, 2, 2, 1, 0.9)
+    store = OnlineReplayStore(tmp_path / "demo.zarr", META, TransitionSpec(2, 2, 1, 0.9))
     ep = episode(9, terminal=False)
     ep["intervention"] = np.array([0, 1, 1, 0, 0, 1, 0, 1, 1], np.uint8)
     for segment in route_episode(ep)[1]:
@@ -158,3 +165,32 @@ def test_routed_segments_give_only_intervened_chunks(tmp_path):
     assert batch["intervention"].tolist() == [1.0] * 4
     assert batch["action"][:, -1, 0].tolist() == [1.5, 2.5, 5.5, 7.5]
     assert batch["next_obs"]["pos"][:, -1, 0].tolist() == [2.0, 3.0, 6.0, 8.0]
+
+
+@pytest.mark.parametrize("key, row, value, message", [
+    ("reward", 7, np.nan, r"episode 1: key 'reward' has non-finite values \(NaN/inf\) at 1 steps, first at step 2"),
+    ("state", 1, np.inf, r"episode 0: key 'state' has non-finite"),
+    ("action", 9, -np.inf, r"episode 1: key 'action' has non-finite .* first at step 4"),
+    ("intervention", 3, 2, r"episode 0: key 'intervention' must hold 0/1"),
+])
+def test_damage_already_on_disk_is_refused_when_opened(tmp_path, key, row, value, message):
+    """Issue 26: a NaN written into the store behind its back fails the open, naming key and episode."""
+    path = tmp_path / "online.zarr"
+    store = store_at(path)
+    store.add_episode(episode(5))
+    store.add_episode(episode(5, start=50))
+    del store
+    disk = ReplayBuffer.create_from_path(path, mode="a")
+    disk[key][row] = value
+    del disk
+    with pytest.raises(ValueError, match=rf"store .*online.zarr: {message}"):
+        store_at(path)
+
+
+def test_stores_take_a_parsed_shape_meta_and_a_spec(tmp_path):
+    with pytest.raises(TypeError, match="ShapeMeta"):
+        OnlineReplayStore(tmp_path / "online.zarr", SHAPE_META, SPEC)
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\)"):
+        dataclasses.replace(SPEC, gamma=1.0)
+    with pytest.raises(ValueError, match="T >= To \\+ Ta - 1"):
+        TransitionSpec(2, 2, 2, 0.9)

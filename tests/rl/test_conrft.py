@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.models.conrft_mlp import ConRFTMLP
@@ -16,7 +17,7 @@ from policylab.models.critic import CriticEnsemble, CriticObsEncoder
 from policylab.policies.consistency import ConsistencyBCPolicy
 from policylab.rl.buffers import MixedSampler, OnlineReplayStore
 from policylab.rl.conrft import ConRFT, ConRFTConfig, augment, calql_gap, td_target
-from policylab.rl.transitions import TransitionSampler
+from policylab.rl.transitions import TransitionSampler, TransitionSpec
 from tests.helpers import compose_config
 
 
@@ -151,9 +152,9 @@ def test_rl_fine_tuning_beats_behaviour_cloning(tmp_path):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     demos = Bandit.demos(200, rng)
-    kwargs = {"horizon": 1, "n_obs_steps": 1, "n_action_steps": 1, "gamma": 0.9, "reward_neg": 0.0,
-              "is_sparse_reward": True}
-    demo_sampler = TransitionSampler(demos, Bandit.shape_meta, **kwargs)
+    meta = ShapeMeta.parse(Bandit.shape_meta)
+    spec = TransitionSpec(horizon=1, n_obs_steps=1, n_action_steps=1, gamma=0.9, reward_neg=0.0, is_sparse_reward=True)
+    demo_sampler = TransitionSampler(demos, meta, spec)
     gen = torch.Generator().manual_seed(0)
 
     actor = bandit_actor()
@@ -176,7 +177,7 @@ def test_rl_fine_tuning_beats_behaviour_cloning(tmp_path):
         agent.train_step(lambda: demo_sampler.sample(64, gen), gen)
 
     agent.cfg = ConRFTConfig(bc_weight=0.1, q_weight=1.0, calql=False, actor_lr=1e-3, critic_lr=1e-3)
-    online = OnlineReplayStore(tmp_path / "online.zarr", Bandit.shape_meta, **kwargs)
+    online = OnlineReplayStore(tmp_path / "online.zarr", meta, spec)
     mixed = MixedSampler(demo_sampler, online.sampler, 0.5)
     for _ in range(30):  # Stage II: act, store, update
         actor.eval()

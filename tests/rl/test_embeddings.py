@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.rl.actor import EnvActor, policy_weights
@@ -18,7 +19,7 @@ from policylab.rl.embeddings import (
     episode_embeddings,
     has_frozen_encoder,
 )
-from policylab.rl.transitions import TransitionSampler
+from policylab.rl.transitions import TransitionSampler, TransitionSpec
 from tests.helpers import compose_config
 
 
@@ -74,8 +75,8 @@ def test_learner_update_reads_embeddings_and_never_runs_the_encoder(cfg, recorde
     rb = ReplayBuffer.create_empty_numpy()
     rb.add_episode(episode)
     shape_meta = OmegaConf.to_container(cfg.task.shape_meta)
-    sampler = TransitionSampler(rb, shape_meta, cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps, gamma=0.98,
-                                embedding_key=EMBEDDING_KEY)
+    sampler = TransitionSampler(rb, ShapeMeta.parse(shape_meta), TransitionSpec(
+        cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps, gamma=0.98, embedding_key=EMBEDDING_KEY))
     train_cfg = compose_config(["workspace=rl_offline", "task=pick_cube_image", "critic.hidden_dims=[16]",
                                 "critic.obs_encoder.image_encoder.rgb_model_name=resnet18"])
     critic = hydra.utils.instantiate(train_cfg.critic)(shape_meta=shape_meta, n_obs_steps=cfg.n_obs_steps,

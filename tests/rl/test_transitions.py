@@ -4,9 +4,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.datasets.sequence import SequenceDataset
 from policylab.data.replay_buffer import ReplayBuffer
-from policylab.rl.transitions import TransitionSampler
+from policylab.rl.transitions import TransitionSampler, TransitionSpec
 
 SHAPE_META = {
     "obs": {
@@ -15,6 +16,7 @@ SHAPE_META = {
     },
     "action": {"shape": [2]},
 }
+META = ShapeMeta.parse(SHAPE_META)
 REWARD_NEG = -0.05
 
 
@@ -110,8 +112,9 @@ def test_matches_per_item_reference(episodes, To, Ta, extra, gamma, scale, bias,
     for key in drop:
         del rb.data[key]
     T = To + Ta - 1 + extra
-    sampler = TransitionSampler(rb, SHAPE_META, T, To, Ta, gamma, reward_scale=scale, reward_bias=bias,
-                                reward_neg=REWARD_NEG, is_sparse_reward=is_sparse, embedding_key="embedding")
+    sampler = TransitionSampler(rb, META, TransitionSpec(T, To, Ta, gamma, reward_scale=scale, reward_bias=bias,
+                                                         reward_neg=REWARD_NEG, is_sparse_reward=is_sparse,
+                                                         embedding_key="embedding"))
     ref = reference(rb, To, Ta, T, gamma, scale, bias, REWARD_NEG, is_sparse)
     assert len(sampler) == len(ref)
     if ref:
@@ -122,7 +125,7 @@ def test_matches_per_item_reference(episodes, To, Ta, extra, gamma, scale, bias,
 def test_obs_and_action_equal_sequence_dataset(backend):
     rb = make_buffer([(6, True, None), (2, False, None), (5, False, None)], backend)
     To, Ta, T = 2, 3, 5
-    sampler = TransitionSampler(rb, SHAPE_META, T, To, Ta, 0.9)
+    sampler = TransitionSampler(rb, META, TransitionSpec(T, To, Ta, 0.9))
     dataset = SequenceDataset(SHAPE_META, T, To, replay_buffer=rb, n_action_steps=Ta)
     assert 0 < len(sampler) < len(dataset)  # the time-limit ends lose their last windows
     batch = sampler.get_batch(np.arange(len(sampler)))
@@ -136,13 +139,13 @@ def test_obs_and_action_equal_sequence_dataset(backend):
 def test_extend_equals_rebuilding():
     specs = [(4, True, None), (3, False, None), (6, True, None), (1, True, None), (5, False, None)]
     rb = make_buffer(specs[:2])
-    args = (SHAPE_META, 4, 2, 2, 0.8)
-    sampler = TransitionSampler(rb, *args, embedding_key="embedding", episode_mask=np.array([True, False]))
+    spec = TransitionSpec(4, 2, 2, 0.8, embedding_key="embedding")
+    sampler = TransitionSampler(rb, META, spec, episode_mask=np.array([True, False]))
     for length, terminal, rewards in specs[2:]:
         rb.add_episode(make_episode(rb.n_steps, length, terminal, rewards))
         sampler.extend()
     assert sampler.extend() == 0
-    full = TransitionSampler(rb, *args, embedding_key="embedding",
+    full = TransitionSampler(rb, META, spec,
                              episode_mask=np.array([True, False, True, True, True]))
     assert len(sampler) == len(full)
     got, want = sampler.get_batch(np.arange(len(full))), full.get_batch(np.arange(len(full)))
@@ -153,7 +156,7 @@ def test_extend_equals_rebuilding():
 
 def test_sample_is_seeded_and_batch_survives_growth():
     rb = make_buffer([(5, True, None), (4, True, None)])
-    sampler = TransitionSampler(rb, SHAPE_META, 3, 2, 2, 0.9)
+    sampler = TransitionSampler(rb, META, TransitionSpec(3, 2, 2, 0.9))
     a = sampler.sample(8, torch.Generator().manual_seed(0))
     b = sampler.sample(8, torch.Generator().manual_seed(0))
     c = sampler.sample(8, np.random.default_rng(0))
@@ -169,11 +172,11 @@ def test_sample_is_seeded_and_batch_survives_growth():
 def test_errors_name_the_key():
     rb = make_buffer([(3, True, None)])
     with pytest.raises(KeyError, match="embedding_x"):
-        TransitionSampler(rb, SHAPE_META, 2, 1, 2, 0.9, embedding_key="embedding_x")
+        TransitionSampler(rb, META, TransitionSpec(2, 1, 2, 0.9, embedding_key="embedding_x"))
     rb.data["terminal"][0] = 1
-    with pytest.raises(ValueError, match="'terminal': episode 0"):
-        TransitionSampler(rb, SHAPE_META, 2, 1, 2, 0.9)
-    empty = TransitionSampler(ReplayBuffer.create_empty_numpy(), SHAPE_META, 2, 1, 2, 0.9)
+    with pytest.raises(ValueError, match="episode 0: key 'terminal' is set at step 0"):
+        TransitionSampler(rb, META, TransitionSpec(2, 1, 2, 0.9))
+    empty = TransitionSampler(ReplayBuffer.create_empty_numpy(), META, TransitionSpec(2, 1, 2, 0.9))
     assert len(empty) == 0
     with pytest.raises(ValueError, match="no transitions"):
         empty.sample(4, np.random.default_rng(0))

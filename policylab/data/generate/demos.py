@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 
 from policylab.common.config import CONFIG_DIR, compose
 from policylab.data.replay_buffer import ReplayBuffer
+from policylab.rl.episodes import to_store
 
 SEEDS_KEY = "episode_seeds"
 
@@ -61,18 +62,6 @@ def load_task_config(task: str):
         raise SystemExit(f"unknown task {task!r}; known tasks: {known}")
     cfg = compose([f"task={task}"])
     return OmegaConf.create(OmegaConf.to_container(cfg.task, resolve=True))
-
-
-def to_store(obs: dict, observation_space: gym.spaces.Dict) -> dict:
-    """Env obs -> store rows: (3, H, W) images in [0, 1] back to (H, W, 3) uint8, rest float32."""
-    row = {}
-    for key, value in obs.items():
-        space = observation_space[key]
-        if len(space.shape) == 3 and space.shape[0] == 3:
-            row[key] = np.rint(np.moveaxis(value, 0, -1) * 255).astype(np.uint8)
-        else:
-            row[key] = np.asarray(value, dtype=np.float32)
-    return row
 
 
 def run_episode(env: gym.Env, expert, seed: int, max_steps: int) -> dict | None:
