@@ -5,7 +5,9 @@ everything installed; the configs ship in the wheel; the console entry points ex
 import ast
 import importlib
 import importlib.metadata as md
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -130,3 +132,48 @@ def test_wheel_ships_configs_and_trains_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "policylab/config/train.yaml" in names and "policylab/config/task/pusht_lowdim.yaml" in names
     assert md.version("hydra-core")  # composing needs it; the wheel's configs are plain YAML
+
+
+def _require_calls() -> list[tuple[str, str, str]]:
+    """(module file, required module, extra) of every `require(..., extra=...)` in policylab/."""
+    calls = []
+    for path in (REPO / "policylab").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require":
+                extra = next(k.value.value for k in node.keywords if k.arg == "extra")
+                calls += [(path.name, a.value, extra) for a in node.args]
+    return calls
+
+
+def test_every_install_hint_names_an_extra_that_brings_the_module():
+    calls = _require_calls()
+    assert len(calls) >= 8, calls
+    for where, module, extra in calls:
+        dist = DIST_OF.get(module.split(".")[0], module.split(".")[0]).lower().replace("_", "-")
+        assert extra in PYPROJECT["optional-dependencies"], f"{where}: no extra {extra!r}"
+        assert dist in _expand(extra), f"{where}: the {extra!r} extra does not bring {dist}"
+
+
+def test_a_missing_extra_names_the_extra_and_the_pip_command():
+    from policylab.common.extras import MissingExtraError, require
+
+    code = ("import sys; sys.modules['pymunk'] = None\n"
+            "from policylab.common.extras import require\nrequire('pymunk', extra='pusht')")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert ("MissingExtraError: pymunk is not installed; it comes with policylab's `pusht` extra: "
+            "pip install 'policylab[pusht]' (in a clone: pip install -e '.[pusht]').") in result.stderr
+    assert require("json", "numpy.linalg", extra="dev").__name__ == "numpy.linalg"
+    with pytest.raises(MissingExtraError, match=r"no_such_module_xyz is not installed.*policylab\[tasks\].*deps-sim"):
+        require("no_such_module_xyz.sub", extra="tasks")
+
+
+def test_gym_make_of_a_task_whose_extra_is_missing_gives_the_hint():
+    """Not gymnasium's "Environment registration via importing a module failed"."""
+    code = ("import sys; sys.modules['pymunk'] = None\nimport gymnasium as gym\n"
+            "gym.make('policylab.envs.pusht:policylab/PushTKeypoints-v0')")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert "pip install 'policylab[pusht]'" in result.stderr.splitlines()[-1]
+    assert "registration via importing a module failed" not in result.stderr

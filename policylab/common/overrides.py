@@ -76,12 +76,10 @@ def help_text(schema: type | Mapping[str, Any], prog: str = "", usage: str = "")
 
 def _dotlist(argv: list[str], prefix: str):
     """The arguments as one config; a value YAML cannot read exits naming its argument."""
-    import yaml
-
     for arg in argv:
         try:
             OmegaConf.from_dotlist([arg])
-        except yaml.YAMLError as err:
+        except Exception as err:  # noqa: BLE001  (YAML's parser errors; OmegaConf's grammar errors)
             raise SystemExit(f"{prefix}cannot parse {arg!r}: {str(err).splitlines()[0]}") from None
     return OmegaConf.from_dotlist(argv)
 

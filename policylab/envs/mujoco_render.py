@@ -17,8 +17,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
-import mujoco
 import numpy as np
+
+from policylab.common.extras import require
+
+mujoco = require("mujoco", extra="tasks")
 
 
 class FastCameras:

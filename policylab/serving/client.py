@@ -12,9 +12,11 @@ import os
 
 import numpy as np
 import torch
-from websockets.sync.client import connect
 
+from policylab.common.extras import require
 from policylab.serving.protocol import decode, encode
+
+connect = require("websockets.sync.client", extra="serving").connect
 
 
 class RemotePolicyError(RuntimeError):

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import websockets
-from websockets.asyncio.server import serve
 
+from policylab.common.extras import require
 from policylab.common.obs import to_policy_obs
 from policylab.common.shape_meta import ShapeMeta
 from policylab.serving.protocol import ProtocolError, check_obs, decode, encode
@@ -179,21 +178,24 @@ class PolicyServer:
         return None
 
     async def _connection(self, websocket) -> None:
+        closed = require("websockets", extra="serving").ConnectionClosed
         self._n_open += 1  # the event loop is one thread: no lock needed
         try:
             async for message in websocket:
                 await websocket.send(await asyncio.to_thread(self.handle, message))
-        except websockets.ConnectionClosed:
+        except closed:
             pass
         finally:
             self._n_open -= 1
 
     async def serve(self) -> None:
+        # websockets imported here, not at the top: `--help` needs only the core installed
+        listen = require("websockets.asyncio.server", extra="serving").serve
         self._stop = asyncio.Event()
         # websockets' own logger says INFO per connection: quiet it; refusals are logged (rate-limited) above.
         quiet = logging.getLogger(f"{__name__}.websockets")
         quiet.setLevel(logging.WARNING)
-        async with serve(self._connection, self.host, self.port, max_size=self.max_message_bytes,
+        async with listen(self._connection, self.host, self.port, max_size=self.max_message_bytes,
                          process_request=self._authorize, compression=None, logger=quiet) as server:
             self.port = server.sockets[0].getsockname()[1]
             log.info("policy server on ws://%s:%d", self.host, self.port)

@@ -9,6 +9,9 @@ from gymnasium.envs.registration import register, registry
 
 # First of this package's imports: sets a headless MUJOCO_GL before mujoco is loaded.
 import policylab.envs.mujoco_render  # noqa: F401
+from policylab.common.extras import require
+
+require("metaworld", extra="tasks")
 from policylab.envs.metaworld.env import MetaWorldEnv
 from policylab.envs.metaworld.expert import MetaWorldExpert
 

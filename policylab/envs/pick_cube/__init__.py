@@ -9,6 +9,9 @@ from gymnasium.envs.registration import register, registry
 
 # First of this package's imports: sets a headless MUJOCO_GL before mujoco is loaded.
 import policylab.envs.mujoco_render  # noqa: F401
+from policylab.common.extras import require
+
+require("gym_hil", extra="tasks")
 from policylab.envs.pick_cube.env import PickCubeEnv
 from policylab.envs.pick_cube.expert import PickCubeExpert
 

@@ -14,6 +14,9 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 from gymnasium.envs.registration import register, registry
 
+from policylab.common.extras import require
+
+require("pygame", "pymunk", "shapely", extra="pusht")  # before the env imports them: a hint, not a bare error
 from policylab.envs.pusht.env import PushTEnv
 
 ENV_IDS = {

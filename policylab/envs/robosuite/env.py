@@ -38,7 +38,9 @@ def _quiet_robosuite():
     """Import robosuite without its INFO/WARNING chatter about optional extras and macros."""
     import logging
 
-    import robosuite
+    from policylab.common.extras import require
+
+    robosuite = require("robosuite", extra="robosuite")
 
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     for handler in logging.getLogger("robosuite_logs").handlers:

