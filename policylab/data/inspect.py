@@ -343,12 +343,9 @@ def inspect(cfg: InspectConfig) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
     if argv and "=" not in argv[0] and not argv[0].startswith("-"):
         argv[0] = f"store={argv[0]}"
-    cfg = parse_overrides(InspectConfig, argv, prog=PROG)
+    cfg = parse_overrides(InspectConfig, argv, prog=PROG, usage=__doc__)
     lines, problems = inspect(cfg)
     print("\n".join(lines))
     for problem in problems:

@@ -196,7 +196,8 @@ class SupervisedWorkspace(BaseWorkspace):
             self.load_checkpoint(resume_from)
         main = self.dist.is_main
         env_runner = None
-        if main and cfg.task.get("env_runner") is not None:
+        # `env_runner: null` (offline tasks) stays runner-less when debug/tiny.yaml merges its sizes into it
+        if main and (cfg.task.get("env_runner") or {}).get("_target_") is not None:
             device = {"device": str(self.device)} if "device" in cfg.task.env_runner else {}  # `auto` resolved
             env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir), **device)
         topk = TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,

@@ -137,7 +137,9 @@ def test_lowdim_store_writes_only_the_plot(tmp_path, capsys):
 
 
 def test_cli_arguments(tmp_path, capsys):
-    assert main(["--help"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
     assert "python -m policylab.data.inspect <store>" in capsys.readouterr().out
     make_store(tmp_path / "s.zarr")
     with pytest.raises(SystemExit, match="episod"):

@@ -2,7 +2,16 @@
 
     python -m policylab.data.importers.lerobot in=<dataset folder> out=data/lerobot/<name>.zarr
         [keys=observation.state,observation.images.front,action] [overwrite=false]
-        [image_compressor=image|disk]
+        [image_compressor=image|disk] [task_name=<name>] [out_task=<dir>/task/<name>.yaml|none]
+
+Besides the store it writes a task config, so `python train.py task=<name>` trains on it with no
+hand-written YAML: shape_meta from info.json's features (images and videos -> rgb [C, H, W],
+other observations -> low_dim, `action`; `next.*` outcomes are stored but not observed), the
+store as dataset.zarr_path, no env runner (evaluation is offline: val loss). It goes to
+policylab's config/task/<task_name>.yaml (task_name defaults to the store's name), or to out_task=
+(a file in a folder named `task`; train with `python train.py --config-dir <the folder above
+task/> task=<name>`, the flag first); out_task=none skips it. It names one target, the SequenceDataset (on the
+checkpoint allow-list), and never replaces a task file it did not write.
 
 The v3.0 layout (LeRobot >= 0.4), many episodes per file:
 
@@ -30,6 +39,8 @@ missing info.json / feature column / video file, an episode whose row count disa
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,9 +48,12 @@ import numpy as np
 import tqdm
 
 from policylab.data.importers.common import ImportFormatError, parse_cli, write_episodes
+from policylab.paths import config_dir
 
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 PREFIXES = ("observation.images.", "observation.", "next.")
+TASK_MARKER = "# Written by policylab.data.importers.lerobot"  # a task file this importer may replace
+SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def store_key(feature: str) -> str:
@@ -215,17 +229,94 @@ def import_lerobot(src: str | Path, out: str | Path, keys: list[str] | None = No
             "keys": {k: names[k] for k in sorted(names)}, "fps": fps}
 
 
+def task_shape_meta(info: dict, keys: list[str] | None = None) -> dict:
+    """shape_meta (plain dict) for the store the import of `info` (info.json) writes; the imported
+    features only (`keys`, or all). Raises ImportFormatError without an `action` feature."""
+    obs, action = {}, None
+    for feature, spec in info["features"].items():
+        if feature in BOOKKEEPING or (keys is not None and feature not in keys) or feature.startswith("next."):
+            continue
+        shape = [int(s) for s in spec.get("shape", [])] or [1]
+        if feature == "action":
+            action = {"shape": [int(np.prod(shape))]}
+        elif spec.get("dtype") in ("video", "image"):
+            obs[store_key(feature)] = {"shape": [shape[2], shape[0], shape[1]], "type": "rgb"}
+        elif spec.get("dtype") != "string":
+            obs[store_key(feature)] = {"shape": [int(np.prod(shape))], "type": "low_dim"}
+    if action is None:
+        raise ImportFormatError("no 'action' feature imported: a task config needs one (out_task=none skips it)")
+    unsafe = [k for k in obs if not SAFE_NAME.fullmatch(k)]
+    if unsafe:
+        raise ImportFormatError(f"feature names {unsafe} are not usable as config keys (out_task=none skips the task)")
+    return {"obs": obs, "action": action}
+
+
+def task_yaml(info: dict, store: str | Path, name: str, source: str | Path, keys: list[str] | None = None) -> str:
+    """The text of a task config training on the imported `store` (see the module docstring)."""
+    from omegaconf import OmegaConf
+
+    if "${" in str(store) or not SAFE_NAME.fullmatch(name):
+        raise ImportFormatError(f"task_name {name!r} / store path {str(store)!r}: names are letters, digits and _; "
+                                "paths may not contain '${'")
+    shape_meta = task_shape_meta(info, keys)
+    rgb = [v["shape"] for v in shape_meta["obs"].values() if v["type"] == "rgb"]
+    task = {
+        "name": name,
+        "image_crop_shape": [int(rgb[0][1] * 0.875), int(rgb[0][2] * 0.875)] if rgb else None,  # DP: 84 of 96
+        "shape_meta": shape_meta,
+        "dataset": {"_target_": "policylab.data.datasets.sequence.SequenceDataset", "shape_meta": "${task.shape_meta}",
+                    "zarr_path": str(store), "horizon": "${horizon}", "n_obs_steps": "${n_obs_steps}",
+                    "n_action_steps": "${n_action_steps}", "val_ratio": 0.02, "max_train_episodes": None, "seed": 42},
+        "env_runner": None,
+    }
+    header = (f"{TASK_MARKER} from {source}/meta/info.json\n# ({info.get('total_episodes', '?')} episodes at "
+              f"{info['fps']} fps). Train: python train.py task={name}\n")
+    return header + OmegaConf.to_yaml(OmegaConf.create(task))
+
+
+def check_task_path(path: Path, overwrite: bool) -> None:
+    """Refuse, before anything is imported, a task file this importer may not write."""
+    if path.parent.name != "task":
+        raise SystemExit(f"out_task={path}: put it in a folder named 'task' (Hydra's task group), e.g. "
+                         f"<dir>/task/{path.stem}.yaml, and train with --config-dir <dir>")
+    if path.exists() and not path.read_text().startswith(TASK_MARKER):
+        raise FileExistsError(f"{path} exists and was not written by this importer; choose another task_name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+
+
+def write_task(text: str, path: Path) -> None:
+    """Write `text` to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_cli(sys.argv[1:] if argv is None else argv, required=("in", "out"),
-                     optional=("keys", "overwrite", "image_compressor"))
-    stats = import_lerobot(args["in"], args["out"],
-                           keys=args["keys"].split(",") if args.get("keys") else None,
-                           overwrite=args.get("overwrite", "false").lower() in ("1", "true"),
+                     optional=("keys", "overwrite", "image_compressor", "task_name", "out_task"),
+                     prog="policylab.data.importers.lerobot", usage=__doc__)
+    keys = args["keys"].split(",") if args.get("keys") else None
+    overwrite = args.get("overwrite", "false").lower() in ("1", "true")
+    name = args.get("task_name") or re.sub(r"\W", "_", Path(args["out"]).name.split(".")[0])
+    out_task = args.get("out_task", str(config_dir() / "task" / f"{name}.yaml"))
+    text = None
+    if out_task.lower() != "none":  # every check before anything is imported
+        text = task_yaml(read_info(Path(args["in"])), args["out"], name, args["in"], keys)
+        check_task_path(Path(out_task), overwrite)
+    stats = import_lerobot(args["in"], args["out"], keys=keys, overwrite=overwrite,
                            image_compressor=args.get("image_compressor", "image"))
     print(f"imported {stats['n_episodes']} episodes ({stats['n_steps']} steps, {stats['fps']:g} fps) "
           f"into {stats['out']}")
     for key, feature in stats["keys"].items():
         print(f"  {key:24s} <- {feature}")
+    if text is not None:
+        write_task(text, Path(out_task))
+        in_config = Path(out_task).resolve().parent == (config_dir() / "task").resolve()
+        config_flag = "" if in_config else f"--config-dir {Path(out_task).resolve().parent.parent} "
+        print(f"task config: {out_task}\n  train: python train.py {config_flag}task={name}")
+        stats["task"] = out_task
     return stats
 
 

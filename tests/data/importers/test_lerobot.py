@@ -1,6 +1,7 @@
 """LeRobotDataset v3.0 folder -> ReplayBuffer, on a tiny dataset the test writes in that layout."""
 
 import json
+import os
 from pathlib import Path
 
 import av
@@ -10,9 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from policylab.common.config import compose
+from policylab.common.logging import read_logs
+from policylab.common.safe_config import check_config
+from policylab.data.exporters.lerobot import main as export_main
 from policylab.data.importers.common import ImportFormatError
 from policylab.data.importers.lerobot import import_lerobot, main, store_key
 from policylab.data.replay_buffer import ReplayBuffer
+from tests.helpers import run_train
 
 FPS = 10
 LENGTHS = [10, 7, 12]
@@ -114,7 +120,7 @@ def test_store_keys():
 
 def test_round_trip(tmp_path):
     truth = write_dataset(tmp_path / "ds")
-    stats = main([f"in={tmp_path / 'ds'}", f"out={tmp_path / 'out.zarr'}", "image_compressor=disk"])
+    stats = main([f"in={tmp_path / 'ds'}", f"out={tmp_path / 'out.zarr'}", "image_compressor=disk", "out_task=none"])
     assert stats["keys"]["front"] == "observation.images.front"
     rb = ReplayBuffer.create_from_path(tmp_path / "out.zarr")
     assert list(rb.episode_lengths) == LENGTHS
@@ -176,3 +182,48 @@ def test_malformed_episode_and_files(tmp_path):
     pq.write_table(table, root / "data" / "chunk-000" / "file-000.parquet")
     with pytest.raises(ImportFormatError, match="missing column 'action'"):
         import_lerobot(root, tmp_path / "out.zarr", keys=["action"], progress=False)
+
+
+def test_task_config_written(tmp_path, capsys):
+    """The task YAML beside the import: shape_meta from info.json, the store, allow-listed targets only."""
+    write_dataset(tmp_path / "ds")
+    task_file = tmp_path / "cfg" / "task" / "mine.yaml"
+    stats = main([f"in={tmp_path / 'ds'}", f"out={tmp_path / 'mine.zarr'}", f"out_task={task_file}"])
+    assert stats["task"] == str(task_file)
+    assert f"train: python train.py --config-dir {tmp_path / 'cfg'} task=mine" in capsys.readouterr().out
+    cfg = compose(["task=mine", "hydra.searchpath=[file://{}]".format(tmp_path / "cfg")])
+    assert cfg.task.shape_meta == {"obs": {"front": {"shape": [3, 32, 32], "type": "rgb"},
+                                           "state": {"shape": [4], "type": "low_dim"},
+                                           "wrist": {"shape": [3, 8, 8], "type": "rgb"}},
+                                   "action": {"shape": [2]}}  # next.reward is stored, not observed
+    assert cfg.task.dataset.zarr_path == str(tmp_path / "mine.zarr") and cfg.task.env_runner is None
+    assert list(cfg.task.image_crop_shape) == [28, 28]
+    check_config(cfg.task, "task")  # what a checkpoint carrying this task must pass
+
+    # never replaces a task file it did not write; its own only with overwrite=true
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=true"):
+        main([f"in={tmp_path / 'ds'}", f"out={tmp_path / 'other.zarr'}", f"out_task={task_file}"])
+    task_file.write_text("name: handmade\n")
+    with pytest.raises(FileExistsError, match="not written by this importer"):
+        main([f"in={tmp_path / 'ds'}", f"out={tmp_path / 'other.zarr'}", f"out_task={task_file}", "overwrite=true"])
+    assert not (tmp_path / "other.zarr").exists(), "refused before importing"
+    with pytest.raises(SystemExit, match="folder named 'task'"):
+        main([f"in={tmp_path / 'ds'}", f"out={tmp_path / 'other.zarr'}", f"out_task={tmp_path / 'x.yaml'}"])
+
+
+def test_import_train_export(tmp_path):
+    """import -> train.py task=<the written YAML> (debug=tiny, a few steps) -> export by checkpoint."""
+    write_dataset(tmp_path / "ds")
+    main([f"in={tmp_path / 'ds'}", f"out={tmp_path / 'imp.zarr'}", "keys=observation.state,action",
+          f"out_task={tmp_path / 'cfg' / 'task' / 'imp.yaml'}"])
+    run_dir = tmp_path / "run"
+    result = run_train(["--config-dir", str(tmp_path / "cfg"), "task=imp", "debug=tiny", f"hydra.run.dir={run_dir}",
+                        "logging.mode=disabled", "training.num_epochs=1", "training.max_train_steps=2",
+                        "dataloader.batch_size=4", "val_dataloader.batch_size=4", "task.dataset.val_ratio=0.34"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_logs(run_dir / "logs.jsonl")[-1]["global_step"] == 2
+    ckpt = run_dir / "checkpoints" / "latest"
+    assert export_main([f"store={tmp_path / 'imp.zarr'}", f"out={tmp_path / 'again'}", f"checkpoint={ckpt}"]) == 0
+    info = json.loads((tmp_path / "again" / "meta" / "info.json").read_text())
+    assert info["features"]["observation.state"]["shape"] == [4] and info["features"]["action"]["shape"] == [2]
+    assert os.path.isfile(tmp_path / "again" / "data" / "chunk-000" / "file-000.parquet")
