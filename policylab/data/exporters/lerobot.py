@@ -126,11 +126,12 @@ def plan_columns(buffer: ReplayBuffer, shape_meta: ShapeMeta | None = None) -> l
     return columns
 
 
-def feature_spec(column: Column, sample: np.ndarray, fps: int, images: str, codec: tuple[str, str]) -> dict:
+def feature_spec(column: Column, sample: np.ndarray, fps: int, images: str) -> dict:
     """info.json's entry for `column`, given one episode's values `sample` (L, ...)."""
     shape = list(sample.shape[1:])
     if not column.image:
         return {"dtype": str(sample.dtype), "shape": shape, "names": None}
+    codec = video_codec(shape)
     spec = {"dtype": "video" if images == "video" else "image", "shape": shape,
             "names": ["height", "width", "channels"]}
     if images == "video":
@@ -282,10 +283,7 @@ def _write_episodes(tmp: Path, buffer: ReplayBuffer, columns: list[Column], fps:
                     task_text: str, crf: int, progress: bool) -> tuple[list[dict], dict]:
     """data/ and videos/ for every episode; -> (meta/episodes rows, info.json features)."""
     first = buffer.get_episode(0)
-    codec = video_codec(first[columns[0].zarr_key].shape[1:3]) if columns[0].image else video_codec((2, 2))
-    features = {c.feature: feature_spec(c, c.values(first), fps, images,
-                                        video_codec(first[c.zarr_key].shape[1:3]) if c.image else codec)
-                for c in columns}
+    features = {c.feature: feature_spec(c, c.values(first), fps, images) for c in columns}
     features |= {k: {"dtype": v, "shape": [1], "names": None} for k, v in BOOKKEEPING.items()}
     videos = {c.feature: VideoFiles(tmp, c.feature, fps, crf) for c in columns if c.image and images == "video"}
     data = DataFiles(tmp, features)
