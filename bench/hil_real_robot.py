@@ -44,10 +44,10 @@ sys.path.insert(0, str(REPO))
 
 from policylab.common.safe_config import instantiate_trusted
 from policylab.data.normalizer import LinearNormalizer
-from policylab.real.rl_env import build_real_rl_env
 from policylab.real.testing.fake_spacenavd import FakeSpacenavd
 from policylab.real.testing.fake_ur import FakeURController, free_loopback_host
 from policylab.rl.actor import EnvActor, policy_weights, run_episode
+from policylab.robot_apps.rl_env import build_real_rl_env
 from policylab.workspaces.rl_offline import policy_build_config
 
 VARIANTS = {"state": ["~task.shape_meta.obs.camera_0", "task.image_crop_shape=null"], "camera+state": []}

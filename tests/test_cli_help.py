@@ -19,14 +19,12 @@ SCRIPTS = ("train.py", "eval.py", "ray_train_multirun.py", "demo_real_robot.py",
 MODULES = ("policylab.data.generate", "policylab.data.generate.pusht", "policylab.data.importers.lerobot",
            "policylab.data.importers.robomimic", "policylab.data.inspect", "policylab.data.repair",
            "policylab.plot", "policylab.policies.dp_import", "policylab.quickstart", "policylab.models.octo.convert",
-           "policylab.serving.server", "policylab.rl.success_frames", "policylab.real.rl_demos")
+           "policylab.serving.server", "policylab.rl.success_frames", "policylab.robot_apps.rl_demos")
 
 # Commands whose owners are switching them (issue 24/25 helpers); drop an entry once it passes.
 PENDING = {
     "policylab.data.generate": "imports the pusht generator at the top and reads task= before --help (stores)",
     "policylab.data.generate.pusht": "imports PushTEnv at the top (stores)",
-    "policylab.rl.success_frames": "imports the pick-cube env at the top, parses by hand (contract)",
-    "policylab.real.rl_demos": "parses by hand, no --help (contract)",
 }
 
 SHIM = """

@@ -29,6 +29,7 @@ EXTRAS_FOR = {
     "policylab.data.generate.pusht": ("pusht",),
     "policylab.data.importers": ("tasks",),
     "policylab.real": ("real", "serving"),
+    "policylab.robot_apps": ("real", "serving"),
     "policylab.serving": ("serving",),
     "policylab.models.octo": ("octo",),
     "policylab.plot": ("plot",),

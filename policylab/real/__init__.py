@@ -1,4 +1,5 @@
-"""Real-robot stack: device processes (robot, cameras, teleop), shared memory, RealEnv.
+"""Real-robot device layer: device processes (robot, cameras, teleop), shared memory, RealEnv.
 
-Nothing here imports training code; scripts and RealEnv users import this package.
+Nothing here imports training code (tests/real/test_layers.py checks it); the applications that
+use both the devices and the RL core live one floor up, in `policylab.robot_apps`.
 """

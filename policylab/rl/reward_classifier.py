@@ -1,7 +1,7 @@
 """A binary success classifier on camera frames, and the gym wrapper that makes it the env's reward.
 
 On a robot there is no ground-truth reward: as HIL-SERL and ConRFT, a classifier trained on
-labelled frames (`policylab.rl.success_frames`, `policylab.real.success_recording`) says when the
+labelled frames (`policylab.rl.success_frames`, `policylab.robot_apps.success_recording`) says when the
 task is done, and the RL workspaces run on its 0/1 reward unchanged.
 
     frames {key: (B, 3, H, W) float in [0, 1], or (B, D) low-dim} -> RewardClassifier -> logits (B,)

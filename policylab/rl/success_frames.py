@@ -26,6 +26,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from policylab.common.overrides import parse_overrides
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.rl.episodes import to_store
 
@@ -49,6 +50,8 @@ def add_frames(buffer: ReplayBuffer, episode: Mapping[str, np.ndarray]) -> None:
 
 @dataclasses.dataclass
 class FramesConfig:
+    """Command-line options (all `key=value`; hold_steps=[6,16])."""
+
     task: str
     n: int                              # episodes to record
     out: str
@@ -129,28 +132,11 @@ def generate(cfg: FramesConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    fields = {f.name: f for f in dataclasses.fields(FramesConfig)}
-    values: dict = {}
-    for arg in argv:
-        key, sep, text = arg.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {list(fields)}")
-        values[key] = text
-    for key in ("task", "n", "out"):
-        if key not in values:
-            raise SystemExit(f"missing required argument {key}=...")
-    values["n"], values["seed"] = int(values["n"]), int(values.get("seed", 0))
-    for key in ("release_steps", "max_steps"):
-        if key in values:
-            values[key] = int(values[key])
-    if "hold_steps" in values:  # hold_steps=6,16
-        low, _, high = values["hold_steps"].partition(",")
-        values["hold_steps"] = (int(low), int(high))
-    if "empty_grasp_fraction" in values:
-        values["empty_grasp_fraction"] = float(values["empty_grasp_fraction"])
-    Path(values["out"]).parent.mkdir(parents=True, exist_ok=True)
-    stats = generate(FramesConfig(**values))
+    cfg = parse_overrides(FramesConfig, sys.argv[1:] if argv is None else argv,
+                          prog="python -m policylab.rl.success_frames", usage=__doc__)
+    cfg.hold_steps = tuple(cfg.hold_steps)
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    stats = generate(cfg)
     print(f"{stats['episodes']} episodes, {stats['frames']} frames ({stats['positives']} success) in "
           f"{stats['out']}; {stats['seconds']:.0f} s")
     return stats

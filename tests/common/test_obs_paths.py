@@ -11,8 +11,8 @@ from policylab.common.shape_meta import ShapeMeta
 from policylab.data.datasets.sequence import SequenceDataset
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.env_runners.gym_runner import GymEnvRunner
-from policylab.real.evaluation import obs_to_policy
 from policylab.rl.actor import _window
+from policylab.robot_apps.evaluation import obs_to_policy
 from policylab.serving.protocol import decode, encode
 from policylab.serving.server import PolicyServer
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from policylab.data.replay_buffer import ReplayBuffer
-from policylab.real.evaluation import ActionToPose, obs_to_policy, run_eval
 from policylab.real.teleop.keyboard import ScriptedKeys
+from policylab.robot_apps.evaluation import ActionToPose, obs_to_policy, run_eval
 from policylab.serving.client import RemotePolicy
 from policylab.serving.server import PolicyServer
 from tests.real.standin import SHAPE_META, StandInPolicy

@@ -10,9 +10,15 @@ import torch
 from torch import nn
 
 from policylab.real.device import DeviceError
-from policylab.real.rl_env import RealRobotRLEnv
 from policylab.real.teleop.spacemouse import SpaceMouse
 from policylab.rl.actor import run_episode
+from policylab.robot_apps.rl_env import (
+    DeltaActions,
+    ObservationMap,
+    RealRobotRLEnv,
+    ResetMode,
+    Takeover,
+)
 from tests.real.test_real_env import make_env
 
 pytest.importorskip("pyrealsense2")
@@ -40,8 +46,8 @@ class ConstantPolicy(nn.Module):
 def rl_env(fake_ur, recordings, spacenavd, tmp_path):
     real = make_env(fake_ur.host, recordings, tmp_path / "raw", n_obs_steps=1, obs_resolution=(64, 48), n_cameras=1)
     mouse = SpaceMouse(socket_path=spacenavd.socket_path, max_value=500, deadzone=0.05)
-    env = RealRobotRLEnv(real, SHAPE_META, teleop=mouse, reset="none", max_delta=0.01,
-                         safety_box={"low": [0.2, -0.3, 0.1], "high": [0.6, 0.3, 0.5]})
+    env = RealRobotRLEnv(real, ObservationMap(SHAPE_META), DeltaActions(max_delta=0.01), Takeover(mouse),
+                         ResetMode("none"), safety_box={"low": [0.2, -0.3, 0.1], "high": [0.6, 0.3, 0.5]})
     yield env
     env.close()
 
@@ -106,8 +112,8 @@ def test_pose_reset_and_keyboard_takeover(fake_ur, recordings, tmp_path):
 
     real = make_env(fake_ur.host, recordings, tmp_path / "raw", n_obs_steps=1, obs_resolution=(64, 48), n_cameras=1)
     keys = ScriptedKeys([[1.6, "i"], [1.9, "i"]])  # robot +y, one step each, after the 1 s reset
-    env = RealRobotRLEnv(real, SHAPE_META, keys=keys, reset="pose", reset_pose=[0.45, 0.05, 0.3, 0.0, np.pi, 0.0],
-                         reset_seconds=1.0, max_delta=0.01)
+    env = RealRobotRLEnv(real, ObservationMap(SHAPE_META), DeltaActions(max_delta=0.01),
+                         reset=ResetMode("pose", [0.45, 0.05, 0.3, 0.0, np.pi, 0.0], seconds=1.0), keys=keys)
     try:
         episode, stats = run_episode(ConstantPolicy([0.0, 0.0, 0.0]), env, seed=0, n_obs_steps=1, n_action_steps=1,
                                      max_steps=12)

@@ -11,7 +11,6 @@ import torch
 from policylab.common.logging import read_logs
 from policylab.data.generate.demos import load_task_config
 from policylab.data.replay_buffer import ReplayBuffer
-from policylab.real.rl_demos import convert_episode
 from policylab.rl.actor import make_actor_env
 from policylab.rl.reward_classifier import (
     ClassifierReward,
@@ -21,6 +20,7 @@ from policylab.rl.reward_classifier import (
     load_reward_classifier,
 )
 from policylab.rl.success_frames import FramesConfig, generate
+from policylab.robot_apps.rl_demos import convert_episode
 from policylab.workspaces.reward_classifier import split_episodes
 from tests.helpers import RL_ENV, run_train
 

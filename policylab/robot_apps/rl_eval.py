@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policylab.real.rl_env import RealRobotRLEnv, build_real_rl_env
 from policylab.rl.actor import run_episode
+from policylab.robot_apps.rl_env import RealRobotRLEnv, build_real_rl_env
 
 log = logging.getLogger(__name__)
 
