@@ -1,6 +1,8 @@
-"""Learning curves from runs' `logs.jsonl` to one PNG: train and validation loss, the rollout
-score (`checkpoint.monitor_key`, default `test/mean_score`) and the learning rate, against the
-optimizer step.
+"""Learning curves from runs' `logs.jsonl` to one PNG, against the optimizer step. By default, for
+a supervised run: train and validation loss, the rollout score (`test/mean_score`) and the learning
+rate; for an RL run (it logs a critic): the evaluated success rate, the online success rate and
+intervention rate (over the last 20 episodes), the Q values of the data and of the policy's
+actions, the critic and actor losses, and the episode length. Keys a run did not log are left out.
 
     python -m policylab.plot <run dir> [<run dir> ...] [--out curves.png] [--keys train_loss,val_loss,...]
                              [--smooth 50] [--band std|minmax]
@@ -9,7 +11,9 @@ Each argument is a run directory (it holds `logs.jsonl`) or a directory of runs:
 (`seed_42/`, `seed_43/`, ...), a Hydra multirun (`0/`, `1/`, ...). Runs are overlaid; the runs of a
 directory of runs are one curve, their mean, with a band (the standard deviation across them, or
 their min and max) where two or more have the point. `--out` defaults to `curves.png` in the first
-directory given. Needs matplotlib (`pip install -e ".[plot]"`).
+directory given. Per-step signals (losses, Q values, episode length) are smoothed over `--smooth`
+points. Options are `--flags`, as for every utility that reads existing files (the rule is in
+policylab/common/overrides.py): `plot <run> out=x.png` is refused, not read as a run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ import numpy as np
 from policylab.common.logging import read_logs
 
 DEFAULT_KEYS = ("train_loss", "val_loss", "test/mean_score", "lr")
+RL_KEYS = ("test/success_rate", "rollout/success_rate_20", "rollout/intervention_rate_20", "q_data", "q_pi",
+           "critic_loss", "actor_loss", "episode/length")
+RL_MARKERS = ("critic_loss", "td_loss")  # what only an RL run logs
+SMOOTHED = ("train_loss", "td_loss", "critic_loss", "actor_loss", "bc_loss", "q_data", "q_pi", "q_target",
+            "episode/length", "episode/return", "episode/intervention_rate")  # noisy per-step signals
 LOG = "logs.jsonl"
 
 
@@ -82,8 +91,18 @@ def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], band: str = "std"):
     return steps, mean, low, high
 
 
-def plot(paths: Sequence[str | Path], out: str | Path | None = None, keys: Sequence[str] = DEFAULT_KEYS,
+def choose_keys(logs: Sequence[list[dict]], keys: Sequence[str] | None = None) -> list[str]:
+    """The keys to plot for these runs' records: `keys`, or by default RL_KEYS for RL runs and
+    DEFAULT_KEYS for the others (both, RL first, when both kinds are overlaid); only those logged."""
+    if keys is None:
+        rl = [any(k in r for r in records for k in RL_MARKERS) for records in logs]
+        keys = (RL_KEYS if any(rl) else ()) + (DEFAULT_KEYS if not all(rl) else ())
+    return [k for k in keys if any(series(records, k)[0].size for records in logs)]
+
+
+def plot(paths: Sequence[str | Path], out: str | Path | None = None, keys: Sequence[str] | None = None,
          smooth_window: int = 50, band: str = "std") -> Path:
+    """Write the curves of `keys` (None: `choose_keys`'s default) to `out` (default <first path>/curves.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,31 +110,17 @@ def plot(paths: Sequence[str | Path], out: str | Path | None = None, keys: Seque
 
     groups = find_groups(paths)
     logs = {label: [read_logs(run / LOG) for run in runs] for label, runs in groups.items()}
-    keys = [k for k in keys if any(series(r, k)[0].size for runs in logs.values() for r in runs)]
+    keys = choose_keys([r for runs in logs.values() for r in runs], keys)
     if not keys:
         raise ValueError(f"none of the keys were logged in {list(map(str, paths))}")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color_of = {label: colors[i % len(colors)] for i, label in enumerate(logs)}  # one colour per run everywhere
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.6 * len(keys)), sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
-        window = smooth_window if key == "train_loss" else 1
-        for label, runs in logs.items():
-            curves = [series(r, key) for r in runs]
-            curves = [(s, smooth(v, window)) for s, v in curves]
-            if len(runs) == 1:
-                steps, mean = curves[0]
-                low = high = None
-            else:
-                steps, mean, low, high = aggregate(curves, band)
-            if not len(steps):
-                continue
-            name = label if len(runs) == 1 else f"{label} (mean of {len(runs)})"
-            marker = "o" if len(steps) < 30 else None
-            ax.plot(steps, mean, label=name, marker=marker, markersize=3, color=color_of[label])
-            if low is not None:
-                ax.fill_between(steps, low, high, color=color_of[label], alpha=0.2, linewidth=0)
+        window = smooth_window if key in SMOOTHED else 1
+        lowest = _panel(ax, key, logs, color_of, window, band)
         ax.set_ylabel(key + (f"\n(mean of {window})" if window > 1 else ""))
-        if key.endswith("loss"):
+        if key.endswith("loss") and lowest > 0:  # a CQL critic loss can go below 0: linear then
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=color_of[label], label=label if len(runs) == 1 else
@@ -129,16 +134,42 @@ def plot(paths: Sequence[str | Path], out: str | Path | None = None, keys: Seque
     return out
 
 
+def _panel(ax, key: str, logs: dict[str, list[list[dict]]], color_of: dict[str, str], window: int,
+           band: str) -> float:
+    """Draw `key` of every group on `ax` (a group of several runs: mean and band); returns the lowest
+    value drawn (inf if none)."""
+    lowest = np.inf
+    for label, runs in logs.items():
+        curves = [(s, smooth(v, window)) for s, v in (series(r, key) for r in runs)]
+        if len(runs) == 1:
+            (steps, mean), low, high = curves[0], None, None
+        else:
+            steps, mean, low, high = aggregate(curves, band)
+        if not len(steps):
+            continue
+        name = label if len(runs) == 1 else f"{label} (mean of {len(runs)})"
+        ax.plot(steps, mean, label=name, marker="o" if len(steps) < 30 else None, markersize=3,
+                color=color_of[label])
+        if low is not None:
+            ax.fill_between(steps, low, high, color=color_of[label], alpha=0.2, linewidth=0)
+        lowest = min(lowest, float(np.min(mean if low is None else low)))
+    return lowest
+
+
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories, or directories of runs (a sweep)")
     parser.add_argument("--out", default=None, help="PNG path (default: <first dir>/curves.png)")
-    parser.add_argument("--keys", default=",".join(DEFAULT_KEYS), help="comma-separated logged keys")
-    parser.add_argument("--smooth", type=int, default=50, help="moving average of train_loss, in points")
+    parser.add_argument("--keys", default=None, help="comma-separated logged keys (default: by the kind of run)")
+    parser.add_argument("--smooth", type=int, default=50, help="moving average of per-step signals, in points")
     parser.add_argument("--band", choices=("std", "minmax"), default="std")
     args = parser.parse_args(argv)
+    for run in args.runs:  # `out=x.png`, key=value style, is an option here, not a run
+        key, sep, value = run.partition("=")
+        if sep and not Path(run).exists():
+            parser.error(f"{run!r} is not a run directory; options are flags here: --{key} {value}")
     try:
-        out = plot(args.runs, args.out, args.keys.split(","), args.smooth, args.band)
+        out = plot(args.runs, args.out, args.keys.split(",") if args.keys else None, args.smooth, args.band)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(f"wrote {out}")

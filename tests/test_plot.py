@@ -60,3 +60,45 @@ def test_a_directory_without_logs_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
     assert "no logs.jsonl" in capsys.readouterr().err
+
+
+def _write_rl_run(run_dir, n_steps=40):
+    """The records an RL run writes (keys as in a Stage I/II run of tests/workspaces/test_rl_workspaces.py):
+    critic/actor losses and Q values per update, episode stats per episode, an evaluation at the end."""
+    run_dir.mkdir(parents=True)
+    lines = []
+    for step in range(1, n_steps + 1):
+        lines.append({"global_step": step, "td_loss": 1.0 / step, "q_data": 0.1 * step, "q_target": 0.1 * step,
+                      "critic_loss": 0.5 - 0.05 * step, "actor_loss": -0.1 * step, "bc_loss": 1.0, "q_pi": 0.1 * step})
+        if step % 5 == 0:
+            lines.append({"global_step": step, "episode/success": 1.0, "episode/length": 20 - step // 5,
+                          "episode/intervention_rate": 0.1, "episode/return": 1.0, "rollout/success_rate_20": step / 40,
+                          "rollout/intervention_rate_20": 0.1, "env_steps": 10 * step, "episodes": step // 5})
+    lines.append({"global_step": n_steps, "test/mean_score": 0.8, "test/success_rate": 0.8,
+                  "test/sim_video_100000": "media/x.mp4"})
+    (run_dir / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_an_rl_run_plots_its_own_signals_by_default(tmp_path):
+    from policylab.common.logging import read_logs
+    from policylab.plot import choose_keys
+
+    _write_rl_run(tmp_path / "rl")
+    _write_run(tmp_path / "sft", 1.0)
+    rl, sft = read_logs(tmp_path / "rl" / "logs.jsonl"), read_logs(tmp_path / "sft" / "logs.jsonl")
+    assert choose_keys([rl]) == ["test/success_rate", "rollout/success_rate_20", "rollout/intervention_rate_20",
+                                 "q_data", "q_pi", "critic_loss", "actor_loss", "episode/length"]
+    assert choose_keys([sft]) == ["train_loss", "val_loss", "test/mean_score", "lr"]
+    assert choose_keys([rl, sft]) == choose_keys([rl]) + choose_keys([sft])
+    assert choose_keys([rl], ["td_loss", "nope"]) == ["td_loss"]
+    out = main([str(tmp_path / "rl")])  # a critic loss below 0 stays on a linear axis
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_key_value_options_are_refused_not_read_as_runs(tmp_path, capsys):
+    _write_run(tmp_path / "run", 1.0)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "run"), "out=x.png"])
+    assert exit_info.value.code == 2
+    assert "'out=x.png' is not a run directory; options are flags here: --out x.png" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "curves.png").exists()

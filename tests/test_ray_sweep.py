@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def test_sweep_with_a_crashing_seed(tmp_path, capsys, monkeypatch):
     chunk.write_bytes(b"\x00not a blosc chunk" + chunk.read_bytes()[:50])
     monkeypatch.chdir(tmp_path)
     sweep_dir = tmp_path / "sweep"
-    code = sweep_main(["--seeds", "42,43", "--last_k", "5", "debug=tiny", "logging.mode=disabled",
+    code = sweep_main(["--seeds", "42,43", "--last_k", "5", "--progress_every", "1", "debug=tiny", "logging.mode=disabled",
                        f"task.dataset.zarr_path={tmp_path}/store_${{training.seed}}.zarr",
                        "task.env_runner.n_train=0", f"hydra.sweep.dir={sweep_dir}"])
     assert code == 1  # some run failed
@@ -113,17 +114,27 @@ def test_sweep_with_a_crashing_seed(tmp_path, capsys, monkeypatch):
     assert cfg.training.seed == 42 and cfg.task.dataset.zarr_path.endswith("store_42.zarr")
     out = capsys.readouterr().out
     assert "seed_43 failed: " in out and f"summary: {sweep_dir / 'summary.json'}" in out
+    # progress while it runs: each start, the running runs' step and metric, each end in order of ending
+    assert out.startswith(f"[sweep] 2 runs in {sweep_dir}, 1 CPU(s) each")
+    lines = [line for line in out.splitlines() if line.startswith("[sweep] seed_42:")]
+    assert lines[0] == "[sweep] seed_42: started", lines
+    assert any(re.fullmatch(r"\[sweep\] seed_42: running for 0m\d\ds, (nothing logged yet|step \d+.*)", line)
+               for line in lines), lines
+    assert re.fullmatch(r"\[sweep\] seed_42: finished after \dm\d\ds, step \d+, epoch 2, test/mean_score "
+                        r"\d\.\d{3} \([12]/2 done\)", lines[-1]), lines
+    assert re.search(r"\[sweep\] seed_43: failed after .* \([12]/2 done\) \(.*decompression", out)
 
 
 def test_gpus_per_run_reach_ray(monkeypatch, tmp_path):
     """`--num_gpus_per_run` is what ray reserves per run (0 would hide the GPUs from a cuda run)."""
     seen = {}
 
-    def fake_run_sweep(runs, config_dir, sweep_dir, train_fn, num_cpus, address, num_gpus_per_run=0.0):
-        seen.update(num_cpus=num_cpus, num_gpus=num_gpus_per_run, n=len(runs))
+    def fake_run_sweep(runs, config_dir, sweep_dir, train_fn, num_cpus, address, num_gpus_per_run=0.0,
+                       progress_every=60.0):
+        seen.update(num_cpus=num_cpus, num_gpus=num_gpus_per_run, n=len(runs), progress_every=progress_every)
         return []
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
     sweep_main(["--seeds", "1,2", "--num_gpus_per_run", "0.5", "--num_cpus_per_run", "2",
                 f"hydra.sweep.dir={tmp_path}", "training.device=cuda"])
-    assert seen == {"num_cpus": 2.0, "num_gpus": 0.5, "n": 2}
+    assert seen == {"num_cpus": 2.0, "num_gpus": 0.5, "n": 2, "progress_every": 60.0}

@@ -116,9 +116,12 @@ def resolved_run_config(config_dir: str | Path, spec: RunSpec) -> DictConfig:
 
 def run_sweep(runs: Sequence[RunSpec], config_dir: str | Path, sweep_dir: str | Path, train_fn: TrainFn,
               num_cpus_per_run: float = 1.0, address: str | None = None,
-              log: Callable[[str], None] = print, num_gpus_per_run: float = 0.0) -> list[RunResult]:
+              log: Callable[[str], None] = print, num_gpus_per_run: float = 0.0,
+              progress_every: float = 60.0) -> list[RunResult]:
     """Train every run as a ray task (a local ray instance unless `address` names a cluster). A run
-    sees only the GPUs ray gives it: `num_gpus_per_run` > 0 for `training.device=cuda|auto` on GPUs."""
+    sees only the GPUs ray gives it: `num_gpus_per_run` > 0 for `training.device=cuda|auto` on GPUs.
+    `log` hears when each run starts and ends, and every `progress_every` seconds how far each
+    running run has got (its last step and monitored metric)."""
     import ray
 
     sweep_dir = Path(sweep_dir).resolve()
@@ -128,6 +131,7 @@ def run_sweep(runs: Sequence[RunSpec], config_dir: str | Path, sweep_dir: str | 
         ray.init(include_dashboard=False)
     else:
         ray.init(address=address)
+    log(f"[sweep] {len(runs)} runs in {sweep_dir}, {num_cpus_per_run:g} CPU(s) each; each writes <run>/train.log")
     try:
         # No retries: a run that crashed once would crash again, and a retry would reuse its dir.
         task = ray.remote(_run_one).options(num_cpus=num_cpus_per_run, num_gpus=num_gpus_per_run, max_retries=0)
@@ -137,23 +141,83 @@ def run_sweep(runs: Sequence[RunSpec], config_dir: str | Path, sweep_dir: str | 
             _write_run_config(run_dir, configs[spec.name], spec.overrides)
             ref = task.remote(train_fn, OmegaConf.to_container(configs[spec.name]), str(run_dir), os.getcwd(),
                               num_cpus_per_run)
-            pending[ref] = (spec, run_dir, time.monotonic())
-        results = []
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            spec, run_dir, started = pending.pop(ref)
-            try:
-                ray.get(ref)
-                result = RunResult(spec, run_dir, "finished")
-            except Exception as err:  # noqa: BLE001  (any error of the run, or a dead worker: report it)
-                result = RunResult(spec, run_dir, "failed", error=_describe(err))
-            result.seconds = time.monotonic() - started
-            log(f"[sweep] {spec.name}: {result.status}" + (f" ({result.error})" if result.error else ""))
-            results.append(result)
+            pending[ref] = _Pending(spec, run_dir, str(configs[spec.name].checkpoint.monitor_key))
+        results = _collect(pending, log, progress_every)
     finally:
         ray.shutdown()
     order = {spec.name: i for i, spec in enumerate(runs)}
     return sorted(results, key=lambda r: order[r.spec.name])
+
+
+@dataclasses.dataclass
+class _Pending:
+    spec: RunSpec
+    run_dir: Path
+    monitor_key: str
+    submitted: float = dataclasses.field(default_factory=time.monotonic)
+    started: float | None = None
+    log_size: int = -1  # of train.log at submission (-1: none); it grows once the run starts
+
+    def __post_init__(self):
+        log_file = self.run_dir / "train.log"
+        self.log_size = log_file.stat().st_size if log_file.exists() else -1
+
+    def has_started(self) -> bool:
+        log_file = self.run_dir / "train.log"
+        return log_file.exists() and log_file.stat().st_size != self.log_size
+
+
+POLL_SECONDS = 1.0
+
+
+def _collect(pending: dict, log: Callable[[str], None], progress_every: float) -> list[RunResult]:
+    """Wait for every run; log each start, each end, and every `progress_every` s the running runs."""
+    import ray
+
+    results, total, last_report = [], len(pending), time.monotonic()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+        for ref in ready:
+            run = pending.pop(ref)
+            try:
+                ray.get(ref)
+                result = RunResult(run.spec, run.run_dir, "finished")
+            except Exception as err:  # noqa: BLE001  (any error of the run, or a dead worker: report it)
+                result = RunResult(run.spec, run.run_dir, "failed", error=_describe(err))
+            result.seconds = time.monotonic() - run.submitted
+            results.append(result)
+            log(f"[sweep] {run.spec.name}: {result.status} after {_clock(result.seconds)}, "
+                f"{progress(run.run_dir, run.monitor_key)} ({len(results)}/{total} done)"
+                + (f" ({result.error})" if result.error else ""))
+        for run in pending.values():
+            if run.started is None and run.has_started():
+                run.started = time.monotonic()
+                log(f"[sweep] {run.spec.name}: started")
+        if pending and time.monotonic() - last_report >= progress_every:
+            last_report = time.monotonic()
+            for run in (r for r in pending.values() if r.started is not None):
+                log(f"[sweep] {run.spec.name}: running for {_clock(time.monotonic() - run.started)}, "
+                    f"{progress(run.run_dir, run.monitor_key)}")
+    return results
+
+
+def progress(run_dir: str | Path, monitor_key: str) -> str:
+    """How far a run has got from its logs.jsonl: "step 120, epoch 3, test/mean_score 0.61"."""
+    path = Path(run_dir) / "logs.jsonl"
+    records = read_logs(path) if path.exists() else []
+    if not records:
+        return "nothing logged yet"
+    last = records[-1]
+    parts = [f"step {last['global_step']}"] if "global_step" in last else []
+    parts += [f"epoch {last['epoch']}"] if "epoch" in last else []
+    scores = _metric_values(records, monitor_key)
+    parts.append(f"{monitor_key} {scores[-1]:.3f}" if scores else f"no {monitor_key} yet")
+    return ", ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
 
 
 def _write_run_config(run_dir: Path, cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -193,9 +257,11 @@ def _describe(err: BaseException) -> str:
 def metric_series(run_dir: str | Path, monitor_key: str) -> list[float]:
     """The monitored metric of every evaluation in `<run_dir>/logs.jsonl`, in order (NaN dropped)."""
     path = Path(run_dir) / "logs.jsonl"
-    if not path.exists():
-        return []
-    values = [r[monitor_key] for r in read_logs(path) if isinstance(r.get(monitor_key), (int, float))]
+    return _metric_values(read_logs(path), monitor_key) if path.exists() else []
+
+
+def _metric_values(records: list[dict], key: str) -> list[float]:
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
     return [float(v) for v in values if not math.isnan(v)]
 
 

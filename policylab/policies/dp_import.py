@@ -2,6 +2,8 @@
 
     python -m policylab.policies.dp_import <dp.ckpt> <out checkpoint dir> [--task pusht_lowdim|pusht_image]
 
+(A converter of existing files, so `--flags`, not key=value: the rule is in policylab/common/overrides.py.)
+
 A DP checkpoint is its whole workspace, written with `torch.save(payload, pickle_module=dill)`:
 
     {"cfg": OmegaConf DictConfig (resolved),
@@ -443,7 +445,7 @@ def main(argv=None) -> None:
     parser.add_argument("--config_dir", default=str(CONFIG_DIR), help="policylab's Hydra config directory")
     args = parser.parse_args(argv)
     out = import_dp_checkpoint(args.ckpt, args.out_dir, args.task, args.config_dir)
-    print(f"wrote {out} (load with BasePolicy.from_checkpoint, or eval.py --checkpoint {out})")
+    print(f"wrote {out} (load with BasePolicy.from_checkpoint, or eval.py checkpoint={out})")
 
 
 if __name__ == "__main__":

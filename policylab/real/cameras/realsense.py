@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from policylab.common.extras import require
 from policylab.real.cameras.base import Camera
 from policylab.real.cameras.video import GridVideoWriter
 from policylab.real.device import DeviceError, DeviceProcess
@@ -28,7 +29,7 @@ _INTR_KEYS = ("fx", "fy", "ppx", "ppy", "width", "height", "depth_scale")
 
 def connected_serials() -> list[str]:
     """Serial numbers of the RealSense devices on USB, sorted (instant; no pipeline start)."""
-    import pyrealsense2 as rs
+    rs = require("pyrealsense2", extra="real")
 
     return sorted(d.get_info(rs.camera_info.serial_number) for d in rs.context().query_devices())
 
@@ -99,7 +100,8 @@ class RealSenseCamera(DeviceProcess, Camera):
 
     def run_device(self) -> None:
         import cv2
-        import pyrealsense2 as rs
+
+        rs = require("pyrealsense2", extra="real")
 
         cv2.setNumThreads(1)
         pipeline, profile = self._open_pipeline(rs)

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from policylab.common.extras import require
 from policylab.real.device import DeviceProcess
 from policylab.real.robots.base import Robot, RobotFault
 from policylab.real.robots.interpolator import PoseTrajectoryInterpolator, SafetyBox
@@ -108,6 +109,7 @@ class URRTDERobot(DeviceProcess, Robot):
                 "'Remote Control' enabled on the pendant?")
 
     def run_device(self) -> None:
+        require("rtde_control", "rtde_receive", extra="real")
         import rtde_control
         import rtde_receive
 

@@ -10,6 +10,7 @@ import collections
 import threading
 import time
 
+from policylab.common.extras import require
 from policylab.real.teleop.base import KeyInput
 
 
@@ -22,6 +23,7 @@ class PynputKeys(KeyInput):
         self._listener = None
 
     def start(self, wait: bool = True) -> None:
+        require("pynput", extra="real")  # not installed: the hint; installed, X missing: the error below
         try:
             from pynput import keyboard
         except ImportError as err:  # pynput raises ImportError when it cannot reach X
