@@ -28,6 +28,7 @@ EXTRAS_FOR = {
     "policylab.data.generate": ("tasks",),
     "policylab.data.generate.pusht": ("pusht",),
     "policylab.data.importers": ("tasks",),
+    "policylab.data.exporters": ("tasks",),
     "policylab.real": ("real", "serving"),
     "policylab.robot_apps": ("real", "serving"),
     "policylab.serving": ("serving",),
