@@ -1,18 +1,20 @@
 """The one parser of `key=value` command lines: Hydra's override syntax (OmegaConf dotlists, YAML
 values: `true`, `3`, `0.5`, `null`, `[a,b]`), checked against a schema, with `-h`/`--help`.
 
-Which commands take `key=value` and which take `--flags` (the rule, one style per kind of tool):
+Which commands take `key=value` and which take `--flags` (one style per kind of tool):
 
-- `key=value`: commands that make a run or a dataset from settings, as train.py does (train.py /
-  `policylab-train` and eval.py / `policylab-eval` through Hydra or this parser;
-  `policylab.data.generate` / `policylab-generate`, `policylab.data.importers.*`,
-  `policylab.rl.success_frames`, `policylab.real.rl_demos` through this parser).
-- `--flags` (argparse): utilities that read existing files or run a service: `policylab.plot`,
-  `ray_train_multirun.py` (its own options; what follows them are train.py's overrides),
-  `policylab.serving.server`, `policylab.policies.dp_import`, `policylab.data.repair`,
-  `policylab.quickstart`, `policylab.models.octo.convert`, `bench/*`.
+- `key=value`, Hydra's syntax: everything that trains, evaluates, or makes, converts or reads a
+  dataset. train.py / `policylab-train`, demo_real_robot.py and eval_real_robot.py through Hydra;
+  eval.py / `policylab-eval`, `policylab.data.generate` / `policylab-generate`,
+  `policylab.data.importers.*`, `policylab.data.exporters.*`, `policylab.data.inspect` (its store
+  may come first, bare), `policylab.rl.success_frames` and `policylab.robot_apps.rl_demos`
+  through this parser.
+- `--flags`, argparse: the tools around runs and checkpoints: `policylab.plot`,
+  `ray_train_multirun.py` (its own options; the rest of its line is train.py's overrides),
+  `policylab.serving.server`, `policylab.policies.dp_import`, `policylab.models.octo.convert`,
+  `policylab.quickstart`, `bench/*`. One data tool still takes flags: `policylab.data.repair`.
 
-Every command of either kind answers `--help` and exits 0.
+Every command of either kind answers `--help` and exits 0 (tests/test_cli_help.py).
 """
 
 from __future__ import annotations
