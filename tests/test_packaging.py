@@ -170,12 +170,19 @@ def test_a_missing_extra_names_the_extra_and_the_pip_command():
         require("no_such_module_xyz.sub", extra="tasks")
 
 
-def test_gym_make_of_a_task_whose_extra_is_missing_gives_the_hint():
+@pytest.mark.parametrize("blocked, env_id, extra", [
+    ("pymunk", "policylab.envs.pusht:policylab/PushTKeypoints-v0", "pusht"),
+    ("mujoco", "policylab.envs.pick_cube:policylab/PickCube-v0", "tasks"),
+    ("gym_hil", "policylab.envs.pick_cube:policylab/PickCube-v0", "tasks"),
+    ("metaworld", "policylab.envs.metaworld:policylab/MetaWorld-v0", "tasks"),
+])
+def test_gym_make_of_a_task_whose_extra_is_missing_gives_the_hint(blocked, env_id, extra):
     """Not gymnasium's "Environment registration via importing a module failed"."""
-    code = ("import sys; sys.modules['pymunk'] = None\nimport gymnasium as gym\n"
-            "gym.make('policylab.envs.pusht:policylab/PushTKeypoints-v0')")
+    code = f"import sys; sys.modules[{blocked!r}] = None\nimport gymnasium as gym\ngym.make({env_id!r})"
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 1
-    assert "pip install 'policylab[pusht]'" in result.stderr.splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"policylab.common.extras.MissingExtraError: {blocked} is not installed"), last
+    assert f"pip install 'policylab[{extra}]'" in last
     assert "registration via importing a module failed" not in result.stderr

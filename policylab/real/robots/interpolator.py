@@ -9,7 +9,11 @@ trajectory holds its end poses. Timed waypoints (action chunks) are merged by
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
+
+from policylab.common.extras import require
+
+_transform = require("scipy.spatial.transform", extra="real")
+Rotation, Slerp = _transform.Rotation, _transform.Slerp
 
 
 def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

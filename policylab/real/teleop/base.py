@@ -11,9 +11,11 @@ from __future__ import annotations
 import abc
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
+from policylab.common.extras import require
 from policylab.real.device import Device
+
+Rotation = require("scipy.spatial.transform", extra="real").Rotation
 
 
 class Teleop(Device, abc.ABC):
