@@ -1,109 +1,186 @@
-"""Diagnose and repair a ReplayBuffer store that an interrupted or older writer left inconsistent.
+"""Check a ReplayBuffer store end to end; repair what an interrupted or older writer left.
 
-    python -m policylab.data.repair <store>                  # report only; exit 1 if something is wrong
-    python -m policylab.data.repair <store> --fix fill       # keep every episode, mark unknown values -1
-    python -m policylab.data.repair <store> --fix truncate   # drop the episodes a per-episode array lacks
+    python -m policylab.data.repair <store>                     # check only: exit 0 fine, 1 problems
+    python -m policylab.data.repair <store> --fix fill          # keeps every episode (no backup needed)
+    python -m policylab.data.repair <store> --fix truncate --backup <copy.zarr>   # drops episodes
+    python -m policylab.data.repair <store> --fix truncate --no-backup            # ... without a copy
 
-Checked: the per-episode meta arrays (`meta/episode_*`, one entry per episode, e.g. the seeds the
-demo generators record) against the episode count, and chunk files missing inside the written
-range of the data arrays (see `ReplayBuffer.find_missing_chunks`). An older `update_meta` deleted
-`meta/episode_seeds` before rewriting it, so a kill in between left a store the generators refuse
-to append to ("19 episodes but 0 seeds"). Surplus entries (more than episodes) are always cut;
-missing ones are filled with -1 (`fill`: unknown, the generators may then re-run those seeds) or
-their episodes dropped (`truncate`). Missing data chunks are only reported: the data is gone;
-regenerate, or copy the episodes before the first missing chunk into a new store.
+Checked, and printed as checked: `meta/episode_ends` against every data array (lengths agree,
+ends increase); chunk files inside the written range (a missing one reads as zeros); each
+per-episode meta array (`meta/episode_*`, e.g. the generators' seeds) has an entry per episode;
+the checksums (`meta/episode_checksums`): every episode's bytes are read and compared. A store
+from elsewhere (Diffusion Policy's: no seeds, no checksums) is fine when its arrays and
+episode_ends agree; it is reported as unchecked, not as a problem.
+
+Fixes:
+  fill       non-destructive: a per-episode array with too few entries gets -1 (unknown; the
+             generators then skip no seed for those episodes), entries past the last episode
+             (which describe no episode) are cut. No episode, no data row is removed.
+  truncate   destructive: keeps the episodes before the first damaged one (a missing chunk, a
+             checksum mismatch, no entry in a per-episode array) and drops the rest. Refused
+             unless `--backup <path>` (a byte copy of the store, made under the store's writer
+             lock before anything changes; the path must not exist) or `--no-backup` is given.
+A store whose episode_ends and arrays disagree does not open; it is reported, nothing is changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from policylab.data.replay_buffer import EPISODE_ENDS, ReplayBuffer
+from policylab.common.locking import store_lock
+from policylab.data.checksums import CHECKSUMS_KEY
+from policylab.data.replay_buffer import ReplayBuffer, ReplayBufferError
 
-EXPECTED_PER_EPISODE = ("episode_seeds",)  # written by policylab.data.generate; absent in stores from elsewhere
 UNKNOWN = -1
+GENERATOR_KEY = "episode_seeds"  # written by policylab.data.generate; absent in stores from elsewhere
 
 
-def per_episode_lengths(buffer: ReplayBuffer) -> dict[str, int | None]:
-    """{meta key: its length} for the per-episode meta arrays; None for an expected one that is missing."""
-    keys = [k for k in buffer.meta.array_keys() if k.startswith("episode_") and k != EPISODE_ENDS]
-    lengths: dict[str, int | None] = {k: int(buffer.meta[k].shape[0]) for k in keys}
-    for key in EXPECTED_PER_EPISODE:
-        lengths.setdefault(key, None)
-    return lengths
+def per_episode_lengths(buffer: ReplayBuffer) -> dict[str, int]:
+    """{meta key: its length} for the per-episode meta arrays that fill / truncate manage."""
+    return {k: int(buffer.meta[k].shape[0]) for k in buffer.per_episode_meta_keys() if k != CHECKSUMS_KEY}
 
 
-def diagnose(buffer: ReplayBuffer) -> list[str]:
-    """One line per problem, each naming the array."""
-    problems = []
+def first_damaged_episodes(buffer: ReplayBuffer) -> dict[str, tuple[int, str]]:
+    """{check: (first episode it finds damaged, message)} for every failing check; {} when fine."""
+    found = {}
+    ends = buffer.episode_ends
     for key, length in per_episode_lengths(buffer).items():
-        if length is None:
-            if buffer.n_episodes:
-                problems.append(f"meta/{key} is missing for {buffer.n_episodes} episodes (an update_meta "
-                                f"killed between delete and rewrite; a store not made by policylab's "
-                                f"generators has none, which is fine)")
-        elif length != buffer.n_episodes:
-            problems.append(f"meta/{key} has {length} entries for {buffer.n_episodes} episodes")
+        if length < buffer.n_episodes:
+            found[f"meta/{key}"] = (length, (f"meta/{key} has {length} entries for {buffer.n_episodes} episodes "
+                                            f"(episodes {length}..{buffer.n_episodes - 1} have none)"))
     for key, chunks in buffer.find_missing_chunks().items():
-        problems.append(f"data/{key}: {len(chunks)} chunk file(s) missing inside the written range, first "
-                        f"{chunks[0]} (unrecoverable: those steps would read as zeros)")
-    return problems
+        rows = (buffer.data[key].shards or buffer.data[key].chunks)[0]
+        first_row = min(int(c.removeprefix("c/").replace("/", ".").split(".")[0]) for c in chunks) * rows
+        episode = int(np.searchsorted(ends, first_row, side="right"))
+        found[f"data/{key} chunks"] = (episode, (f"data/{key}: {len(chunks)} chunk file(s) missing inside the written "
+                                                f"range, first {chunks[0]} (episode {episode} on; those steps would "
+                                                f"read as zeros)"))
+    for key, episode, message in buffer.find_damaged_episodes():
+        found.setdefault(f"data/{key} checksums", (episode, message))
+    return found
 
 
-def repair(buffer: ReplayBuffer, fix: str) -> list[str]:
-    """Make the per-episode meta arrays match the episodes; returns what was done, one line each."""
+def describe(buffer: ReplayBuffer) -> list[str]:
+    """What was checked and what could not be, one line each (nothing here is a problem)."""
+    keys = buffer.keys()
+    lines = [f"checked: meta/episode_ends against {len(keys)} data arrays ({', '.join(keys)}): lengths agree",
+             f"checked: chunk files of every data array inside rows 0..{max(buffer.n_steps - 1, 0)}"]
+    lengths = per_episode_lengths(buffer)
+    lines.append("checked: per-episode meta arrays: " + (", ".join(f"meta/{k} ({n} entries)" for k, n in lengths.items())
+                                                         or "none"))
+    if GENERATOR_KEY not in lengths and buffer.n_episodes:
+        lines.append(f"note: no meta/{GENERATOR_KEY} (a store not written by policylab's demo generators, which is "
+                     f"fine); the generators append to it only after `--fix fill` marks its seeds unknown (-1)")
+    status = buffer.checksum_status()
+    if status["algorithm"]:
+        lines.append(f"checked: {status['algorithm']} checksums of {status['episodes']} episodes x "
+                     f"{len(status['checked'])} keys ({', '.join(status['checked'])}): every byte read and compared")
+    for key, why in status["unchecked"].items():
+        lines.append(f"unchecked: {'data/' + key if key != '*' else 'episodes'}: {why}")
+    return lines
+
+
+def fill(buffer: ReplayBuffer) -> list[str]:
+    """Pad short per-episode arrays with -1, cut entries past the last episode; what was done."""
     done = []
     lengths = per_episode_lengths(buffer)
-    if fix == "truncate":
-        keep = min([n if n is not None else 0 for n in lengths.values()] + [buffer.n_episodes])
-        if keep < buffer.n_episodes:
-            n_drop = buffer.n_episodes - keep
-            for _ in range(n_drop):
-                buffer.drop_episode()
-            done.append(f"dropped {n_drop} episodes (kept {keep})")
+    if buffer.n_episodes and GENERATOR_KEY not in lengths:
+        lengths[GENERATOR_KEY] = 0
     for key, length in lengths.items():
-        if length is None and fix == "truncate":
-            continue  # no episodes are left to describe (or the key never existed)
-        values = np.asarray(buffer.meta[key][:]) if length is not None else np.zeros((0,), np.int64)
-        if len(values) == buffer.n_episodes:
-            continue
-        if len(values) > buffer.n_episodes:
+        values = np.asarray(buffer.meta[key][:]) if key in buffer.meta else np.zeros((0,), np.int64)
+        if length > buffer.n_episodes:
             new = values[: buffer.n_episodes]
-            done.append(f"meta/{key}: cut {len(values) - buffer.n_episodes} surplus entries")
-        else:
-            pad = np.full((buffer.n_episodes - len(values), *values.shape[1:]), UNKNOWN, values.dtype)
+            done.append(f"meta/{key}: cut {length - buffer.n_episodes} entries past the last episode")
+        elif length < buffer.n_episodes:
+            pad = np.full((buffer.n_episodes - length, *values.shape[1:]), UNKNOWN, values.dtype)
             new = np.concatenate([values, pad])
             done.append(f"meta/{key}: filled {len(pad)} unknown entries with {UNKNOWN}")
+        else:
+            continue
         buffer.update_meta({key: new})
     return done
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Diagnose / repair a ReplayBuffer zarr store.")
+def truncate(buffer: ReplayBuffer) -> list[str]:
+    """Drop every episode from the first damaged one on; what was done (which episodes survive)."""
+    damaged = first_damaged_episodes(buffer)
+    keep = min([e for e, _ in damaged.values()], default=buffer.n_episodes)
+    n_drop = buffer.n_episodes - keep
+    for _ in range(n_drop):
+        buffer.drop_episode()
+    return [f"dropped episodes {keep}..{keep + n_drop - 1} ({n_drop}); kept episodes 0..{keep - 1} ({keep})"
+            if n_drop else f"dropped no episode: all {keep} are undamaged"] + fill(buffer)
+
+
+def backup(store: Path, to: Path) -> str:
+    """Byte copy of the store (directory or zip) at `to`, which must not exist."""
+    if to.exists():
+        raise SystemExit(f"backup path {to} exists; choose a new one (nothing changed)")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if store.is_dir() else shutil.copy2)(store, to)
+    return f"backup of the store written to {to}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m policylab.data.repair", description="Check a ReplayBuffer zarr store end to end; repair it.",
+        epilog="Exit codes: 0 the store is fine (or was repaired), 1 problems remain, 2 refused (usage).")
     parser.add_argument("store", type=Path)
     parser.add_argument("--fix", choices=("fill", "truncate"),
-                        help="fill: keep every episode, unknown per-episode values become -1; "
-                             "truncate: drop the episodes a per-episode array has no entry for")
+                        help="fill: keep every episode, unknown per-episode values become -1, entries past the last "
+                             "episode are cut (no backup needed); truncate: DROP every episode from the first damaged "
+                             "one on (needs --backup PATH or --no-backup)")
+    parser.add_argument("--backup", type=Path, help="write a byte copy of the store here before changing it")
+    parser.add_argument("--no-backup", action="store_true", help="allow --fix truncate without a backup")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    with ReplayBuffer.create_from_path(args.store, mode="a" if args.fix else "r", check_chunks=False) as buffer:
-        problems = diagnose(buffer)
-        print(f"{args.store}: {buffer.n_episodes} episodes, {buffer.n_steps} steps")
-        for line in problems:
+    if args.fix == "truncate" and not (args.backup or args.no_backup):
+        parser.error("--fix truncate drops episodes: give --backup <new path> (a copy is written first) or "
+                     "--no-backup; nothing changed")
+    lock = store_lock(args.store).acquire() if args.fix else None
+    try:
+        done = [backup(args.store, args.backup)] if args.fix and args.backup else []
+        return _check_and_fix(args.store, args.fix, done)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_and_fix(path: Path, fix: str | None, done: list[str]) -> int:
+    try:
+        buffer = ReplayBuffer.create_from_path(path, mode="a" if fix else "r", check_chunks=False)
+    except ReplayBufferError as err:
+        print(f"{path}: cannot be opened as a ReplayBuffer, nothing changed:\n  problem: {err}")
+        return 1
+    with buffer:
+        print(f"{path}: {buffer.n_episodes} episodes, {buffer.n_steps} steps")
+        for line in describe(buffer):
+            print(f"  {line}")
+        problems = [message for _, message in first_damaged_episodes(buffer).values()]
+        surplus = [f"meta/{k} has {n} entries for {buffer.n_episodes} episodes (entries past the last episode)"
+                   for k, n in per_episode_lengths(buffer).items() if n > buffer.n_episodes]
+        for line in problems + surplus:
             print(f"  problem: {line}")
-        if not problems:
-            print("  no problems found")
-            return 0
-        if not args.fix:
-            print(f"  nothing changed. To repair: python -m policylab.data.repair {args.store} --fix fill "
-                  f"(keep all episodes) or --fix truncate (drop episodes without entries)")
+        if not problems and not surplus:
+            print("  fine: no problems found")
+        if not fix:
+            if not problems and not surplus:
+                return 0
+            print(f"  nothing changed. To repair: python -m policylab.data.repair {path} --fix fill (keeps every "
+                  f"episode) or --fix truncate --backup <copy> (drops the episodes from the first damaged one)")
             return 1
-        for line in repair(buffer, args.fix):
+        for line in done + (fill(buffer) if fix == "fill" else truncate(buffer)):
             print(f"  fixed: {line}")
-        remaining = diagnose(buffer)
+        remaining = [message for _, message in first_damaged_episodes(buffer).values()]
         for line in remaining:
             print(f"  still wrong: {line}")
         return 1 if remaining else 0

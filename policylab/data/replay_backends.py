@@ -34,6 +34,12 @@ class ReplayBufferError(ValueError):
     """A store or an episode does not have the ReplayBuffer layout."""
 
 
+def store_name(store) -> str:
+    """A store as a user names it: its path for a directory or zip store, else zarr's description."""
+    path = getattr(store, "root", None) or getattr(store, "path", None)
+    return str(path) if path is not None else str(store)
+
+
 def get_optimal_chunks(shape, dtype, target_chunk_bytes: float = 2e6) -> tuple[int, ...]:
     """Chunks along time only, about `target_chunk_bytes` each (whole rows per chunk)."""
     row_bytes = np.dtype(dtype).itemsize * math.prod(shape[1:])
@@ -135,6 +141,14 @@ class NumpyBackend:
     def set_meta(self, key: str, value: np.ndarray) -> None:
         self.meta[key] = value
 
+    def set_episode_meta(self, key: str, index: int, value: np.ndarray, attrs=None) -> None:
+        """meta/<key>[index] = value, the array cut or grown to index + 1 rows."""
+        old = self.meta.get(key, np.zeros((0, *value.shape), value.dtype))
+        self.meta[key] = np.concatenate([np.asarray(old[:index]), value[None].astype(old.dtype)])
+
+    def trim_meta(self, key: str, n: int) -> None:
+        self.meta[key] = self.meta[key][:n]
+
     def steps(self, value: np.ndarray, copy: bool) -> np.ndarray:
         return value.copy() if copy else value
 
@@ -211,6 +225,20 @@ class ZarrBackend:
             if key in self.meta:
                 del self.meta[key]
             write_array(self.meta, key, value, value.shape or (1,), "default")
+
+    def set_episode_meta(self, key: str, index: int, value: np.ndarray, attrs=None) -> None:
+        """meta/<key>[index] = value, the array cut or grown to index + 1 rows (created with `attrs`
+        if missing). Rows past `index` are uncommitted leftovers of an interrupted append."""
+        if key not in self.meta.array_keys():
+            write_array(self.meta, key, np.zeros((0, *value.shape), value.dtype), (1024, *value.shape), "default")
+            self.meta[key].attrs.update(attrs or {})
+        arr = self.meta[key]
+        arr.resize((index + 1, *arr.shape[1:]))
+        with zarr.config.set(WRITE_ALL_CHUNKS):
+            arr[index] = value
+
+    def trim_meta(self, key: str, n: int) -> None:
+        self.meta[key].resize((n, *self.meta[key].shape[1:]))
 
     def _swap_meta_array(self, key: str, value: np.ndarray) -> None:
         """Replace meta/<key> so that a crash at any moment leaves the old or the new array, never none.

@@ -25,6 +25,7 @@ the store, array and chunk. `update_meta` never leaves a meta array missing, and
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -39,6 +40,17 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from policylab.common.locking import WriterLock, store_lock
+from policylab.data.checksums import (
+    ALGORITHM,
+    CHECKSUMS_KEY,
+    digest,
+    episode_row,
+    find_damaged,
+    is_lossless,
+    stored_keys,
+    verify,
+)
+from policylab.data.checksums import status as checksum_status
 from policylab.data.codecs import (
     compressors_for_format,
     get_compressor,
@@ -51,6 +63,7 @@ from policylab.data.replay_backends import (
     ReplayBufferError,
     ZarrBackend,
     get_optimal_chunks,
+    store_name,
     write_array,
 )
 
@@ -183,7 +196,9 @@ class ReplayBuffer:
         n_steps = src_buffer.n_steps
         if store is None:
             data = {key: cls._read_prefix(src_root["data"][key], n_steps) for key in keys}
-            meta = {key: np.asarray(arr[:]) for key, arr in src_root["meta"].arrays()}
+            src_buffer._verify_loaded(data)
+            # verified: memory needs no checksums (and appends to it would not keep them)
+            meta = {key: np.asarray(arr[:]) for key, arr in src_root["meta"].arrays() if key != CHECKSUMS_KEY}
             meta[EPISODE_ENDS] = src_buffer.episode_ends
             return cls({"data": data, "meta": meta})
 
@@ -222,15 +237,22 @@ class ReplayBuffer:
         root.attrs[ALL_CHUNKS_ATTR] = True
         root.require_group("data")
         root.require_group("meta")
-        meta = {key: np.asarray(value[:]) for key, value in self._backend.meta_arrays()}
+        meta = {key: np.asarray(value[:]) for key, value in self._backend.meta_arrays() if key != CHECKSUMS_KEY}
         meta[EPISODE_ENDS] = self.episode_ends
         for key, value in meta.items():
             write_array(root["meta"], key, value, (max(1024, value.shape[0] if value.ndim else 1),)
                         if key == EPISODE_ENDS else (value.shape or (1,)), "default")
+        sums, bounds = {}, np.concatenate([[0], self.episode_ends])
         for key, value in self.items():
             default_chunks, default_codec = self._backend.save_defaults(value)
-            write_array(root["data"], key, value[: self.n_steps],
-                        chunks.get(key, default_chunks), compressors.get(key, default_codec))
+            rows = np.asarray(value[: self.n_steps])
+            self._verify_loaded({key: rows})  # never re-derive checksums from damaged rows
+            write_array(root["data"], key, rows, chunks.get(key, default_chunks), compressors.get(key, default_codec))
+            if is_lossless(root["data"][key]):
+                sums[key] = [digest(rows[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+        table = np.array([sums[k] for k in sorted(sums)], dtype=np.uint32).T.reshape(self.n_episodes, len(sums))
+        write_array(root["meta"], CHECKSUMS_KEY, table, (max(1024, self.n_episodes), len(sums) or 1), "default")
+        root["meta"][CHECKSUMS_KEY].attrs.update({"keys": sorted(sums), "algorithm": ALGORITHM})
         return store
 
     def save_to_path(self, zarr_path, chunks=None, compressors=None, zarr_format: int = 2):
@@ -305,14 +327,19 @@ class ReplayBuffer:
         fields = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.items())
         return f"ReplayBuffer({self.backend}, {self.n_episodes} episodes, {self.n_steps} steps; {fields})"
 
-    def add_episode(self, data: Mapping[str, np.ndarray], chunks=None, compressors=None) -> None:
+    def add_episode(self, data: Mapping[str, np.ndarray], chunks=None, compressors=None,
+                    episode_meta: Mapping[str, np.ndarray] | None = None) -> None:
         """Append one episode `{key: (L, ...)}`; atomic on zarr (data first, episode_ends last).
 
         chunks / compressors: per-key dicts (or one value for every key) used when a key's array
         is created; compressors are names ('default', 'disk', 'image', 'none') or codecs.
+        episode_meta: `{"episode_<name>": value}` one row per episode (e.g. the seed), committed
+        with the episode: written before episode_ends, so a kill leaves both or neither.
+        On zarr, a new store also gets the episode's checksums (`checksums.py`).
         """
         episode = {key: np.asarray(value) for key, value in data.items()}
         length = self._check_episode(episode)
+        rows = self._check_episode_meta(episode_meta or {})
         start, stop = self.n_steps, self.n_steps + length
         with zarr.config.set(WRITE_ALL_CHUNKS):
             for key, value in episode.items():
@@ -322,7 +349,25 @@ class ReplayBuffer:
                 arr = self.data[key]
                 self._backend.resize(key, (stop, *arr.shape[1:]))
                 self.data[key][start:stop] = value
+        attrs = {}
+        if self.backend == "zarr" and (self._n_episodes == 0 or CHECKSUMS_KEY in self.meta):
+            keys = stored_keys(self.meta) or sorted(k for k in episode if is_lossless(self.data[k]))
+            rows[CHECKSUMS_KEY] = episode_row(episode, keys, {k: self.data[k].dtype for k in keys})
+            attrs = {"keys": keys, "algorithm": ALGORITHM}
+        for key, value in rows.items():
+            self._backend.set_episode_meta(key, self._n_episodes, value, attrs if key == CHECKSUMS_KEY else None)
         self._append_episode_end(stop)
+
+    def episode_meta(self, key: str) -> np.ndarray:
+        """(E, ...) the per-episode meta array `meta/<key>` for the committed episodes (rows past
+        them are leftovers of an interrupted append). ReplayBufferError when it has fewer rows."""
+        if key not in self.meta:
+            raise KeyError(f"no meta/{key} in this ReplayBuffer")
+        values = np.asarray(self.meta[key][: self.n_episodes])
+        if len(values) < self.n_episodes:
+            raise ReplayBufferError(f"meta/{key} has {len(values)} entries for {self.n_episodes} episodes; "
+                                    f"`python -m policylab.data.repair` fixes it")
+        return values
 
     def extend(self, data: Mapping[str, np.ndarray]) -> None:
         self.add_episode(data)
@@ -337,6 +382,13 @@ class ReplayBuffer:
         self._set_episode_ends(ends)
         for key in self.keys():
             self._backend.resize(key, (new_n, *self.data[key].shape[1:]))
+        for key in self.per_episode_meta_keys():
+            if self.meta[key].shape[0] > self.n_episodes:
+                self._backend.trim_meta(key, self.n_episodes)
+
+    def per_episode_meta_keys(self) -> list[str]:
+        """The meta arrays with one row per episode: `meta/episode_*` but episode_ends."""
+        return sorted(k for k, _ in self._backend.meta_arrays() if k.startswith("episode_") and k != EPISODE_ENDS)
 
     def pop_episode(self) -> dict[str, np.ndarray]:
         episode = self.get_episode(self.n_episodes - 1, copy=True)
@@ -349,7 +401,42 @@ class ReplayBuffer:
         return slice(int(ends[idx - 1]) if idx > 0 else 0, int(ends[idx]))
 
     def get_episode(self, idx: int, copy: bool = False) -> dict[str, np.ndarray]:
-        return self.get_steps_slice(self.get_episode_slice(idx).start, self.get_episode_slice(idx).stop, copy=copy)
+        """{key: (L, ...)}; on a store with checksums, the episode is verified (ChecksumError naming key
+        and episode)."""
+        idx = range(self.n_episodes)[idx]
+        sl = self.get_episode_slice(idx)
+        episode = self.get_steps_slice(sl.start, sl.stop, copy=copy)
+        if self.backend == "zarr":
+            self._verify_loaded(episode, first_episode=idx, n=1)
+        return episode
+
+    def checksum_status(self) -> dict:
+        """What this store's checksums cover (`checksums.status`): algorithm (None: unchecked),
+        checked keys, unchecked keys with the reason, episodes covered."""
+        if self.backend != "zarr":
+            return {"algorithm": None, "episodes": 0, "checked": [],
+                    "unchecked": dict.fromkeys(self.keys(), "in memory (verified when loaded)")}
+        return checksum_status(self.meta, self.data, self.n_episodes)
+
+    def find_damaged_episodes(self) -> list[tuple[str, int, str]]:
+        """Read every checked key once: (key, episode, message) per episode whose bytes fail their checksum."""
+        if self.backend != "zarr":
+            return []
+        return find_damaged(store_name(self.root.store), self.data, self.meta, self.episode_ends)
+
+    def _verify_loaded(self, data: Mapping[str, np.ndarray], first_episode: int = 0, n: int | None = None) -> None:
+        """Check decoded rows {key: rows of episodes first_episode..} against the stored checksums."""
+        if self.backend != "zarr" or CHECKSUMS_KEY not in self.meta:
+            return
+        info = self.checksum_status()
+        n = info["episodes"] - first_episode if n is None else min(n, info["episodes"] - first_episode)
+        if n <= 0:
+            return
+        table = np.asarray(self.meta[CHECKSUMS_KEY][first_episode: first_episode + n])
+        columns = stored_keys(self.meta)
+        for key in sorted(set(info["checked"]) & set(data)):
+            verify(store_name(self.root.store), key, data[key], self.episode_ends, table[:, columns.index(key)],
+                   first_episode)
 
     def get_steps_slice(self, start: int, stop: int, step=None, copy: bool = False) -> dict[str, np.ndarray]:
         sl = slice(start, stop, step)
@@ -444,6 +531,19 @@ class ReplayBuffer:
                                     f"`python -m policylab.data.repair` reports it")
         log.warning("%s. If a writer skipped all-zero chunks this is harmless; if files were lost, the data is "
                     "wrong", where)
+
+    def _check_episode_meta(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = {}
+        for key, value in values.items():
+            if not key.startswith("episode_") or key in (EPISODE_ENDS, CHECKSUMS_KEY):
+                raise ReplayBufferError(f"episode_meta key {key!r}: per-episode meta keys are named "
+                                        f"episode_<name> (not episode_ends or {CHECKSUMS_KEY})")
+            have = self.meta[key].shape[0] if key in self.meta else 0
+            if have < self.n_episodes:
+                raise ReplayBufferError(f"meta/{key} has {have} entries for {self.n_episodes} episodes; cannot "
+                                        f"add one for the next episode (`python -m policylab.data.repair` fixes it)")
+            rows[key] = np.asarray(value)
+        return rows
 
     def _check_episode(self, episode: dict[str, np.ndarray]) -> int:
         if not episode:

@@ -74,15 +74,16 @@ def _broken_store(path, seeds_len):
     rb.close()
 
 
-def test_repair_reports_then_fills_missing_seeds(tmp_path, capsys):
+def test_repair_notes_then_fills_missing_seeds(tmp_path, capsys):
+    # No seeds is what every store from elsewhere looks like: a note, not a problem (issue 26: a
+    # "problem" here led users to `--fix truncate`, which dropped every episode).
     path = tmp_path / "broken.zarr"
     _broken_store(path, seeds_len=None)
-    assert repair_main([str(path)]) == 1  # report only: nothing changed
+    assert repair_main([str(path)]) == 0  # report only: nothing changed
     out = capsys.readouterr().out
     assert "meta/episode_seeds" in out
-    assert "missing" in out
+    assert "no meta/episode_seeds" in out
     assert "--fix fill" in out
-    assert "--fix truncate" in out
     assert SEEDS not in ReplayBuffer.create_from_path(path).meta
     assert repair_main([str(path), "--fix", "fill"]) == 0
     rb = ReplayBuffer.create_from_path(path)
@@ -95,12 +96,15 @@ def test_repair_reports_then_fills_missing_seeds(tmp_path, capsys):
 def test_repair_truncates_episodes_to_the_seeds(tmp_path, capsys):
     path = tmp_path / "short.zarr"
     _broken_store(path, seeds_len=2)
-    assert repair_main([str(path), "--fix", "truncate"]) == 0
+    assert repair_main([str(path)]) == 1
+    assert "--fix truncate" in capsys.readouterr().out
+    assert repair_main([str(path), "--fix", "truncate", "--backup", str(tmp_path / "backup.zarr")]) == 0
     rb = ReplayBuffer.create_from_path(path)
     assert rb.n_episodes == 2
     assert rb.meta[SEEDS][:].tolist() == [100, 101]
     assert rb.n_steps == 8
-    assert "dropped 2 episodes" in capsys.readouterr().out
+    assert "dropped episodes 2..3 (2)" in capsys.readouterr().out
+    assert ReplayBuffer.create_from_path(tmp_path / "backup.zarr").n_episodes == 4
 
 
 def test_surplus_seeds_are_cut_and_the_cli_runs(tmp_path):

@@ -1,0 +1,150 @@
+"""Per-episode checksums: bytes that change on disk and still decode are an error naming key and
+episode; stores without checksums open unchecked and say so; checksums commit with the episode."""
+
+import shutil
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import pytest
+
+from policylab.data.checksums import CHECKSUMS_KEY, ChecksumError
+from policylab.data.replay_buffer import ReplayBuffer, ReplayBufferError
+from tests.data.test_replay_buffer_meta import Killed, _kill_after
+from tests.data.zarr_v2_fixtures import (
+    BLOSC_LZ4,
+    JPEG2K,
+    pusht_like_arrays,
+    write_v2_store,
+)
+
+LENGTH = 30  # steps per episode; chunks of 50 rows span episode boundaries on purpose
+
+
+def _store(path, n_episodes=4, zarr_format=2):
+    rng = np.random.default_rng(0)
+    with ReplayBuffer.create_from_path(path, mode="w", zarr_format=zarr_format) as rb:
+        for e in range(n_episodes):
+            # random floats do not compress: blosc-lz4 stores them as they are, so flipped bytes decode
+            rb.add_episode({"action": rng.normal(size=(LENGTH, 2)).astype(np.float32),
+                            "step": np.arange(LENGTH, dtype=np.int64)},
+                           chunks={"action": (50, 2), "step": (50,)}, episode_meta={"episode_seeds": 10 + e})
+    return path
+
+
+def _flip(path, key, chunk, start=200, n=20):
+    """Flip n bytes inside a chunk file, past the blosc header."""
+    f = path / "data" / key / chunk
+    raw = bytearray(f.read_bytes())
+    for i in range(start, start + n):
+        raw[i] ^= 0x5A
+    f.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_a_blosc_lz4_chunk_name_key_and_episode(tmp_path):
+    path = _store(tmp_path / "demos.zarr")
+    rb = ReplayBuffer.create_from_path(path)
+    assert rb.checksum_status() == {"algorithm": "crc32c", "episodes": 4, "checked": ["action", "step"],
+                                    "unchecked": {}}
+    before = ReplayBuffer.copy_from_path(path)["action"].copy()
+    assert numcodecs.get_codec(BLOSC_LZ4.get_config()) == rb["action"].compressors[0]
+    _flip(path, "action", "1.0")  # rows 50..99: bytes 200..219 of the file are rows ~ 73..75
+    changed = np.flatnonzero(np.any(ReplayBuffer.create_from_path(path)["action"][:] != before, axis=1))
+    assert len(changed) and set(changed) <= set(range(60, 90)), "the flip decodes silently inside episode 2"
+    with pytest.raises(ChecksumError, match=r"demos.zarr: data/action episode 2 \(rows 60..89\) does not match"):
+        ReplayBuffer.copy_from_path(path)
+    with pytest.raises(ReplayBufferError, match="data/action episode 2"):
+        ReplayBuffer.copy_from_path(path, keys=["action"])
+    ReplayBuffer.copy_from_path(path, keys=["step"])  # the undamaged key loads
+    rb = ReplayBuffer.create_from_path(path)
+    np.testing.assert_array_equal(rb.get_episode(1)["action"], before[30:60])  # other episodes read
+    with pytest.raises(ChecksumError, match="episode 2"):
+        rb.get_episode(2)
+    damaged = rb.find_damaged_episodes()
+    assert [(key, episode) for key, episode, _ in damaged] == [("action", 2)]
+    assert "data/action episode 2 (rows 60..89)" in damaged[0][2]
+    with pytest.raises(ChecksumError):  # a damaged store is never re-saved with fresh checksums
+        rb.save_to_path(tmp_path / "copy.zarr")
+
+
+def test_zarr_v3_store_is_checked_too(tmp_path):
+    path = _store(tmp_path / "v3.zarr", zarr_format=3)
+    _flip(path, "action", "c/1/0")
+    with pytest.raises(ChecksumError, match=r"data/action episode 2 "):
+        ReplayBuffer.copy_from_path(path)
+
+
+def test_store_without_checksums_opens_unchecked_and_says_so(tmp_path):
+    lengths = [20, 25]
+    path = write_v2_store(tmp_path / "dp.zarr", pusht_like_arrays(lengths, image_size=8), np.cumsum(lengths))
+    rb = ReplayBuffer.create_from_path(path, mode="a")
+    status = rb.checksum_status()
+    assert status["algorithm"] is None and status["checked"] == []
+    assert "no checksums" in status["unchecked"]["action"]
+    assert ReplayBuffer.copy_from_path(path).n_episodes == 2
+    # appending keeps it unchecked: no checksum table that would cover only the new episodes
+    rb.add_episode({k: v[:5] for k, v in rb.get_episode(0).items()})
+    assert CHECKSUMS_KEY not in rb.meta
+    assert rb.find_damaged_episodes() == []
+
+
+def test_lossy_keys_are_unchecked_with_the_reason(tmp_path):
+    path = tmp_path / "img.zarr"
+    with ReplayBuffer.create_from_path(path, mode="w") as rb:
+        for _ in range(2):
+            rb.add_episode({"img": np.zeros((3, 8, 8, 3), np.uint8), "action": np.ones((3, 2), np.float32)},
+                           chunks={"img": (1, 8, 8, 3)}, compressors={"img": JPEG2K})
+    status = ReplayBuffer.create_from_path(path).checksum_status()
+    assert status["checked"] == ["action"]
+    assert "lossy codec" in status["unchecked"]["img"]
+    assert ReplayBuffer.copy_from_path(path).n_episodes == 2
+
+
+def test_saved_copy_carries_checksums_of_what_it_holds(tmp_path):
+    memory = ReplayBuffer.copy_from_path(_store(tmp_path / "a.zarr"))
+    assert CHECKSUMS_KEY not in memory.meta  # verified on load; memory needs none
+    memory.add_episode({"action": np.ones((7, 2), np.float32), "step": np.arange(7)})
+    saved = ReplayBuffer.create_from_path(memory.save_to_path(tmp_path / "b.zarr"))
+    assert saved.checksum_status()["episodes"] == 5
+    assert saved.find_damaged_episodes() == []
+    np.testing.assert_array_equal(saved.get_episode(4)["step"], np.arange(7))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_killed_at_any_write_of_an_append_leaves_old_or_new_episode_with_seed_and_checksums(
+        tmp_path, monkeypatch, zarr_format):
+    finished, base = False, _store(tmp_path / "base.zarr", n_episodes=2, zarr_format=zarr_format)
+    for k in range(1, 40):
+        path = Path(shutil.copytree(base, tmp_path / f"k{k}.zarr"))
+        rb = ReplayBuffer.create_from_path(path, mode="a")
+        with monkeypatch.context() as m:
+            _kill_after(m, k)
+            try:
+                rb.add_episode({"action": np.full((LENGTH, 2), 7, np.float32), "step": np.arange(LENGTH)},
+                               episode_meta={"episode_seeds": 12})
+                finished = True
+            except Killed:
+                pass
+        rb.close()
+        reopened = ReplayBuffer.create_from_path(path, mode="a")
+        n = reopened.n_episodes
+        assert n in (2, 3), f"killed at write {k}"
+        np.testing.assert_array_equal(reopened.episode_meta("episode_seeds"), [10, 11, 12][:n])
+        assert reopened.find_damaged_episodes() == []
+        reopened.add_episode({"action": np.zeros((4, 2), np.float32), "step": np.arange(4)},
+                             episode_meta={"episode_seeds": 99})
+        assert reopened.episode_meta("episode_seeds")[-1] == 99
+        reopened.close()
+        if finished:
+            break
+    assert finished
+
+
+def test_episode_meta_must_cover_every_episode(tmp_path):
+    rb = ReplayBuffer.create_from_path(tmp_path / "s.zarr", mode="w")
+    rb.add_episode({"action": np.ones((3, 2), np.float32)})
+    with pytest.raises(ReplayBufferError, match="meta/episode_seeds has 0 entries for 1 episodes"):
+        rb.add_episode({"action": np.ones((3, 2), np.float32)}, episode_meta={"episode_seeds": 1})
+    with pytest.raises(ReplayBufferError, match="named episode_<name>"):
+        rb.add_episode({"action": np.ones((3, 2), np.float32)}, episode_meta={"seed": 1})
+    assert rb.n_episodes == 1
