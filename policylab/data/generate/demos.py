@@ -13,8 +13,10 @@ The task config (`config/task/<name>.yaml`) says everything task-specific:
 
 Each attempt runs the expert on one seed (`seed`, `seed + 1`, ...). An episode that reaches
 `info["is_success"]` within max_steps is appended to the zarr ReplayBuffer atomically; a failed
-one is discarded. Seeds already in the store (`meta/episode_seeds`) are skipped, so re-running
-a command only adds what is missing.
+one is discarded. `n` is the number of episodes the store should hold (`mode=top_up`, the
+default: re-running a command only adds what is missing) or, with `mode=append`, how many to
+add; seeds already in the store (`meta/episode_seeds`) are skipped either way, and each episode
+is committed together with its seed (`common.py`).
 
 Per step the store gets every observation key of the env, *before* the step's action (rgb
 images `(N, H, W, 3)` uint8, exactly the env's frames; low-dim keys float32), `action` (the
@@ -26,19 +28,23 @@ existed is appended to without it, so its episodes keep one layout.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import gymnasium as gym
 import hydra
 import numpy as np
-import tqdm
 from omegaconf import OmegaConf
 
 from policylab.common.config import CONFIG_DIR, compose
-from policylab.data.replay_buffer import ReplayBuffer
+from policylab.data.generate.common import (
+    SEEDS_KEY,
+    collect,
+    episodes_to_add,
+    open_demo_store,
+    seed_row,
+)
 from policylab.rl.episodes import to_store
 
-SEEDS_KEY = "episode_seeds"
+__all__ = ["SEEDS_KEY", "DemoConfig", "generate", "load_task_config", "run_episode"]
 
 
 @dataclasses.dataclass
@@ -46,13 +52,14 @@ class DemoConfig:
     """Command-line options of the generic generator (all `key=value`)."""
 
     task: str
-    n: int
+    n: int                            # episodes the store should hold (mode=top_up) or to add (append)
+    mode: str = "top_up"              # top_up | append (see policylab.data.generate.common)
     out: str | None = None            # default: the task's dataset.zarr_path
     seed: int = 0                     # first episode seed
     images: bool | None = None        # record camera images (default: the task's demo.env_kwargs)
     action_noise: float | None = None  # override the expert's action noise
     max_steps: int | None = None      # override demo.max_steps
-    max_attempts: int | None = None   # default 2n + 10
+    max_attempts: int | None = None   # default 2 * (episodes to add) + 10
 
 
 def load_task_config(task: str):
@@ -85,11 +92,15 @@ def run_episode(env: gym.Env, expert, seed: int, max_steps: int) -> dict | None:
     return None
 
 
-def build(cfg: DemoConfig, task_cfg):
-    """The env and expert the task config describes, with the command-line overrides."""
+def _demo(cfg: DemoConfig, task_cfg):
     if "demo" not in task_cfg:
         raise SystemExit(f"task {cfg.task!r} has no `demo` entry: it has no scripted expert")
-    demo = task_cfg.demo
+    return task_cfg.demo
+
+
+def build(cfg: DemoConfig, task_cfg):
+    """The env and expert the task config describes, with the command-line overrides."""
+    demo = _demo(cfg, task_cfg)
     env_kwargs = {**OmegaConf.to_container(task_cfg.env_runner.get("env_kwargs") or {}),
                   **OmegaConf.to_container(demo.get("env_kwargs") or {})}
     if cfg.images is not None:
@@ -102,43 +113,26 @@ def build(cfg: DemoConfig, task_cfg):
 
 
 def generate(cfg: DemoConfig) -> dict:
-    """Write cfg.n successful episodes; returns counts, success rate and speed."""
+    """Add episodes to the store (`common.py`: n, mode); returns counts, success rate and speed."""
     task_cfg = load_task_config(cfg.task)
-    env, expert = build(cfg, task_cfg)
     out = cfg.out or task_cfg.dataset.zarr_path
-    max_steps = cfg.max_steps or int(task_cfg.demo.max_steps)
-    buffer = ReplayBuffer.create_from_path(out, mode="a")
-    done_seeds = [int(s) for s in buffer.meta[SEEDS_KEY][:]] if SEEDS_KEY in buffer.meta else []
-    if len(done_seeds) != buffer.n_episodes:
-        raise SystemExit(f"{out}: {buffer.n_episodes} episodes but {len(done_seeds)} seeds in "
-                         f"meta/{SEEDS_KEY}; refusing to append")
-    max_attempts = cfg.max_attempts or 2 * cfg.n + 10
-    n_ok = n_tried = n_steps = 0
-    seed = cfg.seed
-    start = time.perf_counter()
+    max_steps = cfg.max_steps or int(_demo(cfg, task_cfg).max_steps)
+    buffer, done_seeds = open_demo_store(out)
+    n = episodes_to_add(cfg.n, cfg.mode, buffer.n_episodes)
+    env, expert = build(cfg, task_cfg) if n else (None, None)
+
+    def add(episode: dict, seed: int) -> None:
+        if buffer.n_episodes and "terminal" not in buffer:
+            del episode["terminal"]
+        compressors = {k: "image" if v.ndim == 4 else "disk" for k, v in episode.items()}
+        chunks = {k: (1, *v.shape[1:]) for k, v in episode.items() if v.ndim == 4}
+        buffer.add_episode(episode, chunks=chunks, compressors=compressors, episode_meta=seed_row(seed))
+
     try:
-        with tqdm.tqdm(total=cfg.n, desc=f"{cfg.task} expert episodes") as pbar:
-            while n_ok < cfg.n and n_tried < max_attempts:
-                if seed not in done_seeds:
-                    episode = run_episode(env, expert, seed, max_steps)
-                    n_tried += 1
-                    if episode is not None:
-                        if buffer.n_episodes and "terminal" not in buffer:
-                            del episode["terminal"]
-                        compressors = {k: "image" if v.ndim == 4 else "disk" for k, v in episode.items()}
-                        chunks = {k: (1, *v.shape[1:]) for k, v in episode.items() if v.ndim == 4}
-                        buffer.add_episode(episode, chunks=chunks, compressors=compressors)
-                        done_seeds.append(seed)
-                        buffer.update_meta({SEEDS_KEY: np.array(done_seeds, dtype=np.int64)})
-                        n_ok += 1
-                        n_steps += len(episode["action"])
-                        pbar.update(1)
-                    pbar.set_postfix(success=f"{n_ok}/{n_tried}")
-                seed += 1
+        stats = collect(buffer, lambda seed: run_episode(env, expert, seed, max_steps), add, cfg.seed, n,
+                        cfg.max_attempts, done_seeds, f"{cfg.task} expert episodes")
     finally:
-        env.close()
-    minutes = (time.perf_counter() - start) / 60
-    return {"out": str(out), "saved": n_ok, "attempts": n_tried,
-            "success_rate": n_ok / max(n_tried, 1),
-            "episodes_per_minute": n_tried / max(minutes, 1e-9), "saved_steps": n_steps,
-            "n_episodes": buffer.n_episodes, "n_steps": buffer.n_steps}
+        buffer.close()
+        if env is not None:
+            env.close()
+    return {"out": str(out), **stats}

@@ -2,14 +2,16 @@
 
     python -m policylab.data.generate.pusht n=100 out=data/pusht_expert.zarr seed=0
 
-Options (key=value): n (episodes to save), out (store path; appended to if it exists), seed
+Options (key=value): n (episodes the store should hold; with mode=append, episodes to add),
+out (store path; appended to if it exists), mode (top_up, the default, or append), seed
 (first seed; episode seeds go up by one per attempt), images (false: no `img`,
 for state tasks, twice as fast), legacy (DP's state-setting order, false
-like DP's demo_pusht.py), max_steps (300), render_size (96), max_attempts (default 2n + 10).
+like DP's demo_pusht.py), max_steps (300), render_size (96), max_attempts (default 2 * (episodes
+to add) + 10).
 
 Each attempt runs the scripted expert on one seed; episodes that do not reach coverage > 0.95
 within max_steps are discarded. Seeds already in the store (`meta/episode_seeds`) are skipped,
-so re-running a command only adds what is missing.
+so re-running a command only adds what is missing; each episode is committed with its seed.
 
 Per step, as DP's demo_pusht.py records (the observation *before* the step's action):
     img         (N, S, S, 3) uint8   render without the action cross. DP's demo script writes
@@ -23,23 +25,28 @@ Per step, as DP's demo_pusht.py records (the observation *before* the step's act
 
 import dataclasses
 import sys
-import time
 
 import numpy as np
-import tqdm
 
 from policylab.common.overrides import MISSING, parse_overrides
-from policylab.data.replay_buffer import ReplayBuffer
-from policylab.envs.pusht.env import PushTEnv
-from policylab.envs.pusht.expert import PushTExpert
+from policylab.data.generate.common import (
+    SEEDS_KEY,
+    collect,
+    episodes_to_add,
+    open_demo_store,
+    report,
+    seed_row,
+    wants_help,
+)
 
-SEEDS_KEY = "episode_seeds"
+__all__ = ["SEEDS_KEY", "GenerateConfig", "generate", "main", "parse_args", "run", "run_episode"]
 
 
 @dataclasses.dataclass
 class GenerateConfig:
-    n: int = MISSING
+    n: int = MISSING      # episodes the store should hold (mode=top_up) or to add (mode=append)
     out: str = MISSING
+    mode: str = "top_up"  # top_up | append (policylab.data.generate.common)
     seed: int = 0
     legacy: bool = False
     max_steps: int = 300
@@ -53,7 +60,7 @@ def parse_args(argv: list[str]) -> GenerateConfig:
     return parse_overrides(GenerateConfig, argv, prog="policylab.data.generate.pusht")
 
 
-def run_episode(env: PushTEnv, expert: PushTExpert, seed: int, max_steps: int, images: bool = True) -> dict | None:
+def run_episode(env, expert, seed: int, max_steps: int, images: bool = True) -> dict | None:
     """One expert episode; the recorded steps {key: (L, ...)} if it succeeded, else None."""
     _, info = env.reset(seed=seed)
     expert.reset()
@@ -74,49 +81,46 @@ def run_episode(env: PushTEnv, expert: PushTExpert, seed: int, max_steps: int, i
 
 
 def generate(cfg: GenerateConfig) -> dict:
-    """Write cfg.n successful episodes to cfg.out; returns counts, success rate and speed."""
-    buffer = ReplayBuffer.create_from_path(cfg.out, mode="a")
-    done_seeds = list(np.asarray(buffer.meta[SEEDS_KEY][:])) if SEEDS_KEY in buffer.meta else []
-    if len(done_seeds) != buffer.n_episodes:
-        raise SystemExit(f"{cfg.out}: {buffer.n_episodes} episodes but {len(done_seeds)} seeds "
-                         f"in meta/{SEEDS_KEY}; refusing to append")
-    env = PushTEnv(obs_type="keypoints", legacy=cfg.legacy, render_size=cfg.render_size,
-                   render_action=False)
-    expert = PushTExpert()
-    max_attempts = cfg.max_attempts or 2 * cfg.n + 10
-    n_ok = n_tried = 0
-    seed = cfg.seed
-    start = time.perf_counter()
-    with tqdm.tqdm(total=cfg.n, desc="PushT expert episodes") as pbar:
-        while n_ok < cfg.n and n_tried < max_attempts:
-            if seed not in done_seeds:
-                episode = run_episode(env, expert, seed, cfg.max_steps, cfg.images)
-                n_tried += 1
-                if episode is not None:
-                    buffer.add_episode(episode, compressors="disk")
-                    done_seeds.append(seed)
-                    buffer.update_meta({SEEDS_KEY: np.array(done_seeds, dtype=np.int64)})
-                    n_ok += 1
-                    pbar.update(1)
-                pbar.set_postfix(success=f"{n_ok}/{n_tried}")
-            seed += 1
-    minutes = (time.perf_counter() - start) / 60
-    return {"saved": n_ok, "attempts": n_tried, "success_rate": n_ok / max(n_tried, 1),
-            "episodes_per_minute": n_tried / max(minutes, 1e-9), "n_episodes": buffer.n_episodes,
-            "n_steps": buffer.n_steps}
+    """Add episodes to cfg.out (`common.py`: n, mode); returns counts, success rate and speed."""
+    buffer, done_seeds = open_demo_store(cfg.out)
+    n = episodes_to_add(cfg.n, cfg.mode, buffer.n_episodes)
+    try:
+        env, expert = _env_and_expert(cfg) if n else (None, None)
+        stats = collect(buffer, lambda seed: run_episode(env, expert, seed, cfg.max_steps, cfg.images),
+                        lambda episode, seed: buffer.add_episode(episode, compressors="disk",
+                                                                 episode_meta=seed_row(seed)),
+                        cfg.seed, n, cfg.max_attempts, done_seeds, "PushT expert episodes")
+    finally:
+        buffer.close()
+    return {"out": str(cfg.out), **stats}
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+def _env_and_expert(cfg: GenerateConfig):
+    # imported here: `--help` and the other tasks' generators work without the pusht extra
+    try:
+        from policylab.envs.pusht.env import PushTEnv
+        from policylab.envs.pusht.expert import PushTExpert
+    except ImportError as err:
+        raise SystemExit(f"PushT demos need the pusht extra: pip install 'policylab[pusht]' ({err})") from None
+    env = PushTEnv(obs_type="keypoints", legacy=cfg.legacy, render_size=cfg.render_size, render_action=False)
+    return env, PushTExpert()
+
+
+def run(argv: list[str]) -> dict:
+    """Parse `key=value` arguments, generate, print the report; the stats (SystemExit on failure)."""
+    cfg = parse_args(argv)
     stats = generate(cfg)
-    print(f"saved {stats['saved']} episodes to {cfg.out} "
-          f"({stats['n_episodes']} episodes, {stats['n_steps']} steps in the store)")
-    print(f"expert success rate: {stats['success_rate']:.3f} "
-          f"({stats['saved']}/{stats['attempts']} attempts)")
-    print(f"episodes/minute: {stats['episodes_per_minute']:.1f}")
-    if stats["saved"] < cfg.n:
-        raise SystemExit(f"only {stats['saved']} of {cfg.n} episodes after {stats['attempts']} attempts")
+    report(stats, cfg.out)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry: exit code 0 after success (failures raise SystemExit with a message)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not wants_help(argv, __doc__):
+        run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from policylab.data.generate.__main__ import main as generate_main
+from policylab.data.generate.__main__ import run as generate_main
 from policylab.envs.pick_cube import PickCubeEnv, PickCubeExpert
 from tests.envs.task_checks import (
     check_store_matches_shape_meta,
