@@ -134,3 +134,12 @@ def find_damaged(name: str, data, meta, ends: np.ndarray, block_bytes: float = 6
                          mismatches(name, key, arr[lo: int(ends[last])], ends, table[e: last + 1, col], e)]
             e = last + 1
     return problems
+
+
+def status_line(info: dict) -> str:
+    """One line for a printout (inspect) from `status(...)`."""
+    if not info["algorithm"]:
+        return "checksums: none (a store from Diffusion Policy or an older policylab): its bytes are not verified"
+    unchecked = "; ".join(f"{k}: {why}" for k, why in info["unchecked"].items())
+    return (f"checksums: {info['algorithm']} of {info['episodes']} episodes x {', '.join(info['checked'])}, verified "
+            f"on load" + (f"; unchecked {unchecked}" if unchecked else ""))

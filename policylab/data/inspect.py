@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from policylab.common.overrides import MISSING, parse_overrides
+from policylab.data.checksums import CHECKSUMS_KEY, status_line
 from policylab.data.repair import diagnose, per_episode_lengths
 from policylab.data.replay_buffer import ReplayBuffer, ReplayBufferError
 
@@ -163,10 +164,10 @@ def summary(buffer: ReplayBuffer, image_samples: int, episode: int | None = None
         view, n_steps = buffer.get_episode(episode), int(buffer.episode_lengths[episode])
     for key in sorted(buffer.keys()):
         lines.append(_stats_line(key, key_stats(view[key], n_steps, image_samples), is_image(tuple(view[key].shape))))
-    others = [k for k in sorted(buffer.meta.array_keys()) if k != "episode_ends"]
+    others = [k for k in sorted(buffer.meta.array_keys()) if k not in ("episode_ends", CHECKSUMS_KEY)]
     if others:
         lines.append("meta: " + ", ".join(f"{k} {tuple(buffer.meta[k].shape)} {buffer.meta[k].dtype}" for k in others))
-    return lines
+    return [*lines, status_line(buffer.checksum_status())]
 
 
 def to_uint8_rgb(frames: np.ndarray) -> np.ndarray:

@@ -65,6 +65,14 @@ def first_damaged_episodes(buffer: ReplayBuffer) -> dict[str, tuple[int, str]]:
     return found
 
 
+def diagnose(buffer: ReplayBuffer) -> list[str]:
+    """One line per problem, each naming the array (and episode): damage, and per-episode arrays
+    with entries past the last episode. Reads every checksummed byte once."""
+    problems = [message for _, message in first_damaged_episodes(buffer).values()]
+    return problems + [f"meta/{k} has {n} entries for {buffer.n_episodes} episodes (entries past the last episode)"
+                       for k, n in per_episode_lengths(buffer).items() if n > buffer.n_episodes]
+
+
 def describe(buffer: ReplayBuffer) -> list[str]:
     """What was checked and what could not be, one line each (nothing here is a problem)."""
     keys = buffer.keys()
@@ -165,15 +173,13 @@ def _check_and_fix(path: Path, fix: str | None, done: list[str]) -> int:
         print(f"{path}: {buffer.n_episodes} episodes, {buffer.n_steps} steps")
         for line in describe(buffer):
             print(f"  {line}")
-        problems = [message for _, message in first_damaged_episodes(buffer).values()]
-        surplus = [f"meta/{k} has {n} entries for {buffer.n_episodes} episodes (entries past the last episode)"
-                   for k, n in per_episode_lengths(buffer).items() if n > buffer.n_episodes]
-        for line in problems + surplus:
+        problems = diagnose(buffer)
+        for line in problems:
             print(f"  problem: {line}")
-        if not problems and not surplus:
+        if not problems:
             print("  fine: no problems found")
         if not fix:
-            if not problems and not surplus:
+            if not problems:
                 return 0
             print(f"  nothing changed. To repair: python -m policylab.data.repair {path} --fix fill (keeps every "
                   f"episode) or --fix truncate --backup <copy> (drops the episodes from the first damaged one)")
