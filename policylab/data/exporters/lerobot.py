@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
+from policylab.common.extras import require
 from policylab.common.overrides import MISSING, parse_overrides
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.inspect import is_image, key_stats, to_uint8_rgb
@@ -314,6 +315,7 @@ def export_lerobot(store: str | Path, out: str | Path, shape_meta: ShapeMeta | N
                    images: str = "video", task_text: str | None = None, robot_type: str | None = None,
                    crf: int = 10, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the store at `store` as a LeRobotDataset v3.0 folder `out`; returns counts and features."""
+    require("pyarrow", extra="tasks")  # missing: the install hint, before anything is written
     import pyarrow as pa
     import pyarrow.parquet as pq
 
