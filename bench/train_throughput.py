@@ -17,8 +17,14 @@ is the process's CPU time per step (all threads), which a busy machine inflates 
 the wall time.
 
     python bench/train_throughput.py [--configs state image tiny] [--threads N] [--device cpu|cuda]
-                                     [--variants eager compile bf16 compile+bf16 fused_adamw bf16+fused_adamw channels_last threads=1]
-                                     [--steps N] [--out bench/results/train_throughput.json]
+                                     [--variants eager compile bf16 auto fp16 compile+bf16 fused_adamw bf16+fused_adamw
+                                                 channels_last threads=1]
+                                     [--steps N] [--emulate-avx2] [--out bench/results/train_throughput.json]
+
+The CPU's flags that decide bf16/fp16 speed (avx2, avx512*, amx*) head the output and the JSON,
+with each case's `training.mixed_precision` verdict (policylab/common/precision.py): whether the
+device computes bf16 natively, and what `auto` picks. `--emulate-avx2` runs the cases as on an
+AVX2-only CPU (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2), where bf16 has no native kernels.
 
 `--variants` runs each config once per speed-up, each in a fresh process, and prints the step time
 and CPU time as ratios to the first variant, with the loss of one fixed batch under fixed noise
@@ -56,6 +62,8 @@ VARIANTS = {  # name -> (extra overrides, torch threads: None = --threads, else 
     "eager": ([], None),
     "compile": (["training.compile=true"], None),
     "bf16": (["training.mixed_precision=bf16"], None),
+    "auto": (["training.mixed_precision=auto"], None),  # bf16 only where native, else fp32
+    "fp16": (["training.mixed_precision=fp16"], None),  # with a GradScaler
     "compile+bf16": (["training.compile=true", "training.mixed_precision=bf16"], None),
     "fused_adamw": (["optimizer.fused=true"], None),
     "bf16+fused_adamw": (["training.mixed_precision=bf16", "optimizer.fused=true"], None),
@@ -123,6 +131,7 @@ def run_case(name: str, store: str, workdir: str, threads: int | None, variant: 
 
     from policylab.common.config import compose
     from policylab.common.logging import RunLogger
+    from policylab.common.precision import native_support
     from policylab.workspaces.supervised import SupervisedWorkspace
 
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (this worker process's whole life: the workspace's progress bar)
@@ -150,6 +159,7 @@ def run_case(name: str, store: str, workdir: str, threads: int | None, variant: 
             first_loss = ws.policy.compute_loss(_to(fixed, ws.device))[0].float().item()
 
     cpu = {"excl": [], "incl": []}
+    bf16_native, bf16_why = native_support(torch.bfloat16, ws.device)
 
     def step(batches, mode: str | None = None) -> float:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -186,7 +196,17 @@ def run_case(name: str, store: str, workdir: str, threads: int | None, variant: 
         "rss_before_steps_mb": rss_before / 2**20, "step_peak_delta_mb": (peak.peak - rss_before) / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "load_avg_1m": os.getloadavg()[0],
+        "precision": ws.precision.reason, "bf16_native": bf16_native, "bf16_why": bf16_why,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def speed_flags() -> list[str]:
+    """The CPU flags that decide bf16 / fp16 speed (x86 AVX2/AVX-512/AMX, Arm bf16/fphp)."""
+    from policylab.common.precision import cpu_flags
+
+    flags = cpu_flags() or set()
+    return sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx")) or f in ("bf16", "fphp"))
 
 
 def main():
@@ -198,8 +218,15 @@ def main():
                         help="speed-ups compared side by side (ratios to the first)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per mode (default: the config's)")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="run the cases as on an AVX2-only CPU (oneDNN and ATen capped at AVX2)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
     args = parser.parse_args()
+    if args.emulate_avx2:  # read by the spawned workers' oneDNN and ATen when they load
+        os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    flags = speed_flags()
+    print(f"CPU flags: {' '.join(flags) or '(none found)'}" + ("; emulating AVX2 only" if args.emulate_avx2 else ""),
+          flush=True)
     # The data-loading bench's synthetic PushT store.
     sys.path.insert(0, str(REPO / "bench"))
     from data_loading import build_store
@@ -219,10 +246,13 @@ def main():
                                          variant, args.device, args.steps).result()
                 results.append(result)
                 print(f"{name} {variant}: {result['samples_s_excl_data']:.1f} samples/s excl. data, "
-                      f"loss {result['first_loss']:.5f}", flush=True)
+                      f"loss {result['first_loss']:.5f}, {result['precision']}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "torch": torch.__version__, "cpus": os.cpu_count()}, indent=2))
+    out.write_text(json.dumps({"results": results, "torch": torch.__version__, "cpus": os.cpu_count(),
+                               "cpu_flags": flags, "emulate_avx2": args.emulate_avx2,
+                               "cpu_capability": results[0]["cpu_capability"], "bf16_native": results[0]["bf16_native"],
+                               "bf16_why": results[0]["bf16_why"]}, indent=2))
     print(f"\n{'config':6} {'batch':>5} {'params':>7} | {'excl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | "
           f"{'incl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | {'cpu s excl':>10} {'data-only/s':>11} "
           f"{'step MB':>8} {'peak MB':>8} {'load':>5}")
@@ -234,6 +264,8 @@ def main():
               f"{r['step_peak_delta_mb']:8.0f} {r['peak_rss_mb']:8.0f} {r['load_avg_1m']:5.1f}")
     print(f"(medians over {', '.join(str(r['steps']) for r in results)} steps; samples/s from the median; "
           f"{results[0]['threads']} threads; JSON in {out})")
+    print(f"bf16 native: {results[0]['bf16_native']} ({results[0]['bf16_why']}); "
+          f"torch CPU capability {results[0]['cpu_capability']}")
     if len(args.variants) > 1:
         print(f"\n{'config':6} {'variant':14} {'threads':>7} {'s/step':>8} {'x eager':>8} {'cpu s':>7} {'x eager':>8} "
               f"{'loss':>9} {'d loss':>8} {'cuda MB':>8}")

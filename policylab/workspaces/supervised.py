@@ -27,6 +27,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from policylab.common.checkpoint import TopKCheckpointManager, get_rng_state
+from policylab.common.precision import resolve_precision
 from policylab.data.datasets.base import make_dataloader
 from policylab.models.ema import EMAModel
 from policylab.workspaces.base import (
@@ -61,7 +62,7 @@ class TrainingConfig:
     checkpoint_every: int | None = 50
     max_val_steps: int | None = None
     dist_timeout_minutes: float = 60.0
-    mixed_precision: str = "no"  # no | bf16 (autocast of the training forward; weights and optimizer stay fp32)
+    mixed_precision: str = "no"  # no | auto | bf16 | fp16: autocast of the training forward (common/precision.py)
     compile: bool = False  # torch.compile the backbone and obs encoder (nn.Module.compile: checkpoints unchanged)
     channels_last: bool = False  # image encoders' weights in channels-last memory format
 
@@ -142,11 +143,9 @@ class SupervisedWorkspace(BaseWorkspace):
         self._part_seconds: dict[str, float] = {}
 
     def _speed_ups(self, train: TrainingConfig) -> None:
-        """bf16 autocast, channels-last and torch.compile of the training policy (the EMA copy, which
+        """Mixed precision, channels-last and torch.compile of the training policy (the EMA copy, which
         evaluates, stays eager fp32)."""
-        if train.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"training.mixed_precision must be 'no' or 'bf16', got {train.mixed_precision!r}")
-        self._autocast_dtype = torch.bfloat16 if train.mixed_precision == "bf16" else None
+        self.precision = resolve_precision(train.mixed_precision, self.device)
         parts = [m for m in (getattr(self.policy, "model", None), getattr(self.policy, "obs_encoder", None))
                  if isinstance(m, torch.nn.Module)]
         if train.channels_last:
@@ -159,9 +158,7 @@ class SupervisedWorkspace(BaseWorkspace):
                 part.compile()
 
     def _autocast(self):
-        if self._autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+        return self.precision.autocast()
 
     @property
     def eval_policy(self):
@@ -337,7 +334,7 @@ class SupervisedWorkspace(BaseWorkspace):
             with model.no_sync() if self.dist.enabled and not step_now else nullcontext():
                 with self._autocast():
                     loss, _ = model(to_device(batch, self.device))
-                (loss / group_size).backward()
+                self.precision.backward(loss / group_size)
             losses.append(loss.item())
             if step_now:
                 self._optimizer_step(lr_scheduler)
@@ -355,8 +352,9 @@ class SupervisedWorkspace(BaseWorkspace):
 
     def _optimizer_step(self, lr_scheduler) -> None:
         if self.c["training"].max_grad_norm is not None:
+            self.precision.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.c["training"].max_grad_norm)
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         lr_scheduler.step()
         self.policy.on_optimizer_step()
@@ -408,6 +406,8 @@ class SupervisedWorkspace(BaseWorkspace):
                  "epoch_start_data_generator": self._epoch_start_data_state, "epoch_losses": self._epoch_losses}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.precision.scaler is not None:
+            state["grad_scaler"] = self.precision.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -421,6 +421,8 @@ class SupervisedWorkspace(BaseWorkspace):
             self._epoch_losses = [float(x) for x in state["epoch_losses"]]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.precision.scaler is not None and "grad_scaler" in state:
+            self.precision.scaler.load_state_dict(state["grad_scaler"])
 
     def _checkpoint(self, topk: TopKCheckpointManager, metrics: dict) -> None:
         """Called on every rank (each contributes its RNG state); rank 0 writes."""
