@@ -21,12 +21,6 @@ MODULES = tuple(sorted(
     ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__main__")
     for p in (REPO / "policylab").rglob("*.py") if 'if __name__ == "__main__":' in p.read_text()))
 
-# Commands whose owners are switching them (issue 24/25 helpers); drop an entry once it passes.
-PENDING = {
-    "policylab.data.generate": "imports the pusht generator at the top and reads task= before --help (stores)",
-    "policylab.data.generate.pusht": "imports PushTEnv at the top (stores)",
-}
-
 SHIM = """
 import runpy, sys
 for name in {blocked!r}:
@@ -52,8 +46,7 @@ def test_the_shim_makes_an_extra_unimportable():
     assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
 
 
-@pytest.mark.parametrize("target", [pytest.param(t, marks=pytest.mark.xfail(reason=PENDING[t])) if t in PENDING
-                                    else t for t in SCRIPTS + MODULES])
+@pytest.mark.parametrize("target", SCRIPTS + MODULES)
 def test_help_works_with_only_the_core(target):
     result = help_without_extras(target)
     assert result.returncode == 0, result.stderr[-3000:]

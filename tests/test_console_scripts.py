@@ -27,9 +27,7 @@ def test_the_scripts_are_these():
     assert set(SCRIPTS) == {"policylab-train", "policylab-eval", "policylab-generate"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    reason="data.generate reads task= before --help; helper stores is changing it")) if n == "policylab-generate"
-    else n for n in sorted(SCRIPTS)])
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_help_exits_0(name):
     result = run_script(name, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
