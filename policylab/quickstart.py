@@ -3,8 +3,9 @@
     python -m policylab.quickstart [--episodes 100] [--minutes 10] [--out outputs/quickstart]
 
 1. the scripted PushT expert writes `--episodes` state-only demonstrations to a zarr ReplayBuffer,
-2. `train.py experiment=pusht_quickstart` trains a small diffusion policy, bounded by what is left
-   of `--minutes` after the demos and a reserve for the evaluation,
+   one generator process per free core,
+2. `train.py experiment=pusht_quickstart` trains a small diffusion policy with one torch thread per
+   free core, bounded by what is left of `--minutes` after the demos and a reserve for the evaluation,
 3. `eval.py` scores the EMA policy on `--n_test` test seeds (2 envs in parallel) and records videos,
 then prints the score, the wall time of the whole quickstart (from `--started_at`, which `make
 quickstart` sets before installing, so the install counts) and where the results are.
@@ -15,22 +16,78 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-EVAL_RESERVE_S = 75  # 10 seeds x 300 steps, DDIM-16, 2 envs, plus process start-up
+import numpy as np
+
+from policylab.data.generate.pusht import SEEDS_KEY
+
+EVAL_RESERVE_S = 75  # 10 seeds x 300 steps, Heun (17 network evaluations a chunk), 2 envs, plus start-up
 
 
-def run(cmd: list[str]) -> None:
+def run(cmd: list[str], threads: int = 1) -> None:
     print("\n$", " ".join(cmd), flush=True)
-    # One torch thread: the network is small, and the evaluation's two env processes need the cores.
-    # Two threads on a busy 2-core machine were catastrophic (measured: 49 steps in 9 minutes against
-    # 208 in 40 seconds with one thread, same load).
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=torch_env(threads))
+
+
+def torch_env(threads: int) -> dict:
+    """The environment of a child process with `threads` torch (OpenMP/MKL) threads.
+
+    Passive waiting: with OpenMP's default spin-waiting, two threads on a 2-core machine whose
+    other core is busy stalled training (measured: 49 steps in 9 minutes against 208 in 40 s with
+    one thread); passive, the same case cost 20 % against one thread (2.1 vs 2.7 steps/s at load 12).
+    """
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", str(threads)),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+def free_cores() -> int:
+    """Cores not busy right now (cores minus the 1-minute load average), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
+def make_demos(n: int, store: Path, workers: int) -> None:
+    """n state-only PushT expert episodes in `store`, written by `workers` generator processes at once.
+
+    Worker k writes its share (seeds from 10,000 k) to its own store, since a store has one writer;
+    the parts are then copied into `store` in order, with their seeds. An existing complete `store`
+    is kept (a second quickstart reuses its demos).
+    """
+    from policylab.data.replay_buffer import ReplayBuffer
+
+    if store.exists() and ReplayBuffer.create_from_path(str(store)).n_episodes >= n:
+        print(f"\n{store}: {n} demos already there", flush=True)
+        return
+    shares = [n // workers + (k < n % workers) for k in range(workers)]
+    parts = [store.with_name(f"{store.stem}.part{k}.zarr") for k in range(workers)]
+    procs = []
+    for k, (share, part) in enumerate(zip(shares, parts)):
+        cmd = [sys.executable, "-m", "policylab.data.generate.pusht", f"n={share}", f"out={part}",
+               f"seed={10_000 * k}", "images=false"]
+        print("\n$", " ".join(cmd), flush=True)
+        procs.append(subprocess.Popen(cmd, env=torch_env(1)))
+    if any(proc.wait() for proc in procs):
+        raise SystemExit("generating the demos failed (see above)")
+    merged = store.with_name(f"{store.stem}.merging.zarr")
+    shutil.rmtree(merged, ignore_errors=True)
+    seeds = []
+    with ReplayBuffer.create_from_path(str(merged), mode="w") as out:
+        for part in parts:
+            src = ReplayBuffer.create_from_path(str(part))
+            for i in range(src.n_episodes):
+                out.add_episode(src.get_episode(i), compressors="disk")
+            seeds.extend(np.asarray(src.meta[SEEDS_KEY][:]).tolist())
+        out.update_meta({SEEDS_KEY: np.array(seeds, dtype=np.int64)})
+    shutil.rmtree(store, ignore_errors=True)
+    merged.rename(store)  # a killed merge leaves no half store under the name training reads
+    for part in parts:
+        shutil.rmtree(part)
 
 
 def main(argv=None) -> dict:
@@ -46,9 +103,9 @@ def main(argv=None) -> dict:
     repo = Path(__file__).resolve().parents[1]
     out = Path(args.out)
     data, run_dir, eval_dir = out / "pusht_state.zarr", out / "run", out / "eval"
+    threads = free_cores()
     t0 = time.time()
-    run([sys.executable, "-m", "policylab.data.generate.pusht", f"n={args.episodes}", f"out={data}", "seed=0",
-         "images=false"])
+    make_demos(args.episodes, data, threads)
     t_demos = time.time() - t0
     left = args.minutes * 60 - (time.time() - started) - EVAL_RESERVE_S
     if left < 60:
@@ -59,7 +116,7 @@ def main(argv=None) -> dict:
     if (run_dir / "checkpoints" / "latest").exists():
         train.append("training.resume=true")  # a second `make quickstart` continues, or only re-evaluates
     t0 = time.time()
-    run(train)
+    run(train, threads)  # the evaluation below runs one env process per core instead
     t_train = time.time() - t0
     ckpt = run_dir / "checkpoints" / "latest"
     t0 = time.time()

@@ -20,3 +20,22 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert (out / "pusht_state.zarr").is_dir()
     assert f"PushT test mean_score {result['mean_score']:.3f}" in printed
     assert "budget 10 min: met" in printed
+
+
+def test_demos_written_by_two_processes_are_merged_into_one_store(tmp_path):
+    """Two generator processes (seeds from 0 and from 10,000) -> one store with every episode and
+    seed, the parts gone; a second call keeps the complete store."""
+    from policylab.data.generate.pusht import SEEDS_KEY
+    from policylab.data.replay_buffer import ReplayBuffer
+
+    store = tmp_path / "pusht_state.zarr"
+    quickstart.make_demos(3, store, workers=2)
+    buffer = ReplayBuffer.create_from_path(str(store))
+    assert buffer.n_episodes == 3
+    seeds = buffer.meta[SEEDS_KEY][:].tolist()
+    assert seeds[:2] == [0, 1] and seeds[2] == 10_000  # the expert succeeds on these seeds
+    assert "img" not in buffer and buffer["action"].shape == (buffer.n_steps, 2)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["pusht_state.zarr"]
+    mtime = (store / "meta").stat().st_mtime_ns
+    quickstart.make_demos(3, store, workers=2)
+    assert (store / "meta").stat().st_mtime_ns == mtime

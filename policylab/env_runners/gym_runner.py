@@ -11,6 +11,7 @@ inner reward (DP's `sim_max_reward`); it succeeded if any inner step's info says
 import functools
 import os
 
+import cv2
 import gymnasium as gym
 import numpy as np
 import torch
@@ -25,15 +26,39 @@ from policylab.envs.wrappers import MultiStepWrapper, VideoRecordingWrapper
 SPLITS = ("train", "test")
 
 
+class UpscaledRender(gym.Wrapper):
+    """`render()` frames (H, W, 3) enlarged by the integer factor that brings their shorter side to at
+    least `min_side` (nearest neighbour: the env's own pixels, only larger), for watchable videos.
+
+    Observations are untouched: envs build image observations without going through this
+    wrapper's `render()`, so a 96x96 policy input stays 96x96 while its video is 288x288.
+    """
+
+    def __init__(self, env: gym.Env, min_side: int):
+        super().__init__(env)
+        self.min_side = min_side
+
+    def render(self):
+        frame = self.env.render()
+        if frame is None:
+            return frame
+        factor = -(-self.min_side // min(frame.shape[:2]))
+        if factor <= 1:
+            return frame
+        return cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+
+
 def make_env(env_id: str, env_kwargs: dict, n_obs_steps: int, n_action_steps: int,
              max_steps: int, fps: int, crf: int, steps_per_render: int,
-             reward_agg_method: str) -> gym.Env:
+             reward_agg_method: str, video_min_side: int = 0) -> gym.Env:
     """Build one wrapped env; module-level so that it pickles into worker processes.
 
     env_id may be "module:id" (gymnasium imports the module first, e.g.
     "policylab.envs.pusht:policylab/PushT-v0"), which is what spawned workers need.
     """
     env = gym.make(env_id, **(env_kwargs or {}))
+    if video_min_side:
+        env = UpscaledRender(env, video_min_side)
     env = VideoRecordingWrapper(env, fps=fps, steps_per_render=steps_per_render, crf=crf)
     return MultiStepWrapper(env, n_obs_steps, n_action_steps, max_episode_steps=max_steps,
                             reward_agg_method=reward_agg_method)
@@ -63,11 +88,13 @@ class GymEnvRunner(EnvRunner):
         n_envs: parallel envs; None = min(n_train + n_test, CPU count).
         n_train_vis, n_test_vis: the first k episodes of each split are recorded.
         fps, crf, steps_per_render: video settings.
+        video_min_side: frames whose shorter side is smaller are enlarged by an integer factor
+            (nearest neighbour) before encoding: 96x96 renders become 288x288 videos (0: as rendered).
         vector_env: "async" (one process per env) or "sync" (in process; tests, debugging).
         reward_agg_method: see `MultiStepWrapper` (does not change scores).
         success_reward: success threshold on the max reward, for envs without `is_success`.
         context: multiprocessing start method for "async" (None = platform default).
-        tqdm_interval_sec: progress-bar refresh interval.
+        tqdm_interval_sec: progress-bar refresh interval (one bar per `run`, over all its episodes).
         device: where observations go when the policy has no `device` attribute.
     """
 
@@ -78,8 +105,8 @@ class GymEnvRunner(EnvRunner):
                  n_train_vis: int = 2, n_test_vis: int = 4, fps: int = 10, crf: int = 22,
                  steps_per_render: int = 1, vector_env: str = "async",
                  reward_agg_method: str = "max", success_reward: float = 1.0,
-                 context: str | None = None, tqdm_interval_sec: float = 5.0,
-                 device: str = "cpu"):
+                 context: str | None = None, tqdm_interval_sec: float = 1.0,
+                 device: str = "cpu", video_min_side: int = 256):
         super().__init__(output_dir)
         if vector_env not in ("async", "sync"):
             raise ValueError(f"vector_env must be 'async' or 'sync', got {vector_env!r}")
@@ -94,7 +121,7 @@ class GymEnvRunner(EnvRunner):
         self.device = device
         self._env_fn = functools.partial(
             make_env, env_id, dict(env_kwargs or {}), n_obs_steps, n_action_steps, max_steps,
-            fps, crf, steps_per_render, reward_agg_method)
+            fps, crf, steps_per_render, reward_agg_method, video_min_side)
         self._vector_env, self._context = vector_env, context
         self._env = None
         self._n_runs = 0
@@ -114,15 +141,21 @@ class GymEnvRunner(EnvRunner):
         env = self._get_env()
         results = []
         n_chunks = -(-len(self.episodes) // self.n_envs)
-        for c in range(n_chunks):
-            chunk = self.episodes[c * self.n_envs:(c + 1) * self.n_envs]
-            padded = chunk + [chunk[-1][:2] + (False,)] * (self.n_envs - len(chunk))
-            desc = f"Eval {self.env_id} {c + 1}/{n_chunks}"
-            results += self._run_chunk(env, policy, padded, desc)[:len(chunk)]
+        # One bar for the whole evaluation, in inner env steps (n_chunks x max_steps), kept on screen
+        # when done with the score: a bar per chunk showed 0% and vanished.
+        with tqdm.tqdm(total=n_chunks * self.max_steps, desc=f"Eval {self.env_id}", unit="step",
+                       mininterval=self.tqdm_interval_sec) as pbar:
+            for c in range(n_chunks):
+                chunk = self.episodes[c * self.n_envs:(c + 1) * self.n_envs]
+                padded = chunk + [chunk[-1][:2] + (False,)] * (self.n_envs - len(chunk))
+                results += self._run_chunk(env, policy, padded, pbar)[:len(chunk)]
+                pbar.update((c + 1) * self.max_steps - pbar.n)  # a chunk that ended early
+                pbar.set_postfix(episodes=f"{len(results)}/{len(self.episodes)}",
+                                 mean_score=f"{np.mean([r[2] for r in results]):.3f}")
         self._n_runs += 1
         return self._metrics(results)
 
-    def _run_chunk(self, env, policy, episodes: list, desc: str) -> list:
+    def _run_chunk(self, env, policy, episodes: list, pbar: tqdm.tqdm) -> list:
         """Roll out one episode per env; returns (split, seed, max_reward, success, video)."""
         env.set_attr("video_path", [self._video_path(s, seed) if vis else None
                                     for s, seed, vis in episodes])
@@ -130,12 +163,11 @@ class GymEnvRunner(EnvRunner):
         if hasattr(policy, "reset"):
             policy.reset()
         done = np.zeros(self.n_envs, dtype=bool)
-        with tqdm.tqdm(total=self.max_steps, desc=desc, leave=False,
-                       mininterval=self.tqdm_interval_sec) as pbar:
-            while not done.all():
-                obs, _, terminated, truncated, _ = env.step(self._act(policy, obs))
-                done = np.asarray(terminated) | np.asarray(truncated)
-                pbar.update(self.n_action_steps)
+        end = pbar.n + self.max_steps
+        while not done.all():
+            obs, _, terminated, truncated, _ = env.step(self._act(policy, obs))
+            done = np.asarray(terminated) | np.asarray(truncated)
+            pbar.update(min(self.n_action_steps, end - pbar.n))
         rewards = env.call("get_rewards")
         infos = env.call("get_infos")
         videos = env.call("finish_video")

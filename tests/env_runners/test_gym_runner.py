@@ -85,7 +85,7 @@ def _check_pusht_metrics(log):
     with av.open(log["test/sim_video_100000"]) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 1 + MAX_STEPS
-    assert frames[0].shape == (96, 96, 3)
+    assert frames[0].shape == (288, 288, 3)  # PushT's 96x96 render, 3x (video_min_side 256)
 
 
 def test_sync_runner_metrics_and_videos(tmp_path):
@@ -141,3 +141,47 @@ def test_nan_action_raises(tmp_path):
     with pytest.raises(RuntimeError, match="NaN"):
         runner.run(NanPolicy())
     runner.close()
+
+
+def test_video_upscaled_by_an_integer_factor_and_observations_untouched(tmp_path):
+    """Video frames are the render enlarged 3x pixel for pixel; the policy still sees 96x96 images."""
+    seen = []
+
+    class ImageHold:
+        device = torch.device("cpu")
+
+        def predict_action(self, obs):
+            seen.append(tuple(obs["image"].shape[2:]))
+            return {"action": obs["agent_pos"][:, -1:].repeat(1, TA, 1)}
+
+    logs = {}
+    for side in (256, 0):
+        runner = GymEnvRunner(
+            output_dir=str(tmp_path / str(side)), env_id="policylab.envs.pusht:policylab/PushTImage-v0",
+            env_kwargs={"legacy": True}, n_obs_steps=TO, n_action_steps=TA, max_steps=TA, n_train=0,
+            n_test=1, n_envs=1, n_test_vis=1, vector_env="sync", video_min_side=side)
+        logs[side] = runner.run(ImageHold())
+        runner.close()
+    frames = {}
+    for side, log in logs.items():
+        with av.open(log["test/sim_video_100000"]) as container:
+            frames[side] = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    assert frames[0].shape == (96, 96, 3) and frames[256].shape == (288, 288, 3)
+    assert set(seen) == {(3, 96, 96)}
+    # the same picture: each 3x3 block of the large frame is one pixel of the small (up to H.264 error)
+    assert np.abs(frames[256][1::3, 1::3] - frames[0]).mean() < 6
+
+
+def test_one_progress_bar_per_evaluation_left_on_screen(tmp_path, capsys):
+    runner = GymEnvRunner(
+        str(tmp_path), "policylab_test/SeedParity-v0", n_obs_steps=1, n_action_steps=1,
+        max_steps=5, n_train=0, n_test=5, test_start_seed=20, n_envs=2,
+        n_test_vis=0, vector_env="sync", tqdm_interval_sec=0)
+    runner.run(ZeroPolicy())
+    runner.close()
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    # 3 chunks of 2 envs x 5 steps, counted to the end although even seeds finish after 3 steps
+    assert "Eval policylab_test/SeedParity-v0" in final and "100%" in final and "15/15" in final
+    assert "episodes=5/5" in final and "mean_score=0.800" in final
+    assert err.count("| 0/15 ") == 1  # one bar, not one per chunk
