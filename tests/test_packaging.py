@@ -33,7 +33,6 @@ EXTRAS_FOR = {
     "policylab.robot_apps": ("real", "serving"),
     "policylab.serving": ("serving",),
     "policylab.models.octo": ("octo",),
-    "policylab.plot": ("plot",),
 }
 # Imports that are optional on purpose: a clear error says what to install when they are missing.
 OPTIONAL = {"orbax": "policylab.models.octo.convert reads Octo's Orbax checkpoints only when given one"}

@@ -1,6 +1,9 @@
 """`python -m policylab.plot`: curves from logs.jsonl, runs overlaid, a sweep's seeds as mean and band."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from policylab.plot import aggregate, find_groups, main, series, smooth
+from tests.helpers import REPO
+from tests.test_cli_help import EXTRA_MODULES
 
 
 def _write_run(run_dir, scale, n_steps=40, eval_every=10, resumed=False):
@@ -102,3 +107,14 @@ def test_key_value_options_are_refused_not_read_as_runs(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "'out=x.png' is not a run directory; options are flags here: --out x.png" in capsys.readouterr().err
     assert not (tmp_path / "run" / "curves.png").exists()
+
+
+def test_the_quickstarts_suggestion_runs_with_only_the_core(tmp_path):
+    """The quickstart ends with `python -m policylab.plot <run>`; its venv has the core and `pusht`."""
+    _write_run(tmp_path / "run", 1.0)
+    code = (f"import runpy, sys\nfor m in {EXTRA_MODULES!r}: sys.modules[m] = None\n"
+            f"sys.argv = ['plot', {str(tmp_path / 'run')!r}]\nrunpy.run_module('policylab.plot', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
