@@ -9,6 +9,16 @@
       <name>.safetensors      extra modules by name (e.g. critic, target_critic), when given
       normalizer.json         the normalizer stats, for humans
       checksums.json          sha256 of every file above; verified when a file is loaded
+      checksums.json.hmac     HMAC-SHA256 of checksums.json, when a checkpoint key is configured
+
+What the checksums promise: a file changed after it was written (a flipped bit, a truncated copy,
+files mixed from two checkpoints) is an error naming it. They do not protect against someone who can
+write the folder: they can rewrite checksums.json as well. For that, configure a secret key
+(`POLICYLAB_CHECKPOINT_KEY`, or `POLICYLAB_CHECKPOINT_KEY_FILE` naming a file that holds it): every
+save then signs checksums.json, and every load refuses a checkpoint whose signature is missing or
+does not match, or that has no checksums.json. A signature proves the folder was written by someone
+holding the key; it does not hide the contents, nor tell a newer signed checkpoint from an older one
+(or its name). Whatever the signature says, a checkpoint's config only builds allow-listed targets.
 
 Each name is a plain directory (`cp -r`, `rsync` and `tar` copy it as it is). It is written into a
 hidden `.<name>.tmp-<id>` beside its place, then swapped in with two renames: the old directory to
@@ -26,6 +36,7 @@ symlink is unlinked; what it points to is left alone unless it is an old `.<name
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -42,13 +53,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_model
 
-import policylab.common.config  # noqa: F401  (registers ${calc:}) before configs are resolved
+from policylab.common.config import ConfigLimitError, load_bounded_yaml
 from policylab.common.locking import atomic_write_text
+from policylab.common.safe_config import check_resolution_cost
 
 CONFIG, MODEL, EMA_MODEL, TRAINING_STATE, NORMALIZER, CHECKSUMS = (
     "config.yaml", "model.safetensors", "ema_model.safetensors", "training_state.pt", "normalizer.json",
     "checksums.json")
 TOPK_INDEX = "topk.json"
+SIGNATURE = CHECKSUMS + ".hmac"
+KEY_ENV, KEY_FILE_ENV = "POLICYLAB_CHECKPOINT_KEY", "POLICYLAB_CHECKPOINT_KEY_FILE"
+MIN_KEY_BYTES = 16
 # Names save_checkpoint and atomic_write_text give their temporary and superseded entries.
 _SCRATCH = re.compile(r"\..+\.(?:(?:tmp|link|old)-)?[0-9a-f]{8}")
 _ASIDE = re.compile(r"\.(.+)\.old-[0-9a-f]{8}")
@@ -71,6 +86,7 @@ def save_checkpoint(ckpt_dir: str | Path, cfg: DictConfig, policy: torch.nn.Modu
     modules = dict(modules or {})
     for name in modules:
         _module_file(name)  # refuse bad names before anything is written
+    key = checkpoint_key()  # an unreadable key file fails before anything is written
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir.parent / f".{ckpt_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -87,6 +103,8 @@ def save_checkpoint(ckpt_dir: str | Path, cfg: DictConfig, policy: torch.nn.Modu
             (tmp / NORMALIZER).write_text(policy.normalizer.to_json())
         sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+        if key is not None:
+            (tmp / SIGNATURE).write_text(_signature(key, (tmp / CHECKSUMS).read_bytes()))
         _fsync_dir(tmp)
         _replace_dir(tmp, ckpt_dir)
     except BaseException:
@@ -114,30 +132,105 @@ def _sha256(path: Path) -> str:
 _warned_unverified: set[Path] = set()
 
 
-def verify_file(path: str | Path) -> Path:
-    """Check `path` against the sha256 in its directory's checksums.json; raise CheckpointError naming it.
+def checkpoint_key() -> bytes | None:
+    """The secret that signs and verifies checkpoints: `POLICYLAB_CHECKPOINT_KEY` (the key) or
+    `POLICYLAB_CHECKPOINT_KEY_FILE` (a file holding it), at least MIN_KEY_BYTES; None when unset."""
+    key_file, value = os.environ.get(KEY_FILE_ENV), os.environ.get(KEY_ENV)  # empty = unset
+    if key_file and value:
+        raise CheckpointError(f"both {KEY_ENV} and {KEY_FILE_ENV} are set; set one")
+    if key_file:
+        try:
+            value = Path(key_file).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"cannot read the checkpoint key file {KEY_FILE_ENV}={key_file}: {err}") from err
+    elif not value:
+        return None
+    name = KEY_FILE_ENV if key_file else KEY_ENV
+    key = value.strip().encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise CheckpointError(f"the checkpoint key from {name} is {len(key)} bytes; use at least {MIN_KEY_BYTES} "
+                              f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+    return key
 
-    Checkpoints written before checksums existed have no checksums.json: they load with one warning.
+
+def _signature(key: bytes, manifest: bytes) -> str:
+    return hmac.new(key, manifest, hashlib.sha256).hexdigest()
+
+
+def sign_checkpoint(ckpt_dir: str | Path) -> Path:
+    """Sign an existing checkpoint with the configured key (e.g. one written before a key was set),
+    after checking every file against its checksums.json. Returns the signature file."""
+    ckpt_dir, key = Path(ckpt_dir), checkpoint_key()
+    if key is None:
+        raise CheckpointError(f"set {KEY_ENV} or {KEY_FILE_ENV} to sign {ckpt_dir}")
+    index = ckpt_dir / CHECKSUMS
+    if not index.is_file():
+        raise CheckpointError(f"{ckpt_dir} has no {CHECKSUMS}: nothing to sign")
+    manifest = index.read_bytes()
+    for name, digest in _parse_sums(index, manifest).items():
+        if not is_plain_name(name) or _sha256(ckpt_dir / name) != digest:
+            raise CheckpointError(f"{ckpt_dir / name} does not match {index}; refusing to sign")
+    atomic_write_text(ckpt_dir / SIGNATURE, _signature(key, manifest))
+    return ckpt_dir / SIGNATURE
+
+
+def _parse_sums(index: Path, manifest: bytes) -> dict[str, str]:
+    try:
+        sums = json.loads(manifest)
+    except ValueError as err:
+        raise CheckpointError(f"cannot read {index}: {err}") from err
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"cannot read {index}: not a {{file: sha256}} mapping")
+    return sums
+
+
+def _read_sums(ckpt_dir: Path) -> dict[str, str] | None:
+    """checksums.json of `ckpt_dir`, its signature checked when a key is configured; None (with one
+    warning) for an old unsigned checkpoint without one when no key is configured."""
+    index, key = ckpt_dir / CHECKSUMS, checkpoint_key()
+    if not index.is_file():
+        if key is not None:
+            raise CheckpointError(f"{ckpt_dir} has no {CHECKSUMS} and a checkpoint key is configured ({KEY_ENV} / "
+                                  f"{KEY_FILE_ENV}): refusing a checkpoint that cannot be verified")
+        if ckpt_dir not in _warned_unverified:
+            _warned_unverified.add(ckpt_dir)
+            warnings.warn(f"{ckpt_dir} has no {CHECKSUMS} (written by an older policylab?): its files are "
+                          f"loaded without verification", stacklevel=4)
+        return None
+    try:
+        manifest = index.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read {index}: {err}") from err
+    if key is not None:
+        signature = ckpt_dir / SIGNATURE
+        if not signature.is_file():
+            raise CheckpointError(f"{ckpt_dir} is not signed (no {SIGNATURE}) and a checkpoint key is configured; "
+                                  f"if you trust it, sign it with policylab.common.checkpoint.sign_checkpoint")
+        if not hmac.compare_digest(signature.read_text().strip(), _signature(key, manifest)):
+            raise CheckpointError(f"{signature} does not match {CHECKSUMS} under the configured key: the folder "
+                                  f"was changed by someone without the key, or signed with another key")
+    return _parse_sums(index, manifest)
+
+
+def verify_file(path: str | Path) -> Path:
+    """Check `path` against the sha256 in its directory's checksums.json (whose signature is checked
+    when a checkpoint key is configured); raise CheckpointError naming it.
+
+    Checkpoints written before checksums existed have no checksums.json: without a key they load
+    with one warning; with a key they are refused.
     """
     path = Path(path)
-    index = path.parent / CHECKSUMS
     if not path.is_file():
         raise CheckpointError(f"{path.parent} has no {path.name}")
-    if not index.is_file():
-        if path.parent not in _warned_unverified:
-            _warned_unverified.add(path.parent)
-            warnings.warn(f"{path.parent} has no {CHECKSUMS} (written by an older policylab?): its files are "
-                          f"loaded without verification", stacklevel=3)
+    sums = _read_sums(path.parent)
+    if sums is None:
         return path
-    try:
-        sums = json.loads(index.read_text())
-    except (ValueError, OSError) as err:
-        raise CheckpointError(f"cannot read {index}: {err}") from err
     if path.name not in sums:
-        raise CheckpointError(f"{path} is not listed in {index}; it was not written with this checkpoint")
+        raise CheckpointError(f"{path} is not listed in {path.parent / CHECKSUMS}; it was not written with this "
+                              f"checkpoint")
     if _sha256(path) != sums[path.name]:
-        raise CheckpointError(f"{path} is corrupt: its sha256 does not match {index} (the file was modified or "
-                              f"damaged after it was written)")
+        raise CheckpointError(f"{path} is corrupt: its sha256 does not match {path.parent / CHECKSUMS} (the file "
+                              f"was modified or damaged after it was written)")
     return path
 
 
@@ -286,7 +379,13 @@ def load_config(ckpt_dir: str | Path) -> DictConfig:
     ckpt_dir = find_checkpoint_dir(ckpt_dir)
     if not (ckpt_dir / CONFIG).is_file():
         raise CheckpointError(f"{ckpt_dir} is not a policylab checkpoint: no {CONFIG}")
-    return OmegaConf.load(verify_file(ckpt_dir / CONFIG))
+    path = verify_file(ckpt_dir / CONFIG)
+    cfg = load_bounded_yaml(path)  # a config from elsewhere: bounded size, aliases, lists
+    try:
+        check_resolution_cost(OmegaConf.to_container(cfg, resolve=False))
+    except ConfigLimitError as err:
+        raise ConfigLimitError(f"{path}: {err}") from None
+    return cfg
 
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> None:
