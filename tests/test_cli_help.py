@@ -2,6 +2,7 @@
 which the modules of every extra are unimportable (`sys.modules[name] = None`, what Python does
 for a module that is not there), exits 0 and prints its usage."""
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -46,8 +47,15 @@ def test_the_shim_makes_an_extra_unimportable():
     assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
 
 
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess]:
+    """Every command's --help, run as many at a time as there are cores (each is mostly imports)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(SCRIPTS + MODULES, pool.map(help_without_extras, SCRIPTS + MODULES)))
+
+
 @pytest.mark.parametrize("target", SCRIPTS + MODULES)
-def test_help_works_with_only_the_core(target):
-    result = help_without_extras(target)
+def test_help_works_with_only_the_core(target, helps):
+    result = helps[target]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "usage" in result.stdout.lower() or "key" in result.stdout.lower(), result.stdout[:500]
