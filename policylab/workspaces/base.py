@@ -36,6 +36,7 @@ from torch import nn
 from policylab.common import checkpoint as ckpt
 from policylab.common.locking import RunDirLock
 from policylab.common.logging import RunLogger
+from policylab.common.resume import commit_hydra_record, explain_config_mismatch
 
 
 def seed_everything(seed: int) -> None:
@@ -257,7 +258,10 @@ class BaseWorkspace:
 
     def make_logger(self) -> RunLogger:
         """`logs.jsonl` + wandb on rank 0. A resumed run appends, after dropping the lines logged
-        past its checkpoint (it logs those steps again)."""
+        past its checkpoint (it logs those steps again). Called once the start is accepted (the run
+        directory held, the checkpoint loaded): Hydra's record of this start becomes `.hydra/` here."""
+        if self.dist.is_main:
+            commit_hydra_record(self.output_dir)
         log_cfg = {k: v for k, v in OmegaConf.to_container(self.c["logging"]).items() if k != "log_every"}
         return RunLogger(self.output_dir, resume=self.resumed_from_step is not None, enabled=self.dist.is_main,
                          resume_from_step=self.resumed_from_step,
@@ -278,15 +282,16 @@ class BaseWorkspace:
     def load_checkpoint(self, path: Path, load_rng: bool = True) -> dict:
         """Weights, optimizers, counters and (with `load_rng`) RNG states from `path`; returns the
         training state for what a subclass restores itself."""
-        state = ckpt.load_training_state(path)
-        modules = self.checkpoint_modules()
-        ckpt.load_weights(modules.pop("policy"), Path(path) / ckpt.MODEL)
-        modules.pop("ema_policy", None)  # restored from the training state by its owner (EMAModel)
-        if modules:
-            ckpt.load_modules(path, modules)
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        self.load_state_dict(state)
+        with explain_config_mismatch(path, self.cfg):  # a config that differs: its diff, not size mismatches
+            state = ckpt.load_training_state(path)
+            modules = self.checkpoint_modules()
+            ckpt.load_weights(modules.pop("policy"), Path(path) / ckpt.MODEL)
+            modules.pop("ema_policy", None)  # restored from the training state by its owner (EMAModel)
+            if modules:
+                ckpt.load_modules(path, modules)
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+            self.load_state_dict(state)
         self.resumed_from_step = self.global_step
         if load_rng:
             # Exact under DDP when resumed with the same number of ranks; otherwise every rank takes rank 0's.
