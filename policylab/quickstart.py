@@ -46,10 +46,24 @@ def torch_env(threads: int) -> dict:
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
-def free_cores() -> int:
-    """Cores not busy right now (cores minus the 1-minute load average), at least 1."""
+def free_cores(sample_s: float = 1.0) -> int:
+    """Cores idle right now, at least 1: measured from /proc/stat over `sample_s` seconds (the
+    1-minute load average would still count `make`'s pip install), else from the load average."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+    try:
+        before = _cpu_ticks()
+        time.sleep(sample_s)
+        after = _cpu_ticks()
+        idle = cores * (after[0] - before[0]) / max(after[1] - before[1], 1)
+    except OSError:
+        idle = cores - os.getloadavg()[0]
+    return max(1, min(cores, round(idle)))
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs since boot, from /proc/stat's first line."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
 
 
 def make_demos(n: int, store: Path, workers: int) -> None:

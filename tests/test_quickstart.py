@@ -39,3 +39,12 @@ def test_demos_written_by_two_processes_are_merged_into_one_store(tmp_path):
     mtime = (store / "meta").stat().st_mtime_ns
     quickstart.make_demos(3, store, workers=2)
     assert (store / "meta").stat().st_mtime_ns == mtime
+
+
+def test_free_cores_is_between_one_and_the_cores_of_the_process():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= quickstart.free_cores(sample_s=0.1) <= cores
+    idle, total = quickstart._cpu_ticks()
+    assert 0 <= idle <= total
