@@ -5,6 +5,7 @@ names the keys that differ and leaves the run's `.hydra/` and logs byte for byte
 import pytest
 from omegaconf import OmegaConf
 
+from policylab.cli import resume_argv
 from policylab.common import resume
 from policylab.common.checkpoint import load_training_state
 from policylab.common.logging import read_logs
@@ -107,3 +108,15 @@ def test_resume_of_a_folder_that_is_not_a_run_names_it(tmp_path):
     result = run_train(["--resume", str(tmp_path)])
     assert result.returncode != 0 and f"--resume {tmp_path}: no .hydra/overrides.yaml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_resume_argv_forms(tmp_path):
+    """`--resume <dir>`, `--resume=<dir>` and `training.resume=<dir>` all resume by folder; the
+    values true/false/auto keep their meaning; argv without a folder passes through unchanged."""
+    for argv in (["--resume", str(tmp_path)], [f"--resume={tmp_path}"], [f"training.resume={tmp_path}"]):
+        with pytest.raises(resume.ResumeRefused, match=f"--resume {tmp_path}: no .hydra/overrides.yaml"):
+            resume_argv([*argv, "training.num_epochs=5"])
+    for value in ("true", "false", "auto", "True"):
+        assert resume_argv(["debug=tiny", f"training.resume={value}"]) == ["debug=tiny", f"training.resume={value}"]
+    with pytest.raises(resume.ResumeRefused, match="needs a run directory"):
+        resume_argv(["--resume"])
