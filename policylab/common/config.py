@@ -115,7 +115,7 @@ class _RootNames:
         self.root, self.cache = root, cache
 
     def __contains__(self, name: str) -> bool:  # `in` on a DictConfig would resolve the value, uncached
-        return name in self.cache or name in self.root.keys()  # noqa: SIM118
+        return name in self.cache or name in getattr(self.root, "keys", tuple)()
 
     def __getitem__(self, name: str):
         if name not in self.cache:
