@@ -10,15 +10,19 @@ Two PushT-like datasets built in code (200 episodes of ~150 steps, T=16, To=2):
     own DataLoader or worker processes call; B Python calls a step)
 (b) vectorized: `make_dataloader`, one `__getitems__` gather per key a step
 All on one core in the main process (num_workers=0), the same shuffled order of windows. Also: peak memory of copying the image
-store from disk into memory, as a ratio of the raw array bytes (target <= 1.1x).
+store from disk into memory, as a ratio of the raw array bytes (target <= 1.1x), and what the stores'
+checksums cost: they are verified once, when a store is loaded into memory (`copy_from_path`), so
+the batches above pay nothing; the load time and its verification share are printed.
 
-    python bench/data_loading.py [--episodes 200] [--seconds 4] [--rounds 2] [--out bench/results/data_loading.json]
+    python bench/data_loading.py [--episodes 200] [--seconds 4] [--rounds 2] [--datasets lowdim,image]
+                                 [--out bench/results/data_loading.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import tracemalloc
@@ -115,21 +119,50 @@ def copy_memory_ratio(path: Path) -> dict:
     return {"raw_mb": raw / 2**20, "peak_mb": peak / 2**20, "ratio": peak / raw}
 
 
+def cpu_flags() -> str:
+    """The SIMD / matrix flags of this CPU that bear on speed (avx2, avx512*, amx*), as lscpu names them."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return "unknown"
+    return " ".join(sorted({f for f in flags if f == "avx2" or f.startswith(("avx512", "amx"))}))
+
+
+def checksum_cost(path: Path) -> dict:
+    """Load time of the store into memory (`copy_from_path`, checksums verified) and the part of it
+    that is the verification (CRC-32C of every decoded byte of every episode)."""
+    t0 = time.perf_counter()
+    rb = ReplayBuffer.copy_from_path(path)
+    load_s = time.perf_counter() - t0
+    disk = ReplayBuffer.create_from_path(path)
+    data = {key: rb[key] for key in disk.checksum_status()["checked"]}
+    t0 = time.perf_counter()
+    disk.verify_rows(data)
+    verify_s = time.perf_counter() - t0
+    mb = sum(v.nbytes for v in data.values()) / 2**20
+    return {"load_s": load_s, "verify_s": verify_s, "verified_mb": mb, "verify_share_of_load": verify_s / load_s,
+            "crc32c_gb_s": mb / 1024 / verify_s}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--datasets", default="lowdim,image", help="comma-separated subset of lowdim,image")
     parser.add_argument("--out", default="bench/results/data_loading.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, meta, batch_size in (("lowdim", LOWDIM_META, 256), ("image", IMAGE_META, 64)):
+            if name not in args.datasets.split(","):
+                continue
             path = Path(tmp) / f"{name}.zarr"
             t0 = time.perf_counter()
             build_store(path, args.episodes, with_images=name == "image")
             build_s = time.perf_counter() - t0
+            checksums = checksum_cost(path)
             ds = SequenceDataset(meta, horizon=16, n_obs_steps=2, n_action_steps=8, zarr_path=path)
             loaders = {"dp": DataLoader(DPStyleDataset(ds, image=name == "image"), batch_size=batch_size,
                                         shuffle=True, num_workers=0),
@@ -146,22 +179,30 @@ def main():
                              **{f"{v}_samples_s": best[v] for v in loaders}, **{f"{v}_peak_mb": peak[v] for v in loaders},
                              "per_item_vs_dp": best["per_item"] / best["dp"],
                              "vectorized_vs_dp": best["vectorized"] / best["dp"],
-                             "speedup": best["vectorized"] / best["per_item"]}
+                             "speedup": best["vectorized"] / best["per_item"], "checksums": checksums}
             rows.append((name, batch_size, best["dp"], best["per_item"], best["vectorized"],
                          best["per_item"] / best["dp"], best["vectorized"] / best["dp"]))
             if name == "image":
                 results["image_copy_to_memory"] = copy_memory_ratio(path)
+    results["machine"] = {"cpu_flags": cpu_flags(), "cores": os.cpu_count(), "episodes": args.episodes,
+                          "seconds": args.seconds, "rounds": args.rounds}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    copy = results["image_copy_to_memory"]
-    print(f"\nimage store -> memory: raw {copy['raw_mb']:.0f} MB, peak {copy['peak_mb']:.0f} MB, "
-          f"ratio {copy['ratio']:.3f} (target <= 1.1)")
+    copy = results.get("image_copy_to_memory")
+    if copy:
+        print(f"\nimage store -> memory: raw {copy['raw_mb']:.0f} MB, peak {copy['peak_mb']:.0f} MB, "
+              f"ratio {copy['ratio']:.3f} (target <= 1.1)")
+    for name in (n for n in ("lowdim", "image") if n in results):
+        c = results[name]["checksums"]
+        print(f"{name} store -> memory: {c['load_s']:.2f} s, of which checksum verification {c['verify_s']:.2f} s "
+              f"({c['verified_mb']:.1f} MB at {c['crc32c_gb_s']:.2f} GB/s, {100 * c['verify_share_of_load']:.0f}%)")
     print(f"\n{'dataset':8} {'batch':>5} {'DP per-item/s':>14} {'per-item/s':>11} {'vectorized/s':>13} "
           f"{'per-item x DP':>14} {'vectorized x DP':>16}")
     for name, bs, dp, a, b, a_ratio, b_ratio in rows:
         print(f"{name:8} {bs:5d} {dp:14.0f} {a:11.0f} {b:13.0f} {a_ratio:13.2f}x {b_ratio:15.1f}x")
-    print(f"(targets: per-item >= 1x DP; vectorized >= 5x lowdim, >= 2x image; one core; best of "
+    print(f"CPU flags: {results['machine']['cpu_flags']}")
+    print(f"(targets: per-item >= 1x DP; vectorized >= 10x DP; one core; best of "
           f"{args.rounds} alternating rounds; JSON in {out})")
 
 

@@ -143,8 +143,10 @@ class NumpyBackend:
 
     def set_episode_meta(self, key: str, index: int, value: np.ndarray, attrs=None) -> None:
         """meta/<key>[index] = value, the array cut or grown to index + 1 rows."""
-        old = self.meta.get(key, np.zeros((0, *value.shape), value.dtype))
-        self.meta[key] = np.concatenate([np.asarray(old[:index]), value[None].astype(old.dtype)])
+        if index == 0 or key not in self.meta:  # the first episode defines the row's shape and dtype
+            self.meta[key] = value[None].copy()
+        else:
+            self.meta[key] = np.concatenate([np.asarray(self.meta[key][:index]), value[None]])
 
     def trim_meta(self, key: str, n: int) -> None:
         self.meta[key] = self.meta[key][:n]
@@ -229,7 +231,7 @@ class ZarrBackend:
     def set_episode_meta(self, key: str, index: int, value: np.ndarray, attrs=None) -> None:
         """meta/<key>[index] = value, the array cut or grown to index + 1 rows (created with `attrs`
         if missing). Rows past `index` are uncommitted leftovers of an interrupted append."""
-        if key not in self.meta.array_keys():
+        if key not in self.meta.array_keys() or index == 0:  # the first episode defines the row's shape and dtype
             write_array(self.meta, key, np.zeros((0, *value.shape), value.dtype), (1024, *value.shape), "default")
             self.meta[key].attrs.update(attrs or {})
         arr = self.meta[key]

@@ -12,7 +12,16 @@ by default, so files also go back to Diffusion Policy's code (zarr 2); pass `zar
 `add_episode` is crash-safe: data arrays are grown and written first, `meta/episode_ends` last, and
 zarr 3 writes every chunk file atomically. A process killed mid-episode therefore leaves either
 no trace in `episode_ends` or a torn last entry that still holds the fill value 0; both are
-detected on open, and the partial episode is discarded with a warning.
+detected on open, and the partial episode is discarded with a warning. Per-episode meta rows
+(`add_episode(episode_meta={"episode_seeds": seed})`) and the episode's checksums are written
+before `episode_ends` too: an episode, its seed and its checksums commit together.
+
+Checksums (`checksums.py`): a store this code creates keeps a CRC-32C per episode and key of the
+decoded bytes in `meta/episode_checksums`; they are verified whenever whole episodes are decoded
+(`copy_from_path`, which the datasets use, `get_episode`, `save_to_path`, repair and inspect), so
+bytes that changed on disk and still decode are an error naming the key and episode. Windows read
+straight from a store on disk (`create_from_path` + a sampler) are not verified. Stores without
+checksums (Diffusion Policy's, older policylab's) open unchecked; `checksum_status()` says so.
 
 Corruption is loud: zarr reads a missing chunk file as the fill value (zeros), so stores made by
 policylab write every chunk (even all-zero ones) and say so in a root attribute
@@ -196,7 +205,7 @@ class ReplayBuffer:
         n_steps = src_buffer.n_steps
         if store is None:
             data = {key: cls._read_prefix(src_root["data"][key], n_steps) for key in keys}
-            src_buffer._verify_loaded(data)
+            src_buffer.verify_rows(data)
             # verified: memory needs no checksums (and appends to it would not keep them)
             meta = {key: np.asarray(arr[:]) for key, arr in src_root["meta"].arrays() if key != CHECKSUMS_KEY}
             meta[EPISODE_ENDS] = src_buffer.episode_ends
@@ -246,7 +255,7 @@ class ReplayBuffer:
         for key, value in self.items():
             default_chunks, default_codec = self._backend.save_defaults(value)
             rows = np.asarray(value[: self.n_steps])
-            self._verify_loaded({key: rows})  # never re-derive checksums from damaged rows
+            self.verify_rows({key: rows})  # never re-derive checksums from damaged rows
             write_array(root["data"], key, rows, chunks.get(key, default_chunks), compressors.get(key, default_codec))
             if is_lossless(root["data"][key]):
                 sums[key] = [digest(rows[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
@@ -351,7 +360,7 @@ class ReplayBuffer:
                 self.data[key][start:stop] = value
         attrs = {}
         if self.backend == "zarr" and (self._n_episodes == 0 or CHECKSUMS_KEY in self.meta):
-            keys = stored_keys(self.meta) or sorted(k for k in episode if is_lossless(self.data[k]))
+            keys = stored_keys(self.meta) if self._n_episodes else sorted(k for k in episode if is_lossless(self.data[k]))
             rows[CHECKSUMS_KEY] = episode_row(episode, keys, {k: self.data[k].dtype for k in keys})
             attrs = {"keys": keys, "algorithm": ALGORITHM}
         for key, value in rows.items():
@@ -407,7 +416,7 @@ class ReplayBuffer:
         sl = self.get_episode_slice(idx)
         episode = self.get_steps_slice(sl.start, sl.stop, copy=copy)
         if self.backend == "zarr":
-            self._verify_loaded(episode, first_episode=idx, n=1)
+            self.verify_rows(episode, first_episode=idx, n=1)
         return episode
 
     def checksum_status(self) -> dict:
@@ -424,8 +433,9 @@ class ReplayBuffer:
             return []
         return find_damaged(store_name(self.root.store), self.data, self.meta, self.episode_ends)
 
-    def _verify_loaded(self, data: Mapping[str, np.ndarray], first_episode: int = 0, n: int | None = None) -> None:
-        """Check decoded rows {key: rows of episodes first_episode..} against the stored checksums."""
+    def verify_rows(self, data: Mapping[str, np.ndarray], first_episode: int = 0, n: int | None = None) -> None:
+        """Check decoded rows `{key: (rows of episodes first_episode.., ...)}` (all of them, or `n`
+        episodes) against the stored checksums; ChecksumError naming store, key and episode."""
         if self.backend != "zarr" or CHECKSUMS_KEY not in self.meta:
             return
         info = self.checksum_status()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from policylab.data.checksums import CHECKSUMS_KEY, ChecksumError
+from policylab.data.inspect import main as inspect_main
 from policylab.data.replay_buffer import ReplayBuffer, ReplayBufferError
 from tests.data.test_replay_buffer_meta import Killed, _kill_after
 from tests.data.zarr_v2_fixtures import (
@@ -74,9 +75,11 @@ def test_zarr_v3_store_is_checked_too(tmp_path):
         ReplayBuffer.copy_from_path(path)
 
 
-def test_store_without_checksums_opens_unchecked_and_says_so(tmp_path):
+def test_store_without_checksums_opens_unchecked_and_says_so(tmp_path, capsys):
     lengths = [20, 25]
     path = write_v2_store(tmp_path / "dp.zarr", pusht_like_arrays(lengths, image_size=8), np.cumsum(lengths))
+    assert inspect_main([str(path)]) == 0
+    assert "checksums: none (a store from Diffusion Policy or an older policylab)" in capsys.readouterr().out
     rb = ReplayBuffer.create_from_path(path, mode="a")
     status = rb.checksum_status()
     assert status["algorithm"] is None and status["checked"] == []
@@ -88,7 +91,7 @@ def test_store_without_checksums_opens_unchecked_and_says_so(tmp_path):
     assert rb.find_damaged_episodes() == []
 
 
-def test_lossy_keys_are_unchecked_with_the_reason(tmp_path):
+def test_lossy_keys_are_unchecked_with_the_reason(tmp_path, capsys):
     path = tmp_path / "img.zarr"
     with ReplayBuffer.create_from_path(path, mode="w") as rb:
         for _ in range(2):
@@ -97,6 +100,9 @@ def test_lossy_keys_are_unchecked_with_the_reason(tmp_path):
     status = ReplayBuffer.create_from_path(path).checksum_status()
     assert status["checked"] == ["action"]
     assert "lossy codec" in status["unchecked"]["img"]
+    assert inspect_main([str(path)]) == 0
+    assert "checksums: crc32c of 2 episodes x action, verified on load; unchecked img: lossy codec" in (
+        capsys.readouterr().out)
     assert ReplayBuffer.copy_from_path(path).n_episodes == 2
 
 
@@ -148,3 +154,17 @@ def test_episode_meta_must_cover_every_episode(tmp_path):
     with pytest.raises(ReplayBufferError, match="named episode_<name>"):
         rb.add_episode({"action": np.ones((3, 2), np.float32)}, episode_meta={"seed": 1})
     assert rb.n_episodes == 1
+
+
+@pytest.mark.parametrize("backend", ["numpy", "zarr"])
+def test_an_emptied_store_takes_episodes_with_other_keys(tmp_path, backend):
+    rb = ReplayBuffer.create_empty_numpy() if backend == "numpy" else ReplayBuffer.create_from_path(
+        tmp_path / "s.zarr", mode="w")
+    rb.add_episode({"a": np.ones((3, 2), np.float32)}, episode_meta={"episode_seeds": 1})
+    rb.drop_episode()
+    rb.add_episode({"a": np.ones((4, 2), np.float32), "b": np.zeros(4, np.uint8)},
+                   episode_meta={"episode_seeds": np.array([5, 6])})
+    assert rb.episode_meta("episode_seeds").tolist() == [[5, 6]]
+    if backend == "zarr":
+        assert rb.checksum_status()["checked"] == ["a", "b"]
+        assert rb.find_damaged_episodes() == []
