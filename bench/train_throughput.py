@@ -155,7 +155,7 @@ def run_case(name: str, store: str, workdir: str, threads: int | None, variant: 
     cuda = ws.device.type == "cuda"
     with torch.no_grad():  # the loss of one batch under fixed noise: every variant must match eager's
         torch.manual_seed(0)
-        with ws._autocast():
+        with ws.precision.autocast():
             first_loss = ws.policy.compute_loss(_to(fixed, ws.device))[0].float().item()
 
     cpu = {"excl": [], "incl": []}

@@ -27,6 +27,17 @@ def compose_config(overrides: list[str]):
     return compose(overrides, config_dir=CONFIG_DIR)
 
 
+def conrft_config(stage: str = "offline", **overrides):
+    """A ConRFT stage's `ConRFTConfig` as `conrft=paper` sets it (config/conrft/paper.yaml), with `overrides`."""
+    from omegaconf import OmegaConf
+
+    from policylab.rl.conrft import ConRFTConfig
+
+    cfg = compose_config(["workspace=rl_offline", "task=pick_cube_lowdim", "conrft=paper"]).conrft
+    values = {**OmegaConf.to_container(cfg.common, resolve=True), **OmegaConf.to_container(cfg[stage])}
+    return ConRFTConfig(**{**values, **overrides})
+
+
 def run_train(overrides: list[str], timeout: float = 300, env_extra: dict | None = None,
               **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **(env_extra or {})}

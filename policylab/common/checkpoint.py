@@ -519,7 +519,7 @@ class TopKCheckpointManager:
         value = float(metrics[self.monitor_key])
         if math.isnan(value):
             return None
-        name = self.format_str.format(epoch=int(metrics.get("epoch", 0)), monitor_key=self.monitor_key.replace("/", "_"),
+        name = self.format_str.format(epoch=int(metrics.get("epoch", 0)), step=int(metrics.get("step", 0)), monitor_key=self.monitor_key.replace("/", "_"),
                                       value=value)
         if not is_plain_name(name) or name in ("latest", TOPK_INDEX):
             raise ValueError(f"checkpoint.topk.format_str {self.format_str!r} gives {name!r}, not a plain folder name")

@@ -33,22 +33,24 @@ from policylab.models.ema import polyak_update
 from policylab.policies.consistency import ConsistencyBCPolicy
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class ConRFTConfig:
-    """One stage's hyper-parameters (presets: config/conrft/{paper,code}.yaml)."""
+    """One stage's hyper-parameters: names and types only. Their values, and what each means, are
+    the presets' (config/conrft/paper.yaml: `common` + the stage's section; code.yaml and
+    anchored.yaml override it)."""
 
-    bc_weight: float = 1.0
-    q_weight: float = 0.1
-    calql: bool = True                 # Stage I: Cal-QL's conservative term; Stage II: plain TD
-    cql_alpha: float = 0.01
-    cql_n_actions: int = 10            # per kind: uniform, pi(s), pi(s')
-    cql_temp: float = 1.0
-    discount: float = 0.98
-    tau: float = 0.005                 # Polyak rate of the target critic
-    critic_actor_ratio: int = 2
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    image_shift_pad: int = 4           # random-shift augmentation of the critic's images (0: off)
+    bc_weight: float
+    q_weight: float
+    calql: bool
+    cql_alpha: float
+    cql_n_actions: int
+    cql_temp: float
+    discount: float
+    tau: float
+    critic_actor_ratio: int
+    actor_lr: float
+    critic_lr: float
+    image_shift_pad: int
 
 
 class ConRFT(nn.Module):

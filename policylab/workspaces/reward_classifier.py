@@ -14,54 +14,38 @@ recall and F1 at `data.threshold`; checkpoints keep the best by `checkpoint.moni
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from policylab.common import checkpoint as ckpt
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.rl.reward_classifier import binary_metrics, build_reward_classifier
 from policylab.rl.success_frames import SUCCESS
-from policylab.workspaces.base import BaseWorkspace, LoggingConfig, due
+from policylab.workspaces.base import (
+    BaseWorkspace,
+    CheckpointConfig,
+    LoggingConfig,
+    StepTrainingConfig,
+)
 
 
 @dataclasses.dataclass
-class ClassifierTrainingConfig:
-    seed: int = 42
-    device: str = "cpu"
-    resume: Any = False
-    num_steps: int = 400
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    max_train_minutes: float | None = None
-    log_every: int = 50
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    torch_threads: int | None = None
-    dist_timeout_minutes: float = 60.0
+class ClassifierTrainingConfig(StepTrainingConfig):
+    lr: float
+    weight_decay: float
 
 
 @dataclasses.dataclass
 class ClassifierDataConfig:
-    zarr_path: str = "data/success_frames.zarr"
-    val_ratio: float = 0.2
-    seed: int = 42
-    threshold: float = 0.5
-    eval_batch_size: int = 128
-
-
-@dataclasses.dataclass
-class ClassifierCheckpointConfig:
-    save_latest: bool = True
-    monitor_key: str = "val/accuracy"
-    mode: str = "max"
-    topk: int = 1
+    zarr_path: str
+    val_ratio: float
+    seed: int
+    threshold: float
+    eval_batch_size: int
 
 
 class Frames:
@@ -113,13 +97,11 @@ def split_episodes(n_episodes: int, val_ratio: float, seed: int) -> tuple[np.nda
 
 class RewardClassifierWorkspace(BaseWorkspace):
     schemas: ClassVar[dict[str, type]] = {"training": ClassifierTrainingConfig, "data": ClassifierDataConfig,
-                                          "logging": LoggingConfig, "checkpoint": ClassifierCheckpointConfig}
+                                          "logging": LoggingConfig, "checkpoint": CheckpointConfig}
 
     def __init__(self, cfg, output_dir):
         super().__init__(cfg, output_dir)
         train = self.c["training"]
-        if train.torch_threads:
-            torch.set_num_threads(train.torch_threads)
         shape_meta = OmegaConf.to_container(cfg.task.shape_meta, resolve=True)
         self.model = build_reward_classifier(OmegaConf.to_container(cfg.classifier, resolve=True),
                                              shape_meta).to(self.device)
@@ -163,47 +145,33 @@ class RewardClassifierWorkspace(BaseWorkspace):
         metrics = binary_metrics(prob, frames.labels.numpy(), d.threshold)
         return {f"val/{k}": v for k, v in metrics.items()} | {"val/loss": sum(losses) / max(len(frames), 1)}
 
-    def run(self) -> dict[str, Any]:
-        train = self.c["training"]
-        resume_from = self.start_run()
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
-        train_frames, val_frames = self.load_frames()
-        print(f"reward classifier: {len(train_frames)} training frames ({len(train_frames.positive)} success), "
-              f"{len(val_frames)} held out ({len(val_frames.positive)} success)")
-        topk = ckpt.TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,
-                                          self.c["checkpoint"].mode, self.c["checkpoint"].topk,
-                                          format_str="step={epoch:07d}-{monitor_key}={value:.4f}")
-        logger = self.make_logger()
-        optimizer, t_start = self.optimizers["model"], time.monotonic()
-        metrics: dict[str, Any] = {}
-        self.model.train()
-        while self.global_step < train.num_steps:
-            if train.max_train_minutes is not None and time.monotonic() - t_start > 60 * train.max_train_minutes:
-                break
-            obs, label = train_frames.batch(train_frames.balanced(train.batch_size, self.generator), self.device)
-            loss = F.binary_cross_entropy_with_logits(self.model(obs), label)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            self.global_step += 1
-            if due(self.global_step, train.log_every):
-                logger.log({"train/loss": loss.item()}, step=self.global_step)
-            if due(self.global_step, train.eval_every) or self.global_step == train.num_steps:
-                metrics = self.evaluate(val_frames)
-                logger.log(metrics, step=self.global_step)
-                print(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if due(self.global_step, train.checkpoint_every) and metrics:
-                self._checkpoint(topk, metrics)
-        metrics = self.evaluate(val_frames)
-        self._checkpoint(topk, metrics)
-        logger.log(metrics, step=self.global_step)
-        logger.close()
-        return metrics
+    def build(self) -> None:
+        self.train_frames, self.val_frames = self.load_frames()
 
-    def _checkpoint(self, topk: ckpt.TopKCheckpointManager, metrics: dict) -> None:
-        if self.c["checkpoint"].save_latest:
-            self.save_checkpoint(self.checkpoint_dir / "latest")
-        path = topk.get_ckpt_path({**metrics, "epoch": self.global_step})
-        if path is not None:
-            self.save_checkpoint(path)
+    def describe(self) -> str:
+        t, v = self.train_frames, self.val_frames
+        return (f"reward classifier on {self.device}: {len(t)} training frames ({len(t.positive)} success), "
+                f"{len(v)} held out ({len(v.positive)} success)")
+
+    def eval_parts(self) -> dict:
+        return {"eval": (self.c["training"].eval_every, True, lambda: self.evaluate(self.val_frames))}
+
+    @property
+    def topk_name(self) -> str:
+        return "step={step:07d}-{monitor_key}={value:.4f}"
+
+    def train_step(self) -> dict:
+        """One AdamW step on a balanced batch: {"train/loss"}."""
+        train, optimizer = self.c["training"], self.optimizers["model"]
+        self.model.train()
+        obs, label = self.train_frames.batch(self.train_frames.balanced(train.batch_size, self.generator), self.device)
+        loss = F.binary_cross_entropy_with_logits(self.model(obs), label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.global_step += 1
+        return {"train/loss": loss.item()}
+
+    def line_items(self, metrics: dict) -> list[str]:
+        keys = ("train/loss", "val/loss", "val/accuracy", "val/f1")
+        return [f"{key} {metrics[key]:.4f}" for key in keys if key in metrics]

@@ -22,62 +22,136 @@ import collections
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from policylab.common import checkpoint as ckpt
 from policylab.common.shape_meta import ShapeMeta
 from policylab.rl.actor import policy_weights
 from policylab.rl.buffers import MixedSampler, OnlineReplayStore
 from policylab.rl.episodes import route_episode
-from policylab.workspaces.base import LoggingConfig, due, to_device
-from policylab.workspaces.rl_offline import (
-    CheckpointConfig,
-    OfflineRLWorkspace,
+from policylab.workspaces.base import CheckpointConfig, LoggingConfig, to_device
+from policylab.workspaces.rl import (
     RewardConfig,
     RLTrainingConfig,
+    RLWorkspace,
     policy_build_config,
 )
 
 
 @dataclasses.dataclass
 class OnlineTrainingConfig(RLTrainingConfig):
-    num_steps: int = 1_000_000            # learner iterations (an upper bound; env steps or time end a run)
-    max_env_steps: int | None = 20_000
-    training_starts: int = 100            # online transitions before the first update (ConRFT: 100)
-    publish_every: int = 50               # learner iterations between weight publications (ConRFT: 50)
-    # Learner iterations allowed per online env step (None: as many as the learner manages, as
-    # ConRFT). A cap makes a run's update-to-data ratio independent of how fast the machine is.
-    max_updates_per_env_step: float | None = None
-    eval_every: int = 1_000
+    max_env_steps: int | None
+    training_starts: int
+    publish_every: int
+    max_updates_per_env_step: float | None
 
 
 @dataclasses.dataclass
 class OnlineConfig:
-    n_actors: int = 1
-    ray_address: str | None = None       # None: start ray on this machine
-    num_cpus_per_actor: float = 1.0
-    actor_resources: dict | None = None  # ray custom resources an actor needs, e.g. {robot: 1}
-    online_fraction: float = 0.5          # RLPD: half of every batch from the online store
-    max_episode_steps: int = 100
-    train_start_seed: int = 0             # episode i of the run resets with seed train_start_seed + i
-    intervention: dict | None = None      # InterventionWrapper kwargs; None: no simulated human
-    reward_classifier: dict | None = None  # ClassifierReward kwargs + checkpoint; None: the env's reward
-    actor_torch_threads: int = 1
+    n_actors: int
+    ray_address: str | None
+    num_cpus_per_actor: float
+    actor_resources: dict | None
+    online_fraction: float
+    max_episode_steps: int
+    train_start_seed: int
+    intervention: dict | None
+    reward_classifier: dict | None
+    actor_torch_threads: int
 
 
-class OnlineRLWorkspace(OfflineRLWorkspace):
-    schemas: ClassVar[dict[str, type]] = {"training": OnlineTrainingConfig, "online": OnlineConfig, "reward": RewardConfig,
-               "logging": LoggingConfig, "checkpoint": CheckpointConfig}
+class ActorPool:
+    """The ray actors that run episodes for the learner: start, submit, collect, restart, publish.
+
+    Each actor always has one episode running. `collect` returns the finished ones; an actor that
+    died is restarted by ray and its episode (same seed) submitted again; `publish` puts new
+    weights in ray's object store for every later episode. Episode i resets with seed
+    `train_start_seed + i`; `next_episode` is saved with the learner's state.
+    """
+
+    def __init__(self, o: OnlineConfig, actor_args: tuple, next_episode: int, say):
+        import ray
+
+        if not ray.is_initialized():
+            if o.ray_address:
+                ray.init(address=o.ray_address)
+            else:
+                ray.init(num_cpus=max(2, int(o.n_actors * o.num_cpus_per_actor) + 1), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+        from policylab.rl.actor import remote_env_actor
+
+        resources = None if o.actor_resources is None else OmegaConf.to_container(o.actor_resources)
+        actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor, **({"resources": resources} if resources else {}))
+        self.actors = [actor_cls.remote(*actor_args) for _ in range(o.n_actors)]
+        self.first_seed, self.next_episode, self.say = o.train_start_seed, next_episode, say
+        self.pending: dict = {}
+        self.weights, self.weights_version, self.restarts, self.publish_seconds = None, 0, 0, 0.0
+
+    def publish(self, policy, version: int) -> None:
+        """Put the policy's weights (plain CPU tensors) in ray's object store as `version`."""
+        import ray
+
+        t = time.perf_counter()
+        self.weights, self.weights_version = ray.put(policy_weights(policy)), version
+        self.publish_seconds = time.perf_counter() - t
+
+    def submit(self, actor, seed: int | None = None) -> None:
+        """Start an episode on `actor`: the next seed, or `seed` again (an episode that died with its actor)."""
+        if seed is None:
+            seed = self.first_seed + self.next_episode
+            self.next_episode += 1
+        self.pending[actor.run_episode.remote(seed, self.weights, self.weights_version)] = (actor, seed)
+
+    def start(self) -> None:
+        for actor in self.actors:
+            self.submit(actor)
+
+    def collect(self, timeout: float) -> list[tuple[dict, dict]]:
+        """The episodes that finish within `timeout` seconds (0: those already done), each actor
+        given its next episode."""
+        import ray
+
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        done = []
+        for ref in ready:
+            actor, seed = self.pending.pop(ref)
+            try:
+                done.append(ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+                self.restarts += 1
+                self.say(f"actor failed ({type(err).__name__}); ray restarts it, episode {seed} resubmitted")
+                self.submit(actor, seed)
+                continue
+            self.submit(actor)
+        return done
+
+    def close(self) -> None:
+        """Stop the actors' envs (a robot's devices stop cleanly; a running episode finishes first), then the actors."""
+        import ray
+
+        try:
+            ray.get([actor.close.remote() for actor in self.actors], timeout=60)
+        except (ray.exceptions.RayError, TimeoutError) as err:
+            self.say(f"closing the actors' envs failed ({type(err).__name__}); killing them")
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+class OnlineRLWorkspace(RLWorkspace):
+    schemas: ClassVar[dict[str, type]] = {"training": OnlineTrainingConfig, "online": OnlineConfig,
+                                          "reward": RewardConfig, "logging": LoggingConfig,
+                                          "checkpoint": CheckpointConfig}
     stage = "online"
 
     def __init__(self, cfg, output_dir):
         super().__init__(cfg, output_dir)
         self.next_episode = 0
         self.weights_version = 0
+        self.pool: ActorPool | None = None
+        self.recent = collections.deque(maxlen=20)  # stats of the last 20 episodes
 
     def init_critic(self) -> None:
         """Critic and target from a Stage I `policy.init`; a supervised init keeps a fresh critic."""
@@ -86,163 +160,88 @@ class OnlineRLWorkspace(OfflineRLWorkspace):
             ckpt.load_modules(init, {"critic": self.agent.critic, "target_critic": self.agent.target_critic})
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "next_episode": self.next_episode, "weights_version": self.weights_version}
+        next_episode = self.pool.next_episode if self.pool is not None else self.next_episode
+        return {**super().state_dict(), "next_episode": next_episode, "weights_version": self.weights_version}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.next_episode = int(state["next_episode"])
         self.weights_version = int(state["weights_version"])
 
-    def stores(self) -> tuple[OnlineReplayStore, OnlineReplayStore]:
+    def build(self) -> None:
+        """The demo-side and online stores (zarr, in the run directory: a resumed run keeps them)."""
         shape_meta, spec = ShapeMeta.parse(self.cfg.task.shape_meta), self.transition_spec()
         buffers = self.output_dir / "buffers"
-        demo = OnlineReplayStore.from_demos(buffers / "demos.zarr", self.demo_replay_buffer(), shape_meta, spec)
-        online = OnlineReplayStore(buffers / "online.zarr", shape_meta, spec)
-        return demo, online
+        self.demo = OnlineReplayStore.from_demos(buffers / "demos.zarr", self.demo_replay_buffer(), shape_meta, spec)
+        self.online = OnlineReplayStore(buffers / "online.zarr", shape_meta, spec)
+        self.mixed = MixedSampler(self.demo.sampler, self.online.sampler, self.c["online"].online_fraction)
 
-    def start_actors(self) -> list:
-        import ray
-
-        from policylab.rl.actor import remote_env_actor
-
+    def start(self) -> None:
         o = self.c["online"]
-        if not ray.is_initialized():
-            if o.ray_address:
-                ray.init(address=o.ray_address)
-            else:
-                ray.init(num_cpus=max(2, int(o.n_actors * o.num_cpus_per_actor) + 1), include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
-        task_cfg = OmegaConf.to_container(self.cfg.task, resolve=True)
-        policy_cfg = policy_build_config(self.cfg.policy)
         intervention = None if o.intervention is None else OmegaConf.to_container(o.intervention)
         classifier = None if o.reward_classifier is None else OmegaConf.to_container(o.reward_classifier)
-        resources = None if o.actor_resources is None else OmegaConf.to_container(o.actor_resources)
-        actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor, **({"resources": resources} if resources else {}))
-        return [actor_cls.remote(task_cfg, policy_cfg, intervention, self.actor.n_obs_steps,
-                                 self.actor.n_action_steps, o.max_episode_steps, "cpu", o.actor_torch_threads,
-                                 self.embed, classifier)
-                for _ in range(o.n_actors)]
+        args = (OmegaConf.to_container(self.cfg.task, resolve=True), policy_build_config(self.cfg.policy),
+                intervention, self.actor.n_obs_steps, self.actor.n_action_steps, o.max_episode_steps, "cpu",
+                o.actor_torch_threads, self.embed, classifier)
+        self.pool = ActorPool(o, args, max(self.next_episode, self.online.n_episodes), self.say)
+        self.publish()
+        self.pool.start()
 
-    def publish(self):
-        """Put the actor's weights (plain CPU tensors) in ray's object store; returns the reference."""
-        import ray
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
 
+    def publish(self) -> None:
         self.weights_version += 1
-        t = time.perf_counter()
-        ref = ray.put(policy_weights(self.actor))
-        self.publish_seconds = time.perf_counter() - t
-        return ref
+        self.pool.publish(self.actor, self.weights_version)
 
-    def run(self) -> dict[str, Any]:
-        import ray
+    def describe(self) -> str:
+        return (f"Stage II (HIL-ConRFT) on {self.device}: {len(self.pool.actors)} actor(s), "
+                f"{len(self.demo.sampler)} demo transitions, {self.online.n_episodes} online episodes so far")
 
-        train, o = self.c["training"], self.c["online"]
-        self.resume_if_asked()  # takes the run directory first: the stores live in it
-        demo, online = self.stores()
-        self.next_episode = max(self.next_episode, online.n_episodes)
-        mixed = MixedSampler(demo.sampler, online.sampler, o.online_fraction)
-        topk = ckpt.TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,
-                                          self.c["checkpoint"].mode, self.c["checkpoint"].topk,
-                                          format_str="step={epoch:07d}-{monitor_key}={value:.3f}")
-        logger = self.make_logger()
-        actors = self.start_actors()
-        weights = self.publish()
-        pending: dict = {}
+    def finished(self) -> bool:
+        max_env_steps = self.c["training"].max_env_steps
+        return super().finished() or (max_env_steps is not None and self.online.n_steps >= max_env_steps)
 
-        def submit(actor, seed: int | None = None) -> None:
-            """Start an episode on `actor`: the next seed, or `seed` again (an episode that died with its actor)."""
-            if seed is None:
-                seed = o.train_start_seed + self.next_episode
-                self.next_episode += 1
-            pending[actor.run_episode.remote(seed, weights, self.weights_version)] = (actor, seed)
-
-        for actor in actors:
-            submit(actor)
-        print(f"Stage II (HIL-ConRFT) in {self.output_dir}: {len(actors)} actor(s), {demo.sampler.__len__()} demo "
-              f"transitions, {online.n_episodes} online episodes so far")
-        recent = collections.deque(maxlen=20)
-        sample = lambda: to_device(mixed.sample(train.batch_size, self.generator), self.device)
-        metrics: dict[str, Any] = {}
-        restarts = 0
-        bar = tqdm(total=train.max_env_steps, initial=online.n_steps, desc="hil-conrft env steps", mininterval=1.0)
-        while not self._finished(online):
-            can_train = online.sampler.__len__() >= train.training_starts and self._within_update_budget(online)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0 if can_train else 0.5)
-            for ref in ready:
-                actor, seed = pending.pop(ref)
-                try:
-                    episode, stats = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-                    restarts += 1
-                    print(f"actor failed ({type(err).__name__}); ray restarts it, episode {seed} resubmitted")
-                    submit(actor, seed)
-                    continue
-                self._add_episode(episode, stats, demo, online)
-                recent.append(stats)
-                bar.update(int(stats["length"]))
-                logger.log(self._episode_metrics(stats, recent, online, restarts), step=self.global_step)
-                submit(actor)
-            if not can_train:
-                continue
-            metrics = self.agent.train_step(sample, self.generator)
-            self.global_step += 1
-            if due(self.global_step, train.publish_every):
-                weights = self.publish()
-                metrics["publish_seconds"] = self.publish_seconds
-            if due(self.global_step, train.log_every):
-                bar.set_postfix(success=f"{_rate(recent, 'success'):.2f}", updates=self.global_step)
-                logger.log({**metrics, "env_steps": online.n_steps}, step=self.global_step)
-            if due(self.global_step, train.eval_every):
-                logger.log(self.evaluate(), step=self.global_step)
-            if due(self.global_step, train.checkpoint_every):
-                self.checkpoint(topk, metrics)
-        bar.close()
-        try:  # a robot's devices stop cleanly; an episode still running finishes first
-            ray.get([actor.close.remote() for actor in actors], timeout=60)
-        except (ray.exceptions.RayError, TimeoutError) as err:
-            print(f"closing the actors' envs failed ({type(err).__name__}); killing them")
-        for actor in actors:
-            ray.kill(actor)
-        final = self.evaluate() if train.eval_at_end else {}
-        final |= {"env_steps": online.n_steps, "episodes": online.n_episodes}
-        logger.log(final, step=self.global_step)
-        self.checkpoint(topk, {**metrics, **final})
-        logger.close()
-        print(f"done: {self.global_step} updates, {online.n_steps} env steps: {_summary(final)}")
-        return {**metrics, **final}
-
-    def _within_update_budget(self, online: OnlineReplayStore) -> bool:
-        ratio = self.c["training"].max_updates_per_env_step
-        return ratio is None or self.global_step < ratio * online.n_steps
-
-    def _finished(self, online: OnlineReplayStore) -> bool:
+    def train_step(self) -> dict | None:
+        """Store the episodes the actors finished; then one learner iteration, once there are
+        `training_starts` online transitions and the update-to-data cap allows (None otherwise)."""
         train = self.c["training"]
-        return (self.global_step >= train.num_steps or self.over_time_budget()
-                or (train.max_env_steps is not None and online.n_steps >= train.max_env_steps))
+        ratio = train.max_updates_per_env_step
+        can_train = (len(self.online.sampler) >= train.training_starts
+                     and (ratio is None or self.global_step < ratio * self.online.n_steps))
+        for episode, stats in self.pool.collect(timeout=0 if can_train else 0.5):
+            self._add_episode(episode, stats)
+        if not can_train:
+            return None
+        metrics = self.agent.train_step(
+            lambda: to_device(self.mixed.sample(train.batch_size, self.generator), self.device), self.generator)
+        self.global_step += 1
+        if self.global_step % train.publish_every == 0:
+            self.publish()
+            metrics["publish_seconds"] = self.pool.publish_seconds
+        return {**metrics, "env_steps": self.online.n_steps, "episodes": self.online.n_episodes,
+                "rollout/success_rate_20": _rate(self.recent, "success")}
 
-    @staticmethod
-    def _add_episode(episode: dict, stats: dict, demo: OnlineReplayStore, online: OnlineReplayStore) -> None:
+    def _add_episode(self, episode: dict, stats: dict) -> None:
         """Every step to the online store; intervened segments to the demo side too (ConRFT)."""
         to_online, segments = route_episode(episode)
-        online.add_episode(to_online, name=f"actor {stats.get('actor_pid')}")
+        self.online.add_episode(to_online, name=f"actor {stats.get('actor_pid')}")
         for segment in segments or []:
-            demo.add_episode(segment, name="intervention")
+            self.demo.add_episode(segment, name="intervention")
+        self.recent.append(stats)
+        self.logger.log({"episode/success": float(stats["success"]), "episode/length": stats["length"],
+                         "episode/intervention_rate": stats["intervention_rate"],
+                         "episode/return": stats["return"], "rollout/success_rate_20": _rate(self.recent, "success"),
+                         "rollout/intervention_rate_20": _rate(self.recent, "intervention_rate"),
+                         "env_steps": self.online.n_steps, "episodes": self.online.n_episodes,
+                         "actor_restarts": self.pool.restarts,
+                         "episode/weights_version": stats.get("weights_version", 0)}, step=self.global_step)
 
-    @staticmethod
-    def _episode_metrics(stats: dict, recent, online: OnlineReplayStore, restarts: int) -> dict:
-        return {"episode/success": float(stats["success"]), "episode/length": stats["length"],
-                "episode/intervention_rate": stats["intervention_rate"],
-                "episode/return": stats["return"], "rollout/success_rate_20": _rate(recent, "success"),
-                "rollout/intervention_rate_20": _rate(recent, "intervention_rate"),
-                "env_steps": online.n_steps, "episodes": online.n_episodes, "actor_restarts": restarts,
-                "episode/weights_version": stats.get("weights_version", 0)}
+    def line_items(self, metrics: dict) -> list[str]:
+        return [f"env steps {self.online.n_steps}", f"success_20 {_rate(self.recent, 'success'):.2f}",
+                *super().line_items(metrics)]
 
 
 def _rate(recent, key: str) -> float:
     return float(np.mean([float(s[key]) for s in recent])) if recent else 0.0
-
-
-def _summary(metrics: dict) -> str:
-    keys = ("test/success_rate", "test/mean_score")
-    return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics) or "no evaluation"
-

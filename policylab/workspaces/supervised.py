@@ -13,10 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
@@ -26,87 +24,68 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from policylab.common.checkpoint import TopKCheckpointManager, get_rng_state
-from policylab.common.precision import resolve_precision
+from policylab.common.checkpoint import get_rng_state
 from policylab.data.datasets.base import make_dataloader
 from policylab.models.ema import EMAModel
+from policylab.workspaces import base
 from policylab.workspaces.base import (
     BaseWorkspace,
+    CheckpointConfig,
     LoggingConfig,
-    RunConsole,
-    broadcast_object,
-    due,
-    format_minutes,
     seed_everything,
     to_device,
 )
 
 
 @dataclasses.dataclass
-class TrainingConfig:
-    seed: int = 42
-    device: str = "auto"  # auto (CUDA when there is a GPU) | cpu | cuda | cuda:N
-    num_epochs: int = 100
-    max_train_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
-    # Wall-clock budget for the whole run, end-of-epoch evaluations and checkpoints included: training
-    # stops early enough to leave the longest end-of-epoch phase measured so far (see _over_time_budget).
-    max_train_minutes: float | None = None
-    gradient_accumulate_every: int = 1
-    max_grad_norm: float | None = None
-    use_ema: bool = True
-    resume: Any = False  # true | false | "auto" (resume when there is a checkpoint)
-    # Cadences in epochs: N > 0 runs after epochs N, 2N, ... and after the last epoch; 0 or null never.
-    rollout_every: int | None = 50
-    val_every: int | None = 1
-    sample_every: int | None = 5
-    checkpoint_every: int | None = 50
-    max_val_steps: int | None = None
-    dist_timeout_minutes: float = 60.0
-    mixed_precision: str = "no"  # no | auto | bf16 | fp16: autocast of the training forward (common/precision.py)
-    compile: bool = False  # torch.compile the backbone and obs encoder (nn.Module.compile: checkpoints unchanged)
-    channels_last: bool = False  # image encoders' weights in channels-last memory format
+class TrainingConfig(base.TrainingConfig):
+    num_epochs: int
+    max_train_steps: int | None
+    gradient_accumulate_every: int
+    max_grad_norm: float | None
+    use_ema: bool
+    rollout_every: int | None
+    val_every: int | None
+    sample_every: int | None
+    checkpoint_every: int | None
+    max_val_steps: int | None
+    mixed_precision: str
+    compile: bool
+    channels_last: bool
 
 
 @dataclasses.dataclass
 class DataloaderConfig:
-    batch_size: int = 256
-    num_workers: int = 0
-    shuffle: bool = True
-    pin_memory: bool = False
-    persistent_workers: bool = False
+    batch_size: int
+    num_workers: int
+    shuffle: bool
+    pin_memory: bool
+    persistent_workers: bool
 
 
 @dataclasses.dataclass
 class OptimizerConfig:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.95, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 1e-6
-    encoder_weight_decay: float | None = None
-    fused: bool | None = None  # AdamW's fused kernel (None: torch's default for the device)
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    encoder_weight_decay: float | None
+    fused: bool | None
 
 
 @dataclasses.dataclass
 class LRSchedulerConfig:
-    name: str = "cosine"
-    warmup_steps: int = 500
+    name: str
+    warmup_steps: int
 
 
 @dataclasses.dataclass
 class EMAConfig:
-    update_after_step: int = 0
-    inv_gamma: float = 1.0
-    power: float = 0.75
-    min_value: float = 0.0
-    max_value: float = 0.9999
-
-
-@dataclasses.dataclass
-class CheckpointConfig:
-    save_latest: bool = True
-    monitor_key: str = "test/mean_score"
-    mode: str = "max"
-    topk: int = 5
+    update_after_step: int
+    inv_gamma: float
+    power: float
+    min_value: float
+    max_value: float
 
 
 SCHEMAS = {"training": TrainingConfig, "dataloader": DataloaderConfig, "val_dataloader": DataloaderConfig,
@@ -116,6 +95,7 @@ SCHEMAS = {"training": TrainingConfig, "dataloader": DataloaderConfig, "val_data
 
 class SupervisedWorkspace(BaseWorkspace):
     schemas = SCHEMAS
+    unit = "epoch"
 
     def __init__(self, cfg: DictConfig, output_dir: str | Path):
         super().__init__(cfg, output_dir)
@@ -137,15 +117,12 @@ class SupervisedWorkspace(BaseWorkspace):
         # the same order, from the batch where it stopped.
         self.batches_into_epoch = 0
         self._epoch_start_data_state = self.data_generator.get_state()
-        self._stop_rng: dict | None = None  # RNG states where training stopped, before the evaluation
         self._epoch_losses: list[float] = []  # the stopped epoch's losses so far
-        self._t_start, self._time_up = time.monotonic(), False
-        self._part_seconds: dict[str, float] = {}
+        self.env_runner = None
 
     def _speed_ups(self, train: TrainingConfig) -> None:
-        """Mixed precision, channels-last and torch.compile of the training policy (the EMA copy, which
-        evaluates, stays eager fp32)."""
-        self.precision = resolve_precision(train.mixed_precision, self.device)
+        """Channels-last and torch.compile of the training policy (the EMA copy, which evaluates,
+        stays eager fp32); mixed precision is the base's `precision`."""
         parts = [m for m in (getattr(self.policy, "model", None), getattr(self.policy, "obs_encoder", None))
                  if isinstance(m, torch.nn.Module)]
         if train.channels_last:
@@ -157,16 +134,18 @@ class SupervisedWorkspace(BaseWorkspace):
             for part in parts:
                 part.compile()
 
-    def _autocast(self):
-        return self.precision.autocast()
-
     @property
     def eval_policy(self):
         return self.ema.averaged_model if self.ema is not None else self.policy
 
-    def run(self) -> dict[str, Any]:
+    @property
+    def count(self) -> int:
+        return self.epoch
+
+    def build(self) -> None:
+        """Dataset, normalizer (fitted on the training episodes), loaders, LR schedule."""
         cfg, train = self.cfg, self.c["training"]
-        dataset = hydra.utils.instantiate(cfg.task.dataset)
+        self.dataset = dataset = hydra.utils.instantiate(cfg.task.dataset)
         normalizer = dataset.get_normalizer()
         self.policy.set_normalizer(normalizer)
         if self.ema is not None:
@@ -174,139 +153,120 @@ class SupervisedWorkspace(BaseWorkspace):
         self.policy.on_train_start()
         if self.ema is not None:  # the EMA copy validates: it needs what the policy prepared
             self.ema.averaged_model.on_train_start(source=self.policy)
-        train_loader = self._loader(dataset, self.c["dataloader"], shard=True)
+        self.train_loader = self._loader(dataset, self.c["dataloader"], shard=True)
         val_dataset = dataset.get_validation_dataset()
         # Validation runs on rank 0 alone, over the whole validation set.
-        val_loader = self._loader(val_dataset, self.c["val_dataloader"], shard=False) if len(val_dataset) else None
-        steps_per_epoch = math.ceil(len(train_loader) / train.gradient_accumulate_every)
+        self.val_loader = self._loader(val_dataset, self.c["val_dataloader"], shard=False) if len(val_dataset) else None
+        self.steps_per_epoch = steps_per_epoch = math.ceil(len(self.train_loader) / train.gradient_accumulate_every)
         total_steps = steps_per_epoch * train.num_epochs
         if train.max_train_steps is not None:
             total_steps = min(total_steps, train.max_train_steps)
         for policy in (self.policy, self.ema.averaged_model if self.ema is not None else None):
             if policy is not None:
                 policy.set_total_steps(total_steps)
-        self.lr_scheduler = lr_scheduler = get_scheduler(
+        self.lr_scheduler = get_scheduler(
             self.c["lr_scheduler"].name, optimizer=self.optimizer, num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
             num_training_steps=steps_per_epoch * train.num_epochs)
-        resume_from = self.start_run()
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
-        main = self.dist.is_main
-        env_runner = None
+
+    def start(self) -> None:
+        """The env runner (rank 0) and, under torchrun, the DDP wrapper around the resumed policy."""
+        env_runner_cfg = self.cfg.task.get("env_runner")
         # `env_runner: null` (offline tasks) stays runner-less when debug/tiny.yaml merges its sizes into it
-        if main and (cfg.task.get("env_runner") or {}).get("_target_") is not None:
-            device = {"device": str(self.device)} if "device" in cfg.task.env_runner else {}  # `auto` resolved
-            env_runner = hydra.utils.instantiate(cfg.task.env_runner, output_dir=str(self.output_dir), **device)
-        topk = TopKCheckpointManager(self.checkpoint_dir, self.c["checkpoint"].monitor_key,
-                                     self.c["checkpoint"].mode, self.c["checkpoint"].topk)
-        logger = self.make_logger()
-        say = RunConsole(self.output_dir, enabled=main)
+        if self.dist.is_main and (env_runner_cfg or {}).get("_target_") is not None:
+            device = {"device": str(self.device)} if "device" in env_runner_cfg else {}  # `auto` resolved
+            self.env_runner = hydra.utils.instantiate(env_runner_cfg, output_dir=str(self.output_dir), **device)
+        self.model = self._wrap_ddp()
+
+    def describe(self) -> str:
         n_params = sum(p.numel() for p in self.policy.parameters()) / 1e6
-        say(f"run dir: {self.output_dir.resolve()}")
-        say(f"{type(self.policy).__name__} ({n_params:.1f}M parameters) on {cfg.task.get('name', 'task')}: "
-            f"{len(dataset)} training windows, {steps_per_epoch} steps/epoch, device {self.device}"
-            + (f", {self.dist.world_size} ranks" if self.dist.enabled else "")
-            + (f"; resumed at epoch {self.epoch}, step {self.global_step}" if resume_from is not None else ""))
-        model = self._wrap_ddp()
-        metrics: dict[str, Any] = {}
-        first_epoch, first_step = self.epoch, self.global_step
-        try:
-            while (self.epoch < train.num_epochs or self.batches_into_epoch) and not self._done():
-                finishing = self.batches_into_epoch > 0  # the epoch a stop cut short, already counted
-                train_loss = self._train_epoch(model, train_loader, lr_scheduler, logger)
-                if not finishing:
-                    self.epoch += 1  # epochs done; cadences below count them
-                metrics = {"epoch": self.epoch, "train_loss": self.mean_over_ranks(train_loss)}
-                if main:
-                    metrics |= self._evaluate(env_runner, val_loader, dataset)
-                if self._due(train.checkpoint_every):
-                    with self._timed("checkpoint"):
-                        self._checkpoint(topk, metrics)
-                self.barrier()  # other ranks wait here while rank 0 evaluates and writes
-                logger.log(metrics, step=self.global_step)
-                say(self._epoch_line(metrics, first_epoch, first_step))
-            say(self._final_line(topk, metrics))
-        finally:
-            logger.close()
-            say.close()
-        self.barrier()
-        return metrics
+        return (f"{type(self.policy).__name__} ({n_params:.1f}M parameters) on {self.cfg.task.get('name', 'task')}: "
+                f"{len(self.dataset)} training windows, {self.steps_per_epoch} steps/epoch, device {self.device}"
+                + (f", {self.dist.world_size} ranks" if self.dist.enabled else ""))
 
-    def _epoch_line(self, metrics: dict, first_epoch: int, first_step: int) -> str:
-        """`epoch 3/300 step 195 | loss 0.0812 | val 0.0790 | score 0.412 | 2.1s/epoch | left 4m10s`."""
-        train = self.c["training"]
-        elapsed = time.monotonic() - self._t_start
-        per_epoch = elapsed / max(self.epoch - first_epoch, 1)
-        left = per_epoch * (train.num_epochs - self.epoch)
-        if train.max_train_minutes is not None:
-            left = min(left, 60 * train.max_train_minutes - elapsed)
-        if train.max_train_steps is not None:
-            per_step = elapsed / max(self.global_step - first_step, 1)
-            left = min(left, per_step * (train.max_train_steps - self.global_step))
-        if self._done() or self.epoch >= train.num_epochs:
-            left = 0.0
-        parts = [f"epoch {self.epoch}/{train.num_epochs} step {self.global_step}", f"loss {metrics['train_loss']:.4f}"]
-        if "val_loss" in metrics:
-            parts.append(f"val {metrics['val_loss']:.4f}")
-        if "train_action_mse" in metrics:
-            parts.append(f"action mse {metrics['train_action_mse']:.4f}")
-        if "test/mean_score" in metrics:
-            parts.append(f"score {metrics['test/mean_score']:.3f}")
-        parts += [f"{per_epoch:.1f}s/epoch", f"left {format_minutes(left)}"]
-        return " | ".join(parts)
+    def finished(self) -> bool:
+        """All epochs trained (a stop cut short is finished first), or `max_train_steps` reached."""
+        max_steps = self.c["training"].max_train_steps
+        return (not (self.epoch < self.c["training"].num_epochs or self.batches_into_epoch)
+                or (max_steps is not None and self.global_step >= max_steps))
 
-    def _final_line(self, topk: TopKCheckpointManager, metrics: dict) -> str:
-        elapsed = format_minutes(time.monotonic() - self._t_start)
-        why = "time budget" if self._time_up else "max_train_steps" if self._done() else "num_epochs"
-        line = f"done after {self.epoch} epochs, {self.global_step} steps, {elapsed} ({why})."
-        if topk.entries:
-            pick = max if topk.mode == "max" else min
-            name = pick(topk.entries, key=topk.entries.get)
-            line += f" best checkpoint: {self.checkpoint_dir / name} ({topk.monitor_key} {topk.entries[name]:.3f})"
-        elif (self.checkpoint_dir / "latest").exists():
-            line += f" checkpoint: {self.checkpoint_dir / 'latest'}"
-        else:
-            line += " no checkpoint written (training.checkpoint_every is 0 or null)"
-        if topk.monitor_key in metrics:
-            line += f"; last {topk.monitor_key} {metrics[topk.monitor_key]:.3f}"
-        return line
+    def total_units(self) -> int:
+        return self.c["training"].num_epochs
+
+    def train_step(self) -> dict:
+        """One epoch (or the rest of the one a stop cut short): {"epoch", "train_loss"}."""
+        finishing = self.batches_into_epoch > 0  # the epoch a stop cut short, already counted
+        train_loss = self._train_epoch(self.model, self.train_loader, self.lr_scheduler, self.logger)
+        if not finishing:
+            self.epoch += 1  # epochs done; cadences count them
+        return {"epoch": self.epoch, "train_loss": self.mean_over_ranks(train_loss)}
+
+    def eval_parts(self) -> dict:
+        """Rollouts, validation loss and action MSE of the EMA policy, each at its cadence (in
+        epochs) and after the last epoch; 0 or null never."""
+        t = self.c["training"]
+        parts = {"rollout": (t.rollout_every, self._rollout), "val": (t.val_every, self._val_loss),
+                 "sample": (t.sample_every, self._action_mse)}
+        return {name: (every, bool(every) and every > 0, fn) for name, (every, fn) in parts.items()}
+
+    def checkpoint_every(self) -> tuple[int | None, bool]:
+        every = self.c["training"].checkpoint_every
+        return every, bool(every) and every > 0
+
+    def line_items(self, metrics: dict) -> list[str]:
+        names = {"train_loss": "loss", "val_loss": "val", "train_action_mse": "action mse"}
+        items = [f"{name} {metrics[key]:.4f}" for key, name in names.items() if key in metrics]
+        return items + super().line_items({k: v for k, v in metrics.items() if k == "test/mean_score"})
+
+    def seconds_left_by_steps(self, per_unit: float) -> float:
+        max_steps = self.c["training"].max_train_steps
+        if max_steps is None:
+            return float("inf")
+        _, first_spent, first_step = self._first
+        per_step = (self.learner_seconds() - first_spent) / max(self.global_step - first_step, 1)
+        return per_step * (max_steps - self.global_step)
+
+    def stop_reason(self) -> str:
+        max_steps = self.c["training"].max_train_steps
+        if self._time_up:
+            return "time budget"
+        return "max_train_steps" if max_steps is not None and self.global_step >= max_steps else "num_epochs"
 
     @contextmanager
-    def _timed(self, part: str):
-        """Measures an end-of-epoch part; the time budget reserves the last measured time of each."""
-        start = time.monotonic()
+    def _evaluating(self):
+        policy = self.eval_policy
+        policy.eval()
         try:
-            yield
+            with torch.no_grad():
+                yield policy
         finally:
-            self._part_seconds[part] = time.monotonic() - start
+            self.policy.train()
+
+    def _rollout(self) -> dict:
+        if self.env_runner is None:
+            return {}
+        with self._evaluating() as policy:
+            return self.env_runner.run(policy)
+
+    def _val_loss(self) -> dict:
+        if self.val_loader is None:
+            return {}
+        max_steps = self.c["training"].max_val_steps
+        with self._evaluating() as policy:
+            losses = [policy.compute_loss(to_device(b, self.device))[0].item()
+                      for i, b in enumerate(self.val_loader) if max_steps is None or i < max_steps]
+        return {"val_loss": sum(losses) / max(len(losses), 1)}
+
+    def _action_mse(self) -> dict:
+        with self._evaluating() as policy:
+            batch = to_device(self.dataset.get_batch(list(range(min(len(self.dataset), 16)))), self.device)
+            pred = policy.predict_action(batch["obs"])["action_pred"]
+            return {"train_action_mse": torch.nn.functional.mse_loss(pred, batch["action"]).item()}
 
     def _wrap_ddp(self):
         if not self.dist.enabled:
             return self.policy
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.policy, device_ids=device_ids)
-
-    def _over_time_budget(self) -> bool:
-        """True once the elapsed time plus what the final evaluation will take passes the budget.
-
-        Checked after every optimizer step. The final evaluation's time is the sum of the last
-        measured time of each end-of-epoch part it will run (rollout, validation, action MSE,
-        checkpoint); a part not yet measured counts 0, so a run whose first rollout is its last may
-        go over by that one rollout. Under DDP all ranks agree (any rank over budget stops all),
-        since a rank that trains a step more than the others would wait forever in its all-reduce.
-        """
-        train = self.c["training"]
-        if train.max_train_minutes is None:
-            return False
-        parts = {"rollout": train.rollout_every, "val": train.val_every, "sample": train.sample_every,
-                 "checkpoint": train.checkpoint_every}
-        reserve = sum(self._part_seconds.get(name, 0.0) for name, every in parts.items() if every)
-        over = time.monotonic() - self._t_start + reserve > 60 * train.max_train_minutes
-        if self.dist.enabled:
-            flag = torch.tensor([float(over)], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            over = bool(flag.item())
-        return over
 
     def _train_epoch(self, model, loader, lr_scheduler, logger) -> float:
         train = self.c["training"]
@@ -332,7 +292,7 @@ class SupervisedWorkspace(BaseWorkspace):
             step_now = (i + 1) % accum == 0 or i + 1 == n_batches
             # DDP all-reduces gradients in backward; accumulate locally and sync on the last micro-batch.
             with model.no_sync() if self.dist.enabled and not step_now else nullcontext():
-                with self._autocast():
+                with self.precision.autocast():
                     loss, _ = model(to_device(batch, self.device))
                 self.precision.backward(loss / group_size)
             losses.append(loss.item())
@@ -366,34 +326,6 @@ class SupervisedWorkspace(BaseWorkspace):
         max_steps = self.c["training"].max_train_steps
         return self._time_up or (max_steps is not None and self.global_step >= max_steps)
 
-    def _due(self, every: int | None) -> bool:
-        """True after epochs every, 2*every, ... and after the last epoch; never when `every` is 0 or null."""
-        if not every or every < 0:
-            return False
-        last = self.epoch >= self.c["training"].num_epochs or self._done()
-        return due(self.epoch, every) or last
-
-    @torch.no_grad()
-    def _evaluate(self, env_runner, val_loader, dataset) -> dict[str, Any]:
-        train, metrics = self.c["training"], {}
-        policy = self.eval_policy
-        policy.eval()
-        if env_runner is not None and self._due(train.rollout_every):
-            with self._timed("rollout"):
-                metrics |= env_runner.run(policy)
-        if val_loader is not None and self._due(train.val_every):
-            with self._timed("val"):
-                losses = [policy.compute_loss(to_device(b, self.device))[0].item()
-                          for i, b in enumerate(val_loader) if train.max_val_steps is None or i < train.max_val_steps]
-            metrics["val_loss"] = sum(losses) / max(len(losses), 1)
-        if self._due(train.sample_every):
-            with self._timed("sample"):
-                batch = to_device(dataset.get_batch(list(range(min(len(dataset), 16)))), self.device)
-                pred = policy.predict_action(batch["obs"])["action_pred"]
-            metrics["train_action_mse"] = torch.nn.functional.mse_loss(pred, batch["action"]).item()
-        self.policy.train()
-        return metrics
-
     def checkpoint_modules(self) -> dict:
         modules = {"policy": self.policy}
         if self.ema is not None:
@@ -406,8 +338,6 @@ class SupervisedWorkspace(BaseWorkspace):
                  "epoch_start_data_generator": self._epoch_start_data_state, "epoch_losses": self._epoch_losses}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        if self.precision.scaler is not None:
-            state["grad_scaler"] = self.precision.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -421,17 +351,6 @@ class SupervisedWorkspace(BaseWorkspace):
             self._epoch_losses = [float(x) for x in state["epoch_losses"]]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        if self.precision.scaler is not None and "grad_scaler" in state:
-            self.precision.scaler.load_state_dict(state["grad_scaler"])
-
-    def _checkpoint(self, topk: TopKCheckpointManager, metrics: dict) -> None:
-        """Called on every rank (each contributes its RNG state); rank 0 writes."""
-        if self.c["checkpoint"].save_latest:
-            self.save_checkpoint(self.checkpoint_dir / "latest", self._stop_rng)
-        path = topk.get_ckpt_path({**metrics, "epoch": self.epoch}) if self.dist.is_main else None
-        path = broadcast_object(path, self.dist)  # saving is collective: every rank gives its RNG state
-        if path is not None:
-            self.save_checkpoint(path, self._stop_rng)
 
     def _loader(self, dataset, c, shard: bool):
         """The training loader (`shard`: under DDP each rank reads its own 1/world_size of every

@@ -16,9 +16,9 @@ from policylab.models.conrft_mlp import ConRFTMLP
 from policylab.models.critic import CriticEnsemble, CriticObsEncoder
 from policylab.policies.consistency import ConsistencyBCPolicy
 from policylab.rl.buffers import MixedSampler, OnlineReplayStore
-from policylab.rl.conrft import ConRFT, ConRFTConfig, augment, calql_gap, td_target
+from policylab.rl.conrft import ConRFT, augment, calql_gap, td_target
 from policylab.rl.transitions import TransitionSampler, TransitionSpec
-from tests.helpers import compose_config
+from tests.helpers import compose_config, conrft_config
 
 
 def test_calql_gap_by_hand():
@@ -171,12 +171,12 @@ def test_rl_fine_tuning_beats_behaviour_cloning(tmp_path):
 
     critic = CriticEnsemble(Bandit.shape_meta, 1, 1, functools.partial(CriticObsEncoder, proprio_dim=16),
                             hidden_dims=(64, 64))
-    cfg = ConRFTConfig(bc_weight=1.0, q_weight=0.1, calql=True, cql_alpha=0.01, actor_lr=1e-3, critic_lr=1e-3)
+    cfg = conrft_config(bc_weight=1.0, q_weight=0.1, calql=True, cql_alpha=0.01, actor_lr=1e-3, critic_lr=1e-3)
     agent = ConRFT(actor, critic, cfg)
     for _ in range(150):  # Stage I on the demos
         agent.train_step(lambda: demo_sampler.sample(64, gen), gen)
 
-    agent.cfg = ConRFTConfig(bc_weight=0.1, q_weight=1.0, calql=False, actor_lr=1e-3, critic_lr=1e-3)
+    agent.cfg = conrft_config(bc_weight=0.1, q_weight=1.0, calql=False, actor_lr=1e-3, critic_lr=1e-3)
     online = OnlineReplayStore(tmp_path / "online.zarr", meta, spec)
     mixed = MixedSampler(demo_sampler, online.sampler, 0.5)
     for _ in range(30):  # Stage II: act, store, update

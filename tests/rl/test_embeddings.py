@@ -13,14 +13,14 @@ from policylab.common.shape_meta import ShapeMeta
 from policylab.data.normalizer import LinearNormalizer, SingleFieldLinearNormalizer
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.rl.actor import EnvActor, policy_weights
-from policylab.rl.conrft import ConRFT, ConRFTConfig
+from policylab.rl.conrft import ConRFT
 from policylab.rl.embeddings import (
     EMBEDDING_KEY,
     episode_embeddings,
     has_frozen_encoder,
 )
 from policylab.rl.transitions import TransitionSampler, TransitionSpec
-from tests.helpers import compose_config
+from tests.helpers import compose_config, conrft_config
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_learner_update_reads_embeddings_and_never_runs_the_encoder(cfg, recorde
                                                        action_dim=cfg.n_action_steps * 4)
     actor = policy.train().requires_grad_(True)
     actor.obs_encoder.requires_grad_(False)
-    agent = ConRFT(actor, critic, ConRFTConfig(calql=True, cql_n_actions=2, image_shift_pad=2))
+    agent = ConRFT(actor, critic, conrft_config(calql=True, cql_n_actions=2, image_shift_pad=2))
     encoder_before = {k: v.clone() for k, v in actor.obs_encoder.state_dict().items()}
     head_before = {k: v.clone() for k, v in actor.model.state_dict().items()}
 

@@ -6,10 +6,16 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
+from policylab.common.checkpoint import load_training_state
 from policylab.common.logging import WANDB_ID_FILE, RunLogger, read_logs
-from policylab.workspaces.base import DistributedInfo, due, format_minutes
+from policylab.workspaces.base import (
+    BaseWorkspace,
+    DistributedInfo,
+    due,
+    format_minutes,
+)
 from policylab.workspaces.supervised import SupervisedWorkspace, TrainingConfig
-from tests.helpers import run_train, tiny
+from tests.helpers import compose_config, run_train, tiny
 
 
 def test_disabled_cadences_never_run_even_at_the_last_epoch(store, tmp_path):
@@ -53,7 +59,8 @@ def test_run_prints_dir_epochs_and_best_checkpoint_and_train_log_has_them(store,
 
 def _budget_workspace(minutes: float, elapsed: float, parts: dict, **cadences) -> SupervisedWorkspace:
     ws = SupervisedWorkspace.__new__(SupervisedWorkspace)  # only the budget's state: no model, no data
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainingConfig), {"max_train_minutes": minutes, **cadences})
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainingConfig), compose_config([]).training,
+                          {"max_train_minutes": minutes, **cadences})
     ws.c, ws.dist = {"training": cfg}, DistributedInfo()
     ws._t_start, ws._part_seconds = time.monotonic() - elapsed, parts
     return ws
@@ -110,3 +117,35 @@ def test_wandb_run_id_kept_on_resume_and_videos_logged_as_wandb_video(tmp_path, 
     assert fresh.run.id != run_id
     fresh.close()
     assert sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")).count(run_id) == 2
+
+
+def test_evaluation_pauses_the_learners_clock_and_the_spent_time_is_saved():
+    ws = _budget_workspace(1, 40, {})
+    ws.eval_seconds = 0.0
+    with ws._timed("rollout"):
+        time.sleep(0.3)
+    assert ws.learner_seconds() == pytest.approx(40, abs=0.2)  # the rollout is not the learner's time
+    assert ws.eval_seconds >= 0.3 and ws._part_seconds["rollout"] >= 0.3
+    ws.global_step = 7
+    state = BaseWorkspace.state_dict(ws)  # the budget's part of the training state
+    resumed = _budget_workspace(1, 0, {})
+    BaseWorkspace.load_state_dict(resumed, state)
+    assert resumed.learner_seconds() == pytest.approx(40, abs=0.2) and resumed.eval_seconds == ws.eval_seconds
+    assert resumed._part_seconds == ws._part_seconds  # the closing evaluation's reserve too
+    BaseWorkspace.load_state_dict(resumed, {**state, "learner_seconds": 61.0})
+    assert resumed._over_time_budget()  # a resumed run spends only what is left
+
+
+def test_a_resumed_run_gets_only_the_remaining_budget(store, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["training.num_epochs=100000", "training.max_train_minutes=0.05", "training.rollout_every=0",
+            "training.checkpoint_every=1000000"]
+    first = run_train(tiny(store, run_dir, *args))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "(time budget)" in first.stdout
+    state = load_training_state(run_dir / "checkpoints" / "latest")
+    assert 0 < state["learner_seconds"] <= 3.0 + 1.0
+    again = run_train(tiny(store, run_dir, *args, "training.resume=true"))  # the same command, resumed
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "of the time budget spent" in again.stdout and "(time budget)" in again.stdout
+    assert load_training_state(run_dir / "checkpoints" / "latest")["global_step"] == state["global_step"]

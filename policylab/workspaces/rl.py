@@ -1,0 +1,197 @@
+"""What both ConRFT stages share: the actor (from `policy.init` or `policy`), the critic, the
+agent, the demos, evaluation through the task's env runner and the checkpoint contents.
+
+`OfflineRLWorkspace` (Stage I, rl_offline.py) and `OnlineRLWorkspace` (Stage II, rl_online.py)
+subclass `RLWorkspace` and supply their data (`build`) and one learner iteration (`train_step`);
+the loop, cadences, budget and console are `BaseWorkspace`'s. The algorithm is one class with a
+`train_step(sample, generator) -> metrics` and its config (`rl.conrft.ConRFT`, `ConRFTConfig`,
+the `conrft` preset's `common` + `<stage>` sections).
+
+A step is one learner iteration. Checkpoints hold the actor (`model.safetensors`), `critic` and
+`target_critic`, both optimizers, the sampler's generator and every RNG state: `training.resume`
+continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
+
+from policylab.common import checkpoint as ckpt
+from policylab.common.safe_config import instantiate_trusted
+from policylab.data.replay_buffer import ReplayBuffer
+from policylab.data.sampler import downsample_mask, get_val_mask
+from policylab.policies.loading import load_policy
+from policylab.rl.conrft import ConRFT, ConRFTConfig
+from policylab.rl.embeddings import (
+    EMBEDDING_KEY,
+    episode_embeddings,
+    has_frozen_encoder,
+)
+from policylab.rl.transitions import TransitionSpec
+from policylab.workspaces.base import BaseWorkspace, StepTrainingConfig
+
+
+@dataclasses.dataclass
+class RLTrainingConfig(StepTrainingConfig):
+    eval_at_end: bool
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    gamma: float
+    scale: float
+    bias: float
+    reward_neg: float | None
+    is_sparse: bool
+
+
+WORKSPACE_POLICY_KEYS = ("init", "freeze_encoder")  # under `policy`, read by the RL workspaces only
+
+
+def policy_build_config(policy_cfg) -> dict:
+    """The `policy` config without the RL workspace's own keys: what builds the actor."""
+    cfg = OmegaConf.to_container(policy_cfg, resolve=True)
+    return {k: v for k, v in cfg.items() if k not in WORKSPACE_POLICY_KEYS}
+
+
+class RLWorkspace(BaseWorkspace):
+    """An actor-critic agent trained one learner iteration per step; `stage` names the preset section."""
+
+    stage = ""
+
+    def __init__(self, cfg: DictConfig, output_dir: str | Path):
+        super().__init__(cfg, output_dir)
+        actor = self.build_actor()
+        # A frozen observation encoder (Octo, as ConRFT) runs where transitions are recorded, never
+        # in the learner: its features are stored as `embedding` with every transition.
+        self.embed = has_frozen_encoder(actor)
+        critic = self.build_critic()(
+            shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=actor.n_obs_steps,
+            action_dim=actor.n_action_steps * actor.action_dim)
+        stage_cfg = {**OmegaConf.to_container(cfg.conrft.common), **OmegaConf.to_container(cfg.conrft[self.stage])}
+        self.agent = ConRFT(actor, critic, ConRFTConfig(**stage_cfg)).to(self.device)
+        self.optimizers = self.agent.optimizers
+        self.init_critic()
+        self.generator = torch.Generator().manual_seed(self.c["training"].seed)
+        self.env_runner = None
+
+    @property
+    def actor(self):
+        return self.agent.actor
+
+    def build_actor(self):
+        """The actor from `policy.init` (its config replaces `policy`) or from `policy` itself;
+        `policy.freeze_encoder` freezes its observation encoder (e.g. an Octo trained in SFT)."""
+        init = self.init_path = self.cfg.policy.get("init")
+        freeze = bool(self.cfg.policy.get("freeze_encoder", False))
+        if init is None:
+            actor = hydra.utils.instantiate(policy_build_config(self.cfg.policy))
+            actor.set_normalizer(hydra.utils.instantiate(self.cfg.task.dataset).get_normalizer())
+        else:
+            init_cfg = ckpt.load_config(init)
+            actor = load_policy(init, use_ema=True)  # allow-listed targets only
+            with open_dict(self.cfg):  # the saved config rebuilds the actor; `init_from` records where it began
+                self.cfg.policy = init_cfg.policy
+                self.cfg.init_from = str(init)
+        if freeze:
+            encoder_cfg = self.cfg.policy.get("obs_encoder")
+            if encoder_cfg is None or "frozen" not in encoder_cfg:
+                raise ValueError("policy.freeze_encoder=true needs an observation encoder with a `frozen` option "
+                                 f"(e.g. policy/obs_encoder=octo_*), got {encoder_cfg and encoder_cfg.get('_target_')}")
+            with open_dict(self.cfg):  # saved, and read by the ray actors
+                self.cfg.policy.obs_encoder.frozen = True
+            actor.obs_encoder.frozen = True
+        if getattr(actor, "bc_weight", 1.0) != 1.0:  # the policy's weight scales its supervised loss only
+            self.say(f"policy.bc_weight={actor.bc_weight} has no effect here: the RL stages weigh BC with "
+                     f"conrft.{self.stage}.bc_weight ({self.cfg.conrft[self.stage].bc_weight})")
+        actor.train().requires_grad_(True)
+        if has_frozen_encoder(actor):
+            actor.obs_encoder.requires_grad_(False)
+            actor.obs_encoder.train()  # a frozen encoder keeps itself in eval mode
+        return actor
+
+    def build_critic(self):
+        """The critic factory: the init checkpoint's own `critic` config when it holds a critic (Stage
+        II continues Stage I's network; that config came from a file, so only allow-listed targets
+        are built), else `critic` from this run's config."""
+        init = self.init_path
+        if init is None or not (Path(init) / "critic.safetensors").exists():
+            return hydra.utils.instantiate(self.cfg.critic)
+        init_critic = ckpt.load_config(init).get("critic")
+        if init_critic is None:
+            raise ValueError(f"{init} holds a critic but its config.yaml has no `critic` section")
+        if OmegaConf.to_container(init_critic, resolve=True) != OmegaConf.to_container(self.cfg.critic, resolve=True):
+            self.say(f"critic: using {init}'s critic config (this run's `critic` differs and is ignored)")
+        with open_dict(self.cfg):
+            self.cfg.critic = init_critic
+        return instantiate_trusted(self.cfg.critic, "critic")
+
+    def init_critic(self) -> None:
+        """The critic's starting weights (Stage I: from scratch)."""
+
+    def checkpoint_modules(self) -> dict:
+        return {"policy": self.actor, "critic": self.agent.critic, "target_critic": self.agent.target_critic}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state(), "n_updates": self.agent.n_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+        self.agent.n_updates = int(state["n_updates"])
+
+    def transition_spec(self) -> TransitionSpec:
+        r = self.c["reward"]
+        return TransitionSpec(self.actor.horizon, self.actor.n_obs_steps, self.actor.n_action_steps, r.gamma,
+                              reward_scale=r.scale, reward_bias=r.bias, reward_neg=r.reward_neg,
+                              is_sparse_reward=r.is_sparse, embedding_key=EMBEDDING_KEY if self.embed else None)
+
+    def demo_replay_buffer(self) -> ReplayBuffer:
+        """The task dataset's training episodes (same `val_ratio` / `max_train_episodes` / `seed`
+        selection as `SequenceDataset`, so the RL stages see the demos the supervised stage saw)."""
+        d = self.cfg.task.dataset
+        store = ReplayBuffer.copy_from_path(d.zarr_path)
+        train_mask = downsample_mask(~get_val_mask(store.n_episodes, d.get("val_ratio", 0.0), seed=d.get("seed", 42)),
+                                     d.get("max_train_episodes"), seed=d.get("seed", 42))
+        demos = ReplayBuffer.create_empty_numpy()
+        shape_meta = OmegaConf.to_container(self.cfg.task.shape_meta, resolve=True)
+        chosen = np.flatnonzero(train_mask)
+        for i in tqdm(chosen, desc="demo embeddings", disable=not self.embed):
+            episode = store.get_episode(int(i), copy=True)
+            if self.embed:
+                episode[EMBEDDING_KEY] = episode_embeddings(self.actor, episode, shape_meta)
+            demos.add_episode(episode)
+        return demos
+
+    def eval_parts(self) -> dict:
+        t = self.c["training"]
+        return {"eval": (t.eval_every, t.eval_at_end, self.evaluate)}
+
+    def evaluate(self) -> dict[str, Any]:
+        """The task's env runner on the actor; the global RNGs are restored after it."""
+        if self.env_runner is None and self.cfg.task.get("env_runner") is not None:
+            self.env_runner = hydra.utils.instantiate(self.cfg.task.env_runner, output_dir=str(self.output_dir))
+        if self.env_runner is None:
+            return {}
+        # Rollouts draw from the global RNGs: restore them, so evaluating (or not, or at the end of a
+        # shorter run that is resumed later) never changes the training that follows.
+        rng = ckpt.get_rng_state()
+        self.actor.eval()
+        try:
+            return self.env_runner.run(self.actor)
+        finally:
+            self.actor.train()
+            ckpt.set_rng_state(rng)
+
+    def line_items(self, metrics: dict) -> list[str]:
+        names = {"critic_loss": "critic", "actor_loss": "actor", "q_data": "q"}
+        return [f"{name} {metrics[key]:.3f}" for key, name in names.items() if key in metrics] + \
+            super().line_items(metrics)
