@@ -100,20 +100,20 @@ def status(meta, data, n_episodes: int) -> dict:
 
     meta / data: the zarr groups of a store.
     """
-    keys = stored_keys(meta)
-    covered = min(int(meta[CHECKSUMS_KEY].shape[0]), n_episodes) if keys else 0
+    has_table, keys = CHECKSUMS_KEY in meta, stored_keys(meta)
+    covered = min(int(meta[CHECKSUMS_KEY].shape[0]), n_episodes) if has_table else 0
     unchecked = {}
     for key in sorted(data.array_keys()):
-        if not keys:
+        if not has_table:
             unchecked[key] = "the store has no checksums (written by Diffusion Policy or an older policylab)"
         elif key not in keys:
             unchecked[key] = "lossy codec: decoded bytes differ between decoder builds" if not is_lossless(
                 data[key]) else "not covered by meta/episode_checksums"
         elif not is_lossless(data[key]):
             unchecked[key] = "recompressed with a lossy codec after its checksums were written"
-    if keys and covered < n_episodes:
+    if has_table and covered < n_episodes:
         unchecked["*"] = f"episodes {covered}..{n_episodes - 1} have no checksums (appended by an older writer)"
-    return {"algorithm": ALGORITHM if keys else None, "episodes": covered,
+    return {"algorithm": ALGORITHM if has_table else None, "episodes": covered,
             "checked": [k for k in keys if k in data.array_keys() and k not in unchecked], "unchecked": unchecked}
 
 
@@ -141,5 +141,5 @@ def status_line(info: dict) -> str:
     if not info["algorithm"]:
         return "checksums: none (a store from Diffusion Policy or an older policylab): its bytes are not verified"
     unchecked = "; ".join(f"{k}: {why}" for k, why in info["unchecked"].items())
-    return (f"checksums: {info['algorithm']} of {info['episodes']} episodes x {', '.join(info['checked'])}, verified "
+    return (f"checksums: {info['algorithm']} of {info['episodes']} episodes x {', '.join(info['checked']) or 'no key'}, verified "
             f"on load" + (f"; unchecked {unchecked}" if unchecked else ""))

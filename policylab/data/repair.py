@@ -87,7 +87,7 @@ def describe(buffer: ReplayBuffer) -> list[str]:
     status = buffer.checksum_status()
     if status["algorithm"]:
         lines.append(f"checked: {status['algorithm']} checksums of {status['episodes']} episodes x "
-                     f"{len(status['checked'])} keys ({', '.join(status['checked'])}): every byte read and compared")
+                     f"{len(status['checked'])} keys ({', '.join(status['checked']) or 'none'}): every byte read and compared")
     for key, why in status["unchecked"].items():
         lines.append(f"unchecked: {'data/' + key if key != '*' else 'episodes'}: {why}")
     return lines

@@ -104,6 +104,11 @@ def test_lossy_keys_are_unchecked_with_the_reason(tmp_path, capsys):
     assert "checksums: crc32c of 2 episodes x action, verified on load; unchecked img: lossy codec" in (
         capsys.readouterr().out)
     assert ReplayBuffer.copy_from_path(path).n_episodes == 2
+    only_images = ReplayBuffer.copy_from_path(path, keys=["img"]).save_to_path(
+        tmp_path / "only_img.zarr", compressors={"img": JPEG2K}, chunks={"img": (1, 8, 8, 3)})
+    status = ReplayBuffer.create_from_path(only_images).checksum_status()
+    assert (status["algorithm"], status["checked"]) == ("crc32c", [])
+    assert "lossy codec" in status["unchecked"]["img"]
 
 
 def test_saved_copy_carries_checksums_of_what_it_holds(tmp_path):
