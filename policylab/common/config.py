@@ -215,3 +215,12 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", config_di
 
 
 register_resolvers()
+
+
+def load_task_config(task: str) -> DictConfig:
+    """The composed, resolved `task` group of `config/task/<task>.yaml`."""
+    if not (CONFIG_DIR / "task" / f"{task}.yaml").exists():
+        known = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
+        raise SystemExit(f"unknown task {task!r}; known tasks: {known}")
+    cfg = compose([f"task={task}"])
+    return OmegaConf.create(OmegaConf.to_container(cfg.task, resolve=True))

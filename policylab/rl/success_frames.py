@@ -34,8 +34,11 @@ SUCCESS = "success"
 SEEDS_KEY = "episode_seeds"
 
 
-def add_frames(buffer: ReplayBuffer, episode: Mapping[str, np.ndarray]) -> None:
-    """Append one recording `{key: (L, ...)}` with `success (L,)` 0/1; atomic (the store's episode_ends last)."""
+def add_frames(buffer: ReplayBuffer, episode: Mapping[str, np.ndarray], seed: int | None = None) -> None:
+    """Append one recording `{key: (L, ...)}` with `success (L,)` 0/1; atomic (the store's episode_ends last).
+
+    seed: the episode's seed, committed with it (`meta/episode_seeds`), so a kill leaves both or neither.
+    """
     if SUCCESS not in episode:
         raise KeyError(f"a success-frame episode needs {SUCCESS!r}; it has {sorted(episode)}")
     labels = np.asarray(episode[SUCCESS])
@@ -45,7 +48,8 @@ def add_frames(buffer: ReplayBuffer, episode: Mapping[str, np.ndarray]) -> None:
     data[SUCCESS] = labels.astype(np.uint8)
     images = [key for key, value in data.items() if value.ndim == 4]
     buffer.add_episode(data, chunks={key: (1, *data[key].shape[1:]) for key in images},
-                       compressors={key: "image" if key in images else "disk" for key in data})
+                       compressors={key: "image" if key in images else "disk" for key in data},
+                       episode_meta=None if seed is None else {SEEDS_KEY: np.int64(seed)})
 
 
 @dataclasses.dataclass
@@ -107,23 +111,22 @@ def generate(cfg: FramesConfig) -> dict:
     """Record `cfg.n` labelled episodes with the task's scripted expert; returns counts."""
     import hydra
 
-    from policylab.data.generate.demos import load_task_config
+    from policylab.common.config import load_task_config
 
     task_cfg = load_task_config(cfg.task)
     env_kwargs = {**dict(task_cfg.env_runner.get("env_kwargs") or {}), "image_obs": True}
     env = gym.make(task_cfg.env_runner.env_id, **env_kwargs).unwrapped
     expert = hydra.utils.instantiate(task_cfg.demo.expert)
     buffer = ReplayBuffer.create_from_path(cfg.out, mode="a")
-    seeds = [int(s) for s in buffer.meta[SEEDS_KEY][:]] if SEEDS_KEY in buffer.meta else []
+    seeds = [int(s) for s in buffer.episode_meta(SEEDS_KEY)] if SEEDS_KEY in buffer.meta else []
     start = time.perf_counter()
     try:
         for seed in range(cfg.seed, cfg.seed + cfg.n):
             if seed in seeds:
                 continue
             episode = _label_run(env, expert, np.random.default_rng(seed), cfg, seed)
-            add_frames(buffer, episode)
+            add_frames(buffer, episode, seed)
             seeds.append(seed)
-            buffer.update_meta({SEEDS_KEY: np.array(seeds, dtype=np.int64)})
     finally:
         env.close()
     labels = buffer[SUCCESS][:]

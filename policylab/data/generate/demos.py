@@ -34,7 +34,7 @@ import hydra
 import numpy as np
 from omegaconf import OmegaConf
 
-from policylab.common.config import CONFIG_DIR, compose
+from policylab.common.config import load_task_config
 from policylab.data.generate.common import (
     SEEDS_KEY,
     collect,
@@ -60,15 +60,6 @@ class DemoConfig:
     action_noise: float | None = None  # override the expert's action noise
     max_steps: int | None = None      # override demo.max_steps
     max_attempts: int | None = None   # default 2 * (episodes to add) + 10
-
-
-def load_task_config(task: str):
-    """The composed, resolved `task` group of `config/task/<task>.yaml`."""
-    if not (CONFIG_DIR / "task" / f"{task}.yaml").exists():
-        known = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
-        raise SystemExit(f"unknown task {task!r}; known tasks: {known}")
-    cfg = compose([f"task={task}"])
-    return OmegaConf.create(OmegaConf.to_container(cfg.task, resolve=True))
 
 
 def run_episode(env: gym.Env, expert, seed: int, max_steps: int) -> dict | None:
