@@ -17,7 +17,8 @@ detected on open, and the partial episode is discarded with a warning. Per-episo
 before `episode_ends` too: an episode, its seed and its checksums commit together.
 
 Checksums (`checksums.py`): a store this code creates keeps a CRC-32C per episode and key of the
-decoded bytes in `meta/episode_checksums`; they are verified whenever whole episodes are decoded
+decoded bytes (of the encoded chunk files for lossy keys with one-row chunks, the generators' Jpeg2k
+images) in `meta/episode_checksums`; they are verified whenever whole episodes are decoded
 (`copy_from_path`, which the datasets use, `get_episode`, `save_to_path`, repair and inspect), so
 bytes that changed on disk and still decode are an error naming the key and episode. Windows read
 straight from a store on disk (`create_from_path` + a sampler) are not verified. Stores without
@@ -50,14 +51,18 @@ from zarr.core.sync import sync
 
 from policylab.common.locking import WriterLock, store_lock
 from policylab.data.checksums import (
-    ALGORITHM,
     CHECKSUMS_KEY,
     digest,
+    encoded_digests,
     episode_row,
     find_damaged,
     is_lossless,
+    key_mismatches,
+    new_table_attrs,
+    raise_first,
+    row_chunked,
     stored_keys,
-    verify,
+    table_attrs,
 )
 from policylab.data.checksums import status as checksum_status
 from policylab.data.codecs import (
@@ -257,11 +262,14 @@ class ReplayBuffer:
             rows = np.asarray(value[: self.n_steps])
             self.verify_rows({key: rows})  # never re-derive checksums from damaged rows
             write_array(root["data"], key, rows, chunks.get(key, default_chunks), compressors.get(key, default_codec))
-            if is_lossless(root["data"][key]):
-                sums[key] = [digest(rows[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+            saved, spans = root["data"][key], list(itertools.pairwise(bounds.tolist()))
+            if is_lossless(saved):
+                sums[key] = [digest(rows[lo:hi]) for lo, hi in spans]
+            elif row_chunked(saved):  # lossy: the encoded chunks just written (`checksums.py`)
+                sums[key] = encoded_digests(saved, spans)
         table = np.array([sums[k] for k in sorted(sums)], dtype=np.uint32).T.reshape(self.n_episodes, len(sums))
         write_array(root["meta"], CHECKSUMS_KEY, table, (max(1024, self.n_episodes), len(sums) or 1), "default")
-        root["meta"][CHECKSUMS_KEY].attrs.update({"keys": sorted(sums), "algorithm": ALGORITHM})
+        root["meta"][CHECKSUMS_KEY].attrs.update(new_table_attrs(root["data"], sums))
         return store
 
     def save_to_path(self, zarr_path, chunks=None, compressors=None, zarr_format: int = 2):
@@ -360,9 +368,8 @@ class ReplayBuffer:
                 self.data[key][start:stop] = value
         attrs = {}
         if self.backend == "zarr" and (self._n_episodes == 0 or CHECKSUMS_KEY in self.meta):
-            keys = stored_keys(self.meta) if self._n_episodes else sorted(k for k in episode if is_lossless(self.data[k]))
-            rows[CHECKSUMS_KEY] = episode_row(episode, keys, {k: self.data[k].dtype for k in keys})
-            attrs = {"keys": keys, "algorithm": ALGORITHM}
+            attrs = table_attrs(self.meta) if self._n_episodes else new_table_attrs(self.data, episode)
+            rows[CHECKSUMS_KEY] = episode_row(episode, self.data, attrs, start)
         for key, value in rows.items():
             self._backend.set_episode_meta(key, self._n_episodes, value, attrs if key == CHECKSUMS_KEY else None)
         self._append_episode_end(stop)
@@ -423,7 +430,7 @@ class ReplayBuffer:
         """What this store's checksums cover (`checksums.status`): algorithm (None: unchecked),
         checked keys, unchecked keys with the reason, episodes covered."""
         if self.backend != "zarr":
-            return {"algorithm": None, "episodes": 0, "checked": [],
+            return {"algorithm": None, "episodes": 0, "checked": [], "encoded": [],
                     "unchecked": dict.fromkeys(self.keys(), "in memory (verified when loaded)")}
         return checksum_status(self.meta, self.data, self.n_episodes)
 
@@ -443,10 +450,11 @@ class ReplayBuffer:
         if n <= 0:
             return
         table = np.asarray(self.meta[CHECKSUMS_KEY][first_episode: first_episode + n])
-        columns = stored_keys(self.meta)
-        for key in sorted(set(info["checked"]) & set(data)):
-            verify(store_name(self.root.store), key, data[key], self.episode_ends, table[:, columns.index(key)],
-                   first_episode)
+        columns, name = stored_keys(self.meta), store_name(self.root.store)
+        for key in sorted(set(info["checked"]) & set(data)):  # encoded keys: their chunk files, not `data`
+            raise_first(name, key, key_mismatches(name, key, self.data[key], self.episode_ends,
+                                                  table[:, columns.index(key)], first_episode,
+                                                  key in info["encoded"], data[key]))
 
     def get_steps_slice(self, start: int, stop: int, step=None, copy: bool = False) -> dict[str, np.ndarray]:
         sl = slice(start, stop, step)

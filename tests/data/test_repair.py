@@ -23,11 +23,15 @@ def _dp_store(path):
     return write_v2_store(path, arrays, np.cumsum(DP_LENGTHS), chunks={"img": (1, 8, 8, 3), "action": (64, 2)})
 
 
-def _own_store(path, n=4, seeds=None):
-    """A policylab store, episode i holding the value i; `seeds` entries of meta/episode_seeds (default all)."""
+def _own_store(path, n=4, seeds=None, images=False):
+    """A policylab store, episode i holding the value i; `seeds` entries of meta/episode_seeds (default all);
+    `images`: also an "img" key as the generators write it (Jpeg2k, chunks of one row)."""
+    rng = np.random.default_rng(0)
     with ReplayBuffer.create_from_path(path, mode="w") as rb:
         for i in range(n):
-            rb.add_episode({"action": np.full((10, 2), i, np.float32)}, chunks={"action": (16, 2)},
+            images_of = {"img": rng.integers(0, 255, (10, 8, 8, 3), dtype=np.uint8)} if images else {}
+            rb.add_episode({"action": np.full((10, 2), i, np.float32), **images_of},
+                           chunks={"action": (16, 2), "img": (1, 8, 8, 3)}, compressors={"img": "image"},
                            episode_meta={"episode_seeds": 100 + i})
         if seeds is not None:
             rb.update_meta({"episode_seeds": np.arange(100, 100 + seeds)})
@@ -84,10 +88,13 @@ def test_truncate_keeps_the_episodes_before_the_first_without_a_seed(tmp_path):
     assert _episode_values(tmp_path / "b.zarr") == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("damage", ["checksum", "missing_chunk"])
+@pytest.mark.parametrize("damage", ["checksum", "encoded_checksum", "missing_chunk"])
 def test_truncate_keeps_the_episodes_before_the_first_damaged_one(tmp_path, capsys, damage):
-    path = _own_store(tmp_path / "s.zarr", n=6)
-    if damage == "checksum":
+    path = _own_store(tmp_path / "s.zarr", n=6, images=damage == "encoded_checksum")
+    if damage == "encoded_checksum":  # bytes flipped inside a Jpeg2k chunk file of row 25: episode 2
+        chunk = path / "data" / "img" / "25.0.0.0"
+        chunk.write_bytes(bytes(b ^ 0x5A if 100 <= i < 108 else b for i, b in enumerate(chunk.read_bytes())))
+    elif damage == "checksum":
         rb = ReplayBuffer.create_from_path(path, mode="a")
         raw = rb["action"][:]
         raw[25, 1] = 7.0  # episode 2, written behind the checksums' back (what a flipped bit does)
@@ -95,12 +102,15 @@ def test_truncate_keeps_the_episodes_before_the_first_damaged_one(tmp_path, caps
         rb.close()
     else:
         (path / "data" / "action" / "2.0").unlink()  # rows 32..47: episodes 3, 4
-    first_bad = 2 if damage == "checksum" else 3
+    first_bad = 3 if damage == "missing_chunk" else 2
     original = tmp_path / "original.zarr"
     shutil.copytree(path, original)
     assert repair_main([str(path)]) == 1
     assert repair_main([str(path), "--fix", "fill"]) == 1  # fill never drops data: the damage stays
-    assert f"episode {first_bad}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"episode {first_bad}" in out
+    if damage == "encoded_checksum":
+        assert "data/img episode 2 (rows 20..29) does not match its crc32c checksum of encoded chunk bytes" in out
     assert repair_main([str(path), "--fix", "truncate", "--backup", str(tmp_path / "b.zarr")]) == 0
     assert _episode_values(path) == list(range(first_bad))
     assert ReplayBuffer.create_from_path(path).episode_meta("episode_seeds").tolist() == list(

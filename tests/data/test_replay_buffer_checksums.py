@@ -1,14 +1,22 @@
 """Per-episode checksums: bytes that change on disk and still decode are an error naming key and
 episode; stores without checksums open unchecked and say so; checksums commit with the episode."""
 
+import contextlib
 import shutil
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 import pytest
+import zarr
+from imagecodecs.numcodecs import Jpeg2k
 
-from policylab.data.checksums import CHECKSUMS_KEY, ChecksumError
+from policylab.data.checksums import (
+    CHECKSUMS_KEY,
+    ChecksumError,
+    digest,
+    encoded_digests,
+)
 from policylab.data.inspect import main as inspect_main
 from policylab.data.replay_buffer import ReplayBuffer, ReplayBufferError
 from tests.data.test_replay_buffer_meta import Killed, _kill_after
@@ -46,7 +54,7 @@ def test_flipped_bytes_in_a_blosc_lz4_chunk_name_key_and_episode(tmp_path):
     path = _store(tmp_path / "demos.zarr")
     rb = ReplayBuffer.create_from_path(path)
     assert rb.checksum_status() == {"algorithm": "crc32c", "episodes": 4, "checked": ["action", "step"],
-                                    "unchecked": {}}
+                                    "encoded": [], "unchecked": {}}
     before = ReplayBuffer.copy_from_path(path)["action"].copy()
     assert numcodecs.get_codec(BLOSC_LZ4.get_config()) == rb["action"].compressors[0]
     _flip(path, "action", "1.0")  # rows 50..99: bytes 200..219 of the file are rows ~ 73..75
@@ -91,24 +99,131 @@ def test_store_without_checksums_opens_unchecked_and_says_so(tmp_path, capsys):
     assert rb.find_damaged_episodes() == []
 
 
-def test_lossy_keys_are_unchecked_with_the_reason(tmp_path, capsys):
-    path = tmp_path / "img.zarr"
-    with ReplayBuffer.create_from_path(path, mode="w") as rb:
-        for _ in range(2):
-            rb.add_episode({"img": np.zeros((3, 8, 8, 3), np.uint8), "action": np.ones((3, 2), np.float32)},
-                           chunks={"img": (1, 8, 8, 3)}, compressors={"img": JPEG2K})
-    status = ReplayBuffer.create_from_path(path).checksum_status()
-    assert status["checked"] == ["action"]
-    assert "lossy codec" in status["unchecked"]["img"]
+IMG_LENGTH = 3  # steps per episode of the image stores
+
+
+def _image_store(path, n_episodes=3, img_chunk_rows=1, zarr_format=2):
+    """A store as the demo generators write one: images with the "image" compressor (Jpeg2k) in
+    chunks of one row, low-dim keys with "disk"."""
+    rng = np.random.default_rng(1)
+    with ReplayBuffer.create_from_path(path, mode="w", zarr_format=zarr_format) as rb:
+        for e in range(n_episodes):
+            rb.add_episode({"img": rng.integers(0, 255, (IMG_LENGTH, 16, 16, 3), dtype=np.uint8),
+                            "action": rng.normal(size=(IMG_LENGTH, 2)).astype(np.float32)},
+                           chunks={"img": (img_chunk_rows, 16, 16, 3)},
+                           compressors={"img": "image", "action": "disk"}, episode_meta={"episode_seeds": e})
+    return path
+
+
+def _flip_middle(f, n=8):
+    """Flip n bytes in the middle of a file (inside a Jpeg2k codestream: it still decodes, to other pixels)."""
+    raw = bytearray(f.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + n):
+        raw[i] ^= 0x5A
+    f.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_a_jpeg2k_chunk_name_key_and_episode(tmp_path, capsys):
+    path = _image_store(tmp_path / "img.zarr")
+    assert ReplayBuffer.create_from_path(path).checksum_status() == {
+        "algorithm": "crc32c", "episodes": 3, "checked": ["action", "img"], "encoded": ["img"], "unchecked": {}}
     assert inspect_main([str(path)]) == 0
-    assert "checksums: crc32c of 2 episodes x action, verified on load; unchecked img: lossy codec" in (
-        capsys.readouterr().out)
-    assert ReplayBuffer.copy_from_path(path).n_episodes == 2
-    only_images = ReplayBuffer.copy_from_path(path, keys=["img"]).save_to_path(
-        tmp_path / "only_img.zarr", compressors={"img": JPEG2K}, chunks={"img": (1, 8, 8, 3)})
-    status = ReplayBuffer.create_from_path(only_images).checksum_status()
-    assert (status["algorithm"], status["checked"]) == ("crc32c", [])
-    assert "lossy codec" in status["unchecked"]["img"]
+    assert "checksums: crc32c of 3 episodes x action, img (encoded), verified on load\n" in capsys.readouterr().out
+    before = ReplayBuffer.copy_from_path(path)["img"].copy()  # a healthy store verifies
+    _flip_middle(path / "data" / "img" / "4.0.0.0")  # row 4: episode 1
+    rb = ReplayBuffer.create_from_path(path)
+    assert np.any(rb["img"][4] != before[4]), "the flip decodes silently to other pixels"
+    message = r"img.zarr: data/img episode 1 \(rows 3..5\) does not match its crc32c checksum of encoded chunk bytes"
+    with pytest.raises(ChecksumError, match=message):
+        ReplayBuffer.copy_from_path(path)
+    with pytest.raises(ChecksumError, match=message):
+        rb.get_episode(1)
+    np.testing.assert_array_equal(rb.get_episode(2)["img"], before[6:9])  # other episodes read
+    assert [(key, episode) for key, episode, _ in rb.find_damaged_episodes()] == [("img", 1)]
+    ReplayBuffer.copy_from_path(path, keys=["action"])  # the undamaged key loads
+    with pytest.raises(ChecksumError, match="data/img episode 1"):  # never re-saved with fresh checksums
+        rb.save_to_path(tmp_path / "copy.zarr")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_encoded_checksums_read_the_chunk_files_the_format_names(tmp_path, zarr_format):
+    rb = ReplayBuffer.create_from_path(tmp_path / "s.zarr", mode="w", zarr_format=zarr_format)
+    rb.add_episode({"x": np.arange(4 * 6, dtype=np.uint8).reshape(4, 2, 3)}, chunks={"x": (1, 1, 3)})
+    files = [f"{r}.{c}.0" if zarr_format == 2 else f"c/{r}/{c}/0" for r in (1, 2) for c in (0, 1)]
+    raw = b"".join((tmp_path / "s.zarr" / "data" / "x" / f).read_bytes() for f in files)
+    assert encoded_digests(rb["x"], [(1, 3)]) == [digest(np.frombuffer(raw, np.uint8))]
+
+
+def test_lossy_keys_with_chunks_of_several_rows_stay_unchecked_with_the_reason(tmp_path):
+    # Jpeg2k encodes one image per chunk; a lossy codec that takes several rows: quantization.
+    rb = ReplayBuffer.create_from_path(tmp_path / "q.zarr", mode="w")
+    rb.add_episode({"depth": np.linspace(0, 1, 12, dtype=np.float32).reshape(4, 3)}, chunks={"depth": (2, 3)},
+                   compressors={"depth": numcodecs.Quantize(digits=1, dtype="<f4")})
+    status = rb.checksum_status()
+    assert (status["checked"], status["encoded"]) == ([], [])
+    assert status["unchecked"]["depth"].startswith("lossy codec with chunks of 2 rows")
+
+
+def test_saved_copy_of_images_carries_encoded_checksums(tmp_path):
+    source = ReplayBuffer.copy_from_path(_image_store(tmp_path / "img.zarr"))
+    for name in ("copy.zarr", "copy.zarr.zip"):
+        saved = source.save_to_path(tmp_path / name, compressors={"img": JPEG2K}, chunks={"img": (1, 16, 16, 3)})
+        rb = ReplayBuffer.create_from_path(saved)
+        assert (rb.checksum_status()["encoded"], rb.find_damaged_episodes()) == (["img"], [])
+        assert ReplayBuffer.copy_from_path(saved).n_episodes == 3  # a zip store verifies too
+
+
+def test_re_encoded_images_are_unchecked_not_damaged(tmp_path):
+    rb = ReplayBuffer.create_from_path(_image_store(tmp_path / "img.zarr"), mode="a")
+    rb.set_compressors({"img": Jpeg2k(level=40)})  # not the generators' level 50: every chunk re-encoded
+    status = rb.checksum_status()
+    assert status["checked"] == ["action"] and status["unchecked"]["img"].startswith("re-encoded")
+    assert rb.find_damaged_episodes() == []
+    rb.close()
+
+
+def test_a_store_with_the_decoded_only_table_opens_and_verifies_as_before(tmp_path):
+    # The layout before encoded checksums: columns of lossless keys only, no "encoded_keys" attr.
+    path = _image_store(tmp_path / "old.zarr")
+    meta = zarr.open_group(path, mode="r+")["meta"]
+    action = np.asarray(meta[CHECKSUMS_KEY][:, 0:1])
+    assert meta[CHECKSUMS_KEY].attrs["keys"] == ["action", "img"]
+    meta.create_array(CHECKSUMS_KEY, data=action, chunks=(1024, 1), overwrite=True)
+    meta[CHECKSUMS_KEY].attrs.update({"keys": ["action"], "algorithm": "crc32c"})
+    with ReplayBuffer.create_from_path(path, mode="a") as rb:
+        status = rb.checksum_status()
+        assert (status["checked"], status["encoded"], status["episodes"]) == (["action"], [], 3)
+        assert status["unchecked"]["img"].startswith("lossy codec: decoded bytes differ between decoder builds")
+        rb.add_episode({k: v for k, v in rb.get_episode(0).items()}, episode_meta={"episode_seeds": 3})
+        assert dict(rb.meta[CHECKSUMS_KEY].attrs) == {"keys": ["action"], "algorithm": "crc32c"}
+        assert rb.checksum_status()["episodes"] == 4 and rb.find_damaged_episodes() == []
+    _flip_middle(path / "data" / "img" / "4.0.0.0")
+    assert ReplayBuffer.copy_from_path(path).n_episodes == 4  # images unchecked, as before
+    _flip(path, "action", "0.0", start=20, n=4)
+    with pytest.raises(ChecksumError, match="data/action episode 0"):
+        ReplayBuffer.copy_from_path(path)
+
+
+def test_killed_at_any_write_of_an_image_episode_leaves_old_or_new_with_checksums(tmp_path, monkeypatch):
+    base, finished = _image_store(tmp_path / "base.zarr", n_episodes=1), False
+    for k in range(1, 30):
+        path = Path(shutil.copytree(base, tmp_path / f"k{k}.zarr"))
+        rb = ReplayBuffer.create_from_path(path, mode="a")
+        with monkeypatch.context() as m, contextlib.suppress(Killed):
+            _kill_after(m, k)
+            rb.add_episode({"img": np.full((IMG_LENGTH, 16, 16, 3), 9, np.uint8),
+                            "action": np.zeros((IMG_LENGTH, 2), np.float32)}, episode_meta={"episode_seeds": 1})
+            finished = True
+        rb.close()
+        with ReplayBuffer.create_from_path(path, mode="a") as reopened:
+            assert reopened.n_episodes in (1, 2), f"killed at write {k}"
+            assert reopened.find_damaged_episodes() == [], f"killed at write {k}"
+            reopened.add_episode({"img": np.ones((2, 16, 16, 3), np.uint8), "action": np.ones((2, 2), np.float32)},
+                                 episode_meta={"episode_seeds": 7})
+            assert reopened.find_damaged_episodes() == [] and reopened.checksum_status()["encoded"] == ["img"]
+        if finished:
+            break
+    assert finished
 
 
 def test_saved_copy_carries_checksums_of_what_it_holds(tmp_path):
