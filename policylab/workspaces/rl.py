@@ -76,12 +76,20 @@ class RLWorkspace(BaseWorkspace):
         critic = self.build_critic()(
             shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=actor.n_obs_steps,
             action_dim=actor.n_action_steps * actor.action_dim)
-        stage_cfg = {**OmegaConf.to_container(cfg.conrft.common), **OmegaConf.to_container(cfg.conrft[self.stage])}
-        self.agent = ConRFT(actor, critic, ConRFTConfig(**stage_cfg)).to(self.device)
+        self.agent = self.build_agent(actor, critic).to(self.device)
         self.optimizers = self.agent.optimizers
         self.init_critic()
         self.generator = torch.Generator().manual_seed(self.c["training"].seed)
         self.env_runner = None
+
+    def build_agent(self, actor, critic) -> ConRFT:
+        """The algorithm: an `nn.Module` holding `actor`, `critic`, `target_critic`, its `optimizers`
+        and `n_updates`, with `train_step(sample, generator) -> metrics`; here ConRFT with this stage's
+        config (the `conrft` preset's `common` + `<stage>` sections). Another algorithm is that one
+        class and its config, built here."""
+        conrft = self.cfg.conrft
+        stage_cfg = {**OmegaConf.to_container(conrft.common), **OmegaConf.to_container(conrft[self.stage])}
+        return ConRFT(actor, critic, ConRFTConfig(**stage_cfg))
 
     @property
     def actor(self):
