@@ -90,14 +90,12 @@ def make_demos(n: int, store: Path, workers: int) -> None:
         raise SystemExit("generating the demos failed (see above)")
     merged = store.with_name(f"{store.stem}.merging.zarr")
     shutil.rmtree(merged, ignore_errors=True)
-    seeds = []
     with ReplayBuffer.create_from_path(str(merged), mode="w") as out:
         for part in parts:
             src = ReplayBuffer.create_from_path(str(part))
-            for i in range(src.n_episodes):
-                out.add_episode(src.get_episode(i), compressors="disk")
-            seeds.extend(np.asarray(src.meta[SEEDS_KEY][:]).tolist())
-        out.update_meta({SEEDS_KEY: np.array(seeds, dtype=np.int64)})
+            seeds = np.asarray(src.meta[SEEDS_KEY][:])
+            for i in range(src.n_episodes):  # each episode with its seed and checksums, as the generator writes it
+                out.add_episode(src.get_episode(i), compressors="disk", episode_meta={SEEDS_KEY: seeds[i]})
     shutil.rmtree(store, ignore_errors=True)
     merged.rename(store)  # a killed merge leaves no half store under the name training reads
     for part in parts:

@@ -35,6 +35,8 @@ def test_demos_written_by_two_processes_are_merged_into_one_store(tmp_path):
     seeds = buffer.meta[SEEDS_KEY][:].tolist()
     assert seeds[:2] == [0, 1] and seeds[2] == 10_000  # the expert succeeds on these seeds
     assert "img" not in buffer and buffer["action"].shape == (buffer.n_steps, 2)
+    status = buffer.checksum_status()  # every episode keeps its checksums through the merge
+    assert status["episodes"] == 3 and "action" in status["checked"] and not status["unchecked"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["pusht_state.zarr"]
     mtime = (store / "meta").stat().st_mtime_ns
     quickstart.make_demos(3, store, workers=2)
