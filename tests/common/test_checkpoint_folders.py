@@ -10,13 +10,6 @@ import torch
 from omegaconf import OmegaConf
 
 from policylab.common import checkpoint as ckpt_mod
-from policylab.common.checkpoint import (
-    TopKCheckpointManager,
-    clean_orphans,
-    load_training_state,
-    remove_checkpoint,
-    save_checkpoint,
-)
 from policylab.evaluate import default_output_dir
 from policylab.policies.loading import load_policy
 
@@ -43,7 +36,7 @@ def _victim(tmp_path):
 def _old_style(ckpt_root, name, value):
     """A checkpoint as versions before plain folders wrote it: `<name> -> .<name>.<id>`."""
     hidden = ckpt_root / f".{name}.0123abcd"
-    save_checkpoint(hidden, CFG, _linear(value), training_state={"step": int(value)})
+    ckpt_mod.save_checkpoint(hidden, CFG, _linear(value), training_state={"step": int(value)})
     os.symlink(hidden.name, ckpt_root / name)
     return ckpt_root / name
 
@@ -51,23 +44,23 @@ def _old_style(ckpt_root, name, value):
 def test_topk_keys_that_leave_the_folder_are_ignored_and_nothing_outside_is_removed(tmp_path):
     victim = _victim(tmp_path)
     root = tmp_path / "run" / "checkpoints"
-    save_checkpoint(root / "latest", CFG, _linear(1))
+    ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(1))
     hostile = {"../../victim": 0.0, str(victim): 0.0, "latest": 0.0, ".latest.old-0123abcd": 0.0,
                "epoch=0001-test_mean_score=0.100": 0.1}
     (root / "topk.json").write_text(json.dumps(hostile))
     with pytest.warns(UserWarning, match=r"ignoring entries .*'\.\./\.\./victim'.*'latest'") as caught:
-        topk = TopKCheckpointManager(root, "test/mean_score", mode="max", k=1)
+        topk = ckpt_mod.TopKCheckpointManager(root, "test/mean_score", mode="max", k=1)
     assert str(victim) in str(caught[0].message)
     assert topk.entries == {"epoch=0001-test_mean_score=0.100": 0.1}
     path = topk.get_ckpt_path({"epoch": 2, "test/mean_score": 0.9})  # drops everything else
-    save_checkpoint(path, CFG, _linear(2))
+    ckpt_mod.save_checkpoint(path, CFG, _linear(2))
     assert (victim / "precious.txt").read_text() == "keep me"
     assert load_policy(root / "latest").weight[0, 0].item() == 1
     assert json.loads((root / "topk.json").read_text()) == {"epoch=0002-test_mean_score=0.900": 0.9}
 
 
 def test_a_format_str_that_makes_a_path_is_refused(tmp_path):
-    topk = TopKCheckpointManager(tmp_path, "loss", mode="min", k=2, format_str="../{epoch}")
+    topk = ckpt_mod.TopKCheckpointManager(tmp_path, "loss", mode="min", k=2, format_str="../{epoch}")
     with pytest.raises(ValueError, match=r"format_str '\.\./\{epoch\}'"):
         topk.get_ckpt_path({"epoch": 1, "loss": 0.5})
 
@@ -78,14 +71,14 @@ def test_a_latest_symlink_to_a_folder_outside_is_replaced_not_followed(tmp_path,
     root = tmp_path / "run" / "checkpoints"
     root.mkdir(parents=True)
     os.symlink(victim if link == "absolute" else "../../victim", root / "latest")
-    save_checkpoint(root / "latest", CFG, _linear(3))
+    ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(3))
     assert (victim / "precious.txt").read_text() == "keep me"
     assert not (root / "latest").is_symlink()
     os.symlink(victim, root / "epoch=0001-x=0.5")
-    remove_checkpoint(root / "epoch=0001-x=0.5")
+    ckpt_mod.remove_checkpoint(root / "epoch=0001-x=0.5")
     assert (victim / "precious.txt").read_text() == "keep me"
     os.symlink(victim, root / ".latest.89abcdef")  # a hidden link that looks like scratch
-    clean_orphans(root)
+    ckpt_mod.clean_orphans(root)
     assert (victim / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in root.iterdir()) == ["latest"]
 
@@ -93,7 +86,7 @@ def test_a_latest_symlink_to_a_folder_outside_is_replaced_not_followed(tmp_path,
 def test_checkpoints_are_plain_folders_that_cp_and_tar_copy(tmp_path):
     root = tmp_path / "run" / "checkpoints"
     for value in range(3):
-        save_checkpoint(root / "latest", CFG, _linear(value), training_state={"step": value})
+        ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(value), training_state={"step": value})
     assert sorted(p.name for p in root.iterdir()) == ["latest"]
     assert (root / "latest").is_dir() and not (root / "latest").is_symlink()
     subprocess.run(["cp", "-r", str(root / "latest"), str(tmp_path / "copied")], check=True)
@@ -102,7 +95,7 @@ def test_checkpoints_are_plain_folders_that_cp_and_tar_copy(tmp_path):
     subprocess.run(["tar", "-xf", str(tmp_path / "c.tar"), "-C", str(tmp_path / "untarred")], check=True)
     for copy in (tmp_path / "copied", tmp_path / "untarred" / "latest"):
         assert load_policy(copy).weight[0, 0].item() == 2
-        assert load_training_state(copy)["step"] == 2
+        assert ckpt_mod.load_training_state(copy)["step"] == 2
 
 
 def test_old_symlinked_runs_load_and_their_next_save_becomes_a_folder(tmp_path):
@@ -110,9 +103,9 @@ def test_old_symlinked_runs_load_and_their_next_save_becomes_a_folder(tmp_path):
     latest = _old_style(root, "latest", 4)
     entry = _old_style(root, "epoch=0001-test_mean_score=0.400", 5)
     assert load_policy(latest).weight[0, 0].item() == 4
-    assert load_training_state(latest)["step"] == 4
-    save_checkpoint(latest, CFG, _linear(6))
-    remove_checkpoint(entry)
+    assert ckpt_mod.load_training_state(latest)["step"] == 4
+    ckpt_mod.save_checkpoint(latest, CFG, _linear(6))
+    ckpt_mod.remove_checkpoint(entry)
     assert sorted(p.name for p in root.iterdir()) == ["latest"]
     assert not latest.is_symlink()
     assert load_policy(latest).weight[0, 0].item() == 6
@@ -135,31 +128,31 @@ def _killed_at(monkeypatch, name, call):
 
 def test_a_kill_between_the_two_renames_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     root = tmp_path / "checkpoints"
-    save_checkpoint(root / "latest", CFG, _linear(1), training_state={"step": 1})
+    ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(1), training_state={"step": 1})
     with monkeypatch.context() as patch:
         _killed_at(patch, "os.replace", 2)  # the old one is aside, the new one not yet in place
         with pytest.raises(KeyboardInterrupt):
-            save_checkpoint(root / "latest", CFG, _linear(2), training_state={"step": 2})
+            ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(2), training_state={"step": 2})
     assert not (root / "latest").exists()
     assert load_policy(root / "latest").weight[0, 0].item() == 1  # readers find the old one
-    assert load_training_state(root / "latest")["step"] == 1
-    clean_orphans(root)  # a run's start renames it back
+    assert ckpt_mod.load_training_state(root / "latest")["step"] == 1
+    ckpt_mod.clean_orphans(root)  # a run's start renames it back
     assert sorted(p.name for p in root.iterdir()) == ["latest"]
-    assert load_training_state(root / "latest")["step"] == 1
+    assert ckpt_mod.load_training_state(root / "latest")["step"] == 1
 
 
 def test_a_kill_before_the_old_checkpoint_is_removed_leaves_the_new_one(tmp_path, monkeypatch):
     root = tmp_path / "checkpoints"
-    save_checkpoint(root / "latest", CFG, _linear(1), training_state={"step": 1})
+    ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(1), training_state={"step": 1})
     with monkeypatch.context() as patch:
         _killed_at(patch, "_discard", 1)
         with pytest.raises(KeyboardInterrupt):
-            save_checkpoint(root / "latest", CFG, _linear(2), training_state={"step": 2})
-    assert load_training_state(root / "latest")["step"] == 2
+            ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(2), training_state={"step": 2})
+    assert ckpt_mod.load_training_state(root / "latest")["step"] == 2
     assert [p.name.startswith(".latest.old-") for p in root.iterdir()].count(True) == 1
-    clean_orphans(root)
+    ckpt_mod.clean_orphans(root)
     assert sorted(p.name for p in root.iterdir()) == ["latest"]
-    assert load_training_state(root / "latest")["step"] == 2
+    assert ckpt_mod.load_training_state(root / "latest")["step"] == 2
 
 
 @pytest.mark.parametrize("old_style", [False, True])
@@ -168,5 +161,5 @@ def test_eval_output_is_named_after_the_folder_given(tmp_path, old_style):
     if old_style:
         _old_style(root, "latest", 1)
     else:
-        save_checkpoint(root / "latest", CFG, _linear(1))
+        ckpt_mod.save_checkpoint(root / "latest", CFG, _linear(1))
     assert default_output_dir(root / "latest") == tmp_path / "run" / "eval" / "latest"
