@@ -14,7 +14,7 @@ from tests.helpers import REPO
 DEVICE_LAYER = REPO / "policylab" / "real"
 BELOW = ("policylab.real", "policylab.common")  # packages, with everything in them
 RECORDING_FORMAT = {"policylab.data", "policylab.data.replay_buffer", "policylab.data.replay_backends",
-                    "policylab.data.codecs"}
+                    "policylab.data.codecs", "policylab.data.checksums"}
 
 
 def _policylab_imports(path: Path) -> set[str]:
