@@ -6,13 +6,13 @@ Which commands take `key=value` and which take `--flags` (one style per kind of 
 - `key=value`, Hydra's syntax: everything that trains, evaluates, or makes, converts or reads a
   dataset. train.py / `policylab-train`, demo_real_robot.py and eval_real_robot.py through Hydra;
   eval.py / `policylab-eval`, `policylab.data.generate` / `policylab-generate`,
-  `policylab.data.importers.*`, `policylab.data.exporters.*`, `policylab.data.inspect` (its store
-  may come first, bare), `policylab.rl.success_frames` and `policylab.robot_apps.rl_demos`
-  through this parser.
+  `policylab.data.importers.*`, `policylab.data.exporters.*`, `policylab.data.inspect` and
+  `policylab.data.repair` (their store may come first, bare), `policylab.rl.success_frames` and
+  `policylab.robot_apps.rl_demos` through this parser.
 - `--flags`, argparse: the tools around runs and checkpoints: `policylab.plot`,
   `ray_train_multirun.py` (its own options; the rest of its line is train.py's overrides),
   `policylab.serving.server`, `policylab.policies.dp_import`, `policylab.models.octo.convert`,
-  `policylab.quickstart`, `bench/*`. One data tool still takes flags: `policylab.data.repair`.
+  `policylab.quickstart`, `bench/*`.
 
 Every command of either kind answers `--help` and exits 0 (tests/test_cli_help.py).
 """

@@ -1,9 +1,17 @@
 """Check a ReplayBuffer store end to end; repair what an interrupted or older writer left.
 
-    python -m policylab.data.repair <store>                     # check only: exit 0 fine, 1 problems
-    python -m policylab.data.repair <store> --fix fill          # keeps every episode (no backup needed)
-    python -m policylab.data.repair <store> --fix truncate --backup <copy.zarr>   # drops episodes
-    python -m policylab.data.repair <store> --fix truncate --no-backup            # ... without a copy
+    python -m policylab.data.repair <store>                    # check only: exit 0 fine, 1 problems
+    python -m policylab.data.repair <store> fix=fill           # keeps every episode (no backup needed)
+    python -m policylab.data.repair <store> fix=truncate backup=<copy.zarr>   # drops episodes
+    python -m policylab.data.repair <store> fix=truncate no_backup=true       # ... without a copy
+
+<store> (bare, first, or store=<path>) is a `.zarr` directory or `.zarr.zip` file. Options (key=value):
+
+    fix=fill|truncate  repair (below); without it the store is only checked, nothing changes
+    backup=<path>      write a byte copy of the store there before changing it (must not exist)
+    no_backup=true     allow fix=truncate without a backup
+
+Exit codes: 0 the store is fine (or was repaired), 1 problems remain, 2 refused (usage).
 
 Checked, and printed as checked: `meta/episode_ends` against every data array (lengths agree,
 ends increase); chunk files inside the written range (a missing one reads as zeros); each
@@ -18,26 +26,39 @@ Fixes:
              (which describe no episode) are cut. No episode, no data row is removed.
   truncate   destructive: keeps the episodes before the first damaged one (a missing chunk, a
              checksum mismatch, no entry in a per-episode array) and drops the rest. Refused
-             unless `--backup <path>` (a byte copy of the store, made under the store's writer
-             lock before anything changes; the path must not exist) or `--no-backup` is given.
+             unless `backup=<path>` (a byte copy of the store, made under the store's writer
+             lock before anything changes; the path must not exist) or `no_backup=true` is given.
 A store whose episode_ends and arrays disagree does not open; it is reported, nothing is changed.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from policylab.common.locking import store_lock
+from policylab.common.overrides import MISSING, parse_overrides
 from policylab.data.checksums import CHECKSUMS_KEY
 from policylab.data.replay_buffer import ReplayBuffer, ReplayBufferError
 
 UNKNOWN = -1
 GENERATOR_KEY = "episode_seeds"  # written by policylab.data.generate; absent in stores from elsewhere
+PROG = "python -m policylab.data.repair"
+FIXES = ("fill", "truncate")
+REFUSED = 2  # usage errors and the refusals below: nothing was read or changed
+
+
+@dataclasses.dataclass
+class RepairConfig:
+    store: str = MISSING
+    fix: str | None = None  # one of FIXES; None: check only
+    backup: str | None = None
+    no_backup: bool = False
 
 
 def per_episode_lengths(buffer: ReplayBuffer) -> dict[str, int]:
@@ -83,7 +104,7 @@ def describe(buffer: ReplayBuffer) -> list[str]:
                                                          or "none"))
     if GENERATOR_KEY not in lengths and buffer.n_episodes:
         lines.append(f"note: no meta/{GENERATOR_KEY} (a store not written by policylab's demo generators, which is "
-                     f"fine); the generators append to it only after `--fix fill` marks its seeds unknown (-1)")
+                     f"fine); the generators append to it only after `fix=fill` marks its seeds unknown (-1)")
     status = buffer.checksum_status()
     if status["algorithm"]:
         lines.append(f"checked: {status['algorithm']} checksums of {status['episodes']} episodes x "
@@ -134,30 +155,37 @@ def backup(store: Path, to: Path) -> str:
     return f"backup of the store written to {to}"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m policylab.data.repair", description="Check a ReplayBuffer zarr store end to end; repair it.",
-        epilog="Exit codes: 0 the store is fine (or was repaired), 1 problems remain, 2 refused (usage).")
-    parser.add_argument("store", type=Path)
-    parser.add_argument("--fix", choices=("fill", "truncate"),
-                        help="fill: keep every episode, unknown per-episode values become -1, entries past the last "
-                             "episode are cut (no backup needed); truncate: DROP every episode from the first damaged "
-                             "one on (needs --backup PATH or --no-backup)")
-    parser.add_argument("--backup", type=Path, help="write a byte copy of the store here before changing it")
-    parser.add_argument("--no-backup", action="store_true", help="allow --fix truncate without a backup")
-    return parser
+def _refuse(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(REFUSED)
 
 
-def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.fix == "truncate" and not (args.backup or args.no_backup):
-        parser.error("--fix truncate drops episodes: give --backup <new path> (a copy is written first) or "
-                     "--no-backup; nothing changed")
-    lock = store_lock(args.store).acquire() if args.fix else None
+def parse_args(argv: list[str]) -> RepairConfig:
+    """The settings; a bad argument or fix=truncate with neither backup= nor no_backup=true exits 2."""
+    argv = list(argv)
+    if argv and "=" not in argv[0] and not argv[0].startswith("-"):
+        argv[0] = f"store={argv[0]}"
     try:
-        done = [backup(args.store, args.backup)] if args.fix and args.backup else []
-        return _check_and_fix(args.store, args.fix, done)
+        cfg = parse_overrides(RepairConfig, argv, prog=PROG, usage=__doc__)
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):  # parse_overrides' messages exit 1, which here means "problems remain"
+            _refuse(exit_.code)
+        raise
+    if cfg.fix not in (None, *FIXES):
+        _refuse(f"{PROG}: fix={cfg.fix!r} is not a fix; expected fix=fill or fix=truncate (nothing changed)")
+    if cfg.fix == "truncate" and not (cfg.backup or cfg.no_backup):
+        _refuse(f"{PROG}: fix=truncate drops episodes: give backup=<new path> (a copy is written first) or "
+                "no_backup=true; nothing changed")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    store = Path(cfg.store)
+    lock = store_lock(store).acquire() if cfg.fix else None
+    try:
+        done = [backup(store, Path(cfg.backup))] if cfg.fix and cfg.backup else []
+        return _check_and_fix(store, cfg.fix, done)
     finally:
         if lock is not None:
             lock.release()
@@ -181,8 +209,8 @@ def _check_and_fix(path: Path, fix: str | None, done: list[str]) -> int:
         if not fix:
             if not problems:
                 return 0
-            print(f"  nothing changed. To repair: python -m policylab.data.repair {path} --fix fill (keeps every "
-                  f"episode) or --fix truncate --backup <copy> (drops the episodes from the first damaged one)")
+            print(f"  nothing changed. To repair: {PROG} {path} fix=fill (keeps every "
+                  f"episode) or fix=truncate backup=<copy> (drops the episodes from the first damaged one)")
             return 1
         for line in done + (fill(buffer) if fix == "fill" else truncate(buffer)):
             print(f"  fixed: {line}")
@@ -193,4 +221,4 @@ def _check_and_fix(path: Path, fix: str | None, done: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """`python -m policylab.data.repair` never loses good data: a store from elsewhere is fine, the
-destructive fix needs a backup (or an explicit --no-backup), and each fix mode keeps exactly the
+destructive fix needs a backup (or an explicit no_backup=true), and each fix mode keeps exactly the
 episodes it says."""
 
 import shutil
@@ -44,7 +44,7 @@ def _episode_values(path):
 
 
 def test_a_healthy_dp_store_is_fine_and_truncate_keeps_all_12_episodes(tmp_path):
-    # On 5af9142 the report exited 1 and `--fix truncate` dropped 12 of 12 episodes, exit 0, no backup.
+    # On 5af9142 the report exited 1 and `fix=truncate` dropped 12 of 12 episodes, exit 0, no backup.
     path = _dp_store(tmp_path / "dp.zarr")
     before = ReplayBuffer.copy_from_path(path)
     report = subprocess.run([sys.executable, "-m", "policylab.data.repair", str(path)], cwd=REPO,
@@ -53,7 +53,7 @@ def test_a_healthy_dp_store_is_fine_and_truncate_keeps_all_12_episodes(tmp_path)
     assert "12 episodes" in report.stdout and "fine: no problems found" in report.stdout
     assert "checked: meta/episode_ends against 5 data arrays" in report.stdout
     assert "unchecked: data/action: the store has no checksums" in report.stdout
-    assert repair_main([str(path), "--fix", "truncate", "--no-backup"]) == 0
+    assert repair_main([str(path), "fix=truncate", "no_backup=true"]) == 0
     after = ReplayBuffer.copy_from_path(path)
     assert after.n_episodes == 12
     for key in before.keys():  # noqa: SIM118 - a ReplayBuffer is not a dict
@@ -63,27 +63,38 @@ def test_a_healthy_dp_store_is_fine_and_truncate_keeps_all_12_episodes(tmp_path)
 def test_truncate_is_refused_without_backup_or_no_backup(tmp_path, capsys):
     path = _own_store(tmp_path / "short.zarr", seeds=2)
     with pytest.raises(SystemExit) as exit_info:
-        repair_main([str(path), "--fix", "truncate"])
+        repair_main([str(path), "fix=truncate"])
     assert exit_info.value.code == 2
-    assert "--backup" in capsys.readouterr().err
+    assert "backup=" in capsys.readouterr().err
     assert ReplayBuffer.create_from_path(path).n_episodes == 4
     taken = tmp_path / "taken.zarr"
     taken.mkdir()
     with pytest.raises(SystemExit, match="backup path .*taken.zarr exists"):
-        repair_main([str(path), "--fix", "truncate", "--backup", str(taken)])
+        repair_main([str(path), "fix=truncate", f"backup={taken}"])
     assert _episode_values(path) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize(("args", "named"), [(["fix=trunc"], "fix='trunc'"), (["fixx=fill"], "fixx"),
+                                             (["--fix", "fill"], "--fix")])
+def test_a_bad_argument_is_refused_naming_it(tmp_path, capsys, args, named):
+    path = _own_store(tmp_path / "short.zarr", seeds=2)
+    with pytest.raises(SystemExit) as exit_info:
+        repair_main([str(path), *args])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+    assert _episode_values(path) == [0, 1, 2, 3]
+    assert ReplayBuffer.create_from_path(path).meta["episode_seeds"][:].tolist() == [100, 101]
+
 def test_fill_keeps_every_episode(tmp_path):
     path = _own_store(tmp_path / "short.zarr", seeds=2)
-    assert repair_main([str(path), "--fix", "fill"]) == 0
+    assert repair_main([str(path), "fix=fill"]) == 0
     assert _episode_values(path) == [0, 1, 2, 3]
     assert ReplayBuffer.create_from_path(path).episode_meta("episode_seeds").tolist() == [100, 101, -1, -1]
 
 
 def test_truncate_keeps_the_episodes_before_the_first_without_a_seed(tmp_path):
     path = _own_store(tmp_path / "short.zarr", seeds=2)
-    assert repair_main([str(path), "--fix", "truncate", "--backup", str(tmp_path / "b.zarr")]) == 0
+    assert repair_main([str(path), "fix=truncate", f"backup={tmp_path / 'b.zarr'}"]) == 0
     assert _episode_values(path) == [0, 1]
     assert _episode_values(tmp_path / "b.zarr") == [0, 1, 2, 3]
 
@@ -106,12 +117,12 @@ def test_truncate_keeps_the_episodes_before_the_first_damaged_one(tmp_path, caps
     original = tmp_path / "original.zarr"
     shutil.copytree(path, original)
     assert repair_main([str(path)]) == 1
-    assert repair_main([str(path), "--fix", "fill"]) == 1  # fill never drops data: the damage stays
+    assert repair_main([str(path), "fix=fill"]) == 1  # fill never drops data: the damage stays
     out = capsys.readouterr().out
     assert f"episode {first_bad}" in out
     if damage == "encoded_checksum":
         assert "data/img episode 2 (rows 20..29) does not match its crc32c checksum of encoded chunk bytes" in out
-    assert repair_main([str(path), "--fix", "truncate", "--backup", str(tmp_path / "b.zarr")]) == 0
+    assert repair_main([str(path), "fix=truncate", f"backup={tmp_path / 'b.zarr'}"]) == 0
     assert _episode_values(path) == list(range(first_bad))
     assert ReplayBuffer.create_from_path(path).episode_meta("episode_seeds").tolist() == list(
         range(100, 100 + first_bad))

@@ -76,16 +76,16 @@ def _broken_store(path, seeds_len):
 
 def test_repair_notes_then_fills_missing_seeds(tmp_path, capsys):
     # No seeds is what every store from elsewhere looks like: a note, not a problem (issue 26: a
-    # "problem" here led users to `--fix truncate`, which dropped every episode).
+    # "problem" here led users to `fix=truncate`, which dropped every episode).
     path = tmp_path / "broken.zarr"
     _broken_store(path, seeds_len=None)
     assert repair_main([str(path)]) == 0  # report only: nothing changed
     out = capsys.readouterr().out
     assert "meta/episode_seeds" in out
     assert "no meta/episode_seeds" in out
-    assert "--fix fill" in out
+    assert "fix=fill" in out
     assert SEEDS not in ReplayBuffer.create_from_path(path).meta
-    assert repair_main([str(path), "--fix", "fill"]) == 0
+    assert repair_main([str(path), "fix=fill"]) == 0
     rb = ReplayBuffer.create_from_path(path)
     assert rb.n_episodes == 4
     assert rb.meta[SEEDS][:].tolist() == [-1, -1, -1, -1]
@@ -97,8 +97,8 @@ def test_repair_truncates_episodes_to_the_seeds(tmp_path, capsys):
     path = tmp_path / "short.zarr"
     _broken_store(path, seeds_len=2)
     assert repair_main([str(path)]) == 1
-    assert "--fix truncate" in capsys.readouterr().out
-    assert repair_main([str(path), "--fix", "truncate", "--backup", str(tmp_path / "backup.zarr")]) == 0
+    assert "fix=truncate" in capsys.readouterr().out
+    assert repair_main([str(path), "fix=truncate", f"backup={tmp_path / 'backup.zarr'}"]) == 0
     rb = ReplayBuffer.create_from_path(path)
     assert rb.n_episodes == 2
     assert rb.meta[SEEDS][:].tolist() == [100, 101]
@@ -110,7 +110,7 @@ def test_repair_truncates_episodes_to_the_seeds(tmp_path, capsys):
 def test_surplus_seeds_are_cut_and_the_cli_runs(tmp_path):
     path = tmp_path / "long.zarr"
     _broken_store(path, seeds_len=6)
-    result = subprocess.run([sys.executable, "-m", "policylab.data.repair", str(path), "--fix", "fill"],
+    result = subprocess.run([sys.executable, "-m", "policylab.data.repair", str(path), "fix=fill"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert ReplayBuffer.create_from_path(path).meta[SEEDS][:].tolist() == [100, 101, 102, 103]

@@ -51,7 +51,7 @@ def open_demo_store(out) -> tuple[ReplayBuffer, set[int]]:
     except ReplayBufferError as err:
         buffer.close()
         raise SystemExit(f"{out}: {err}; refusing to append (a new episode's seed could repeat an old one). "
-                         f"`python -m policylab.data.repair {out} --fix fill` marks unknown seeds -1") from None
+                         f"`python -m policylab.data.repair {out} fix=fill` marks unknown seeds -1") from None
     return buffer, {int(s) for s in seeds}
 
 
