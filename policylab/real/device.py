@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 import traceback
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -50,6 +52,23 @@ class Device:
         self.stop()
 
 
+@contextmanager
+def _opencv_pool_stopped():
+    """Fork with OpenCV's worker pool stopped, then restart it in the parent.
+
+    The pool does not survive fork: a child forked after the parent ran a parallel cv2 call (a
+    large resize, say) hangs in its first cv2 call, and a camera then never reports ready."""
+    cv2 = sys.modules.get("cv2")
+    threads = cv2.getNumThreads() if cv2 is not None else None
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        if cv2 is not None:
+            cv2.setNumThreads(threads)
+
+
 class DeviceProcess(Device):
     """A device whose loop runs in a child process; subclasses implement `run_device`.
 
@@ -74,7 +93,8 @@ class DeviceProcess(Device):
             raise DeviceError(f"{self.name}: already started")
         self._status["state"][0], self._status["stop"][0] = STARTING, 0
         self._proc = self._ctx.Process(target=self._child_main, name=self.name, daemon=True)
-        self._proc.start()
+        with _opencv_pool_stopped():
+            self._proc.start()
         if wait:
             self.start_wait()
 

@@ -70,3 +70,21 @@ def test_missing_recording_and_missing_device_fail_fast(tmp_path):
         cam.start()
     assert time.monotonic() - t0 < 5.0  # never pipeline.start() without a device (15 s)
     cam.stop()
+
+
+def test_a_camera_starts_after_the_parent_used_opencvs_thread_pool(tmp_path):
+    """OpenCV's worker pool does not survive fork: the device stops it for the fork (a camera forked
+    after a parallel cv2 call in the parent, recording made after it, used to hang: never ready)."""
+    import cv2
+
+    from policylab.real.testing.realsense_recording import make_recording
+
+    threads = cv2.getNumThreads()
+    for _ in range(3):
+        cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (500, 500), interpolation=cv2.INTER_AREA)
+    recording = make_recording(tmp_path / "camera_0", camera_id=0, n_frames=30)
+    with RealSenseCamera(recording=str(recording), resolution=(320, 240), obs_resolution=(160, 120),
+                         launch_timeout=5.0) as cam:
+        time.sleep(0.3)
+        assert cam.get(2)["color"].shape == (2, 120, 160, 3)
+    assert cv2.getNumThreads() == threads  # the parent's pool is as it was
