@@ -120,7 +120,14 @@ class URRTDERobot(DeviceProcess, Robot):
         clean_exit = False
         try:
             self._setup(rtde_c)
-            self._servo_loop(rtde_c, rtde_r)
+            try:
+                self._servo_loop(rtde_c, rtde_r)
+            except RobotFault:
+                raise
+            except RuntimeError as err:  # ur_rtde's socket errors ("End of file", ...) when the peer goes
+                if rtde_r.isConnected() and rtde_c.isConnected():
+                    raise
+                raise RobotFault(f"lost the RTDE connection to {self.host} ({err})") from None
             clean_exit = True
         finally:
             if clean_exit:  # on a fault these calls could block on a dead peer: just exit
