@@ -116,12 +116,16 @@ class ConsistencyBCPolicy(KarrasConsistencyPolicy):
         self.register_buffer("train_sigmas", karras_sigmas(num_scales, self.sigma_min, self.sigma_max, self.rho),
                              persistent=False)
 
-    def bc_loss(self, action: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Denoising loss on normalized `action (B, T, Da)`: the term ConRFT's actor shares with BC."""
+    def bc_loss(self, action: torch.Tensor, cond: torch.Tensor,
+                step_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoising loss on normalized `action (B, T, Da)`: the term ConRFT's actor shares with BC.
+        step_weights (T,): each step's squared error (mean over Da) weighs this much; None: the
+        mean over all T * Da."""
         idx = torch.randint(1, self.num_scales, (action.shape[0],), device=action.device)
         sigma = self.train_sigmas[idx]
         noisy = action + sigma.reshape(-1, 1, 1) * torch.randn_like(action)
-        recon = (self.consistency_fn(noisy, sigma, cond) - action).pow(2).flatten(1).mean(1)
+        error = (self.consistency_fn(noisy, sigma, cond) - action).pow(2)
+        recon = error.flatten(1).mean(1) if step_weights is None else error.mean(-1) @ step_weights.to(error)
         weight = 1 / sigma ** 2 + 1 / self.sigma_data ** 2
         return (weight * recon).mean()
 

@@ -12,7 +12,11 @@ ensemble of Q-functions with its own encoder and a Polyak target. One `update(ba
     L_actor  = bc_weight * L_bc(a | s) - q_weight * mean_j Q_j(s, pi(s))
 
 `critic_actor_ratio` critic updates per actor update (ConRFT: 2, i.e. one critic-only update, then
-one joint update). Targets move by `tau` after every critic step. Actions are the executed chunk
+one joint update). Targets move by `tau` after every critic step. ConRFT's code (`conrft=code`)
+also steps the actor's Adam on critic-only updates with a zero gradient
+(`actor_step_every_update`), takes both gradients at the pre-update parameters
+(`actor_loss_before_critic_step`), and weighs its one executed action 1 in L_bc
+(`bc_executed_weight`). Actions are the executed chunk
 (Ta steps of the policy's window, from index To-1), normalized to [-1, 1] and flattened: ConRFT's
 setting is Ta = 1. The batch is `rl.transitions.TransitionSampler`'s. Constants: reference
 `conrft_octo_cp.md` sections 1.3-1.6 (what the code does where it differs from the paper).
@@ -51,6 +55,9 @@ class ConRFTConfig:
     actor_lr: float
     critic_lr: float
     image_shift_pad: int
+    actor_step_every_update: bool
+    actor_loss_before_critic_step: bool
+    bc_executed_weight: float | None
 
 
 class ConRFT(nn.Module):
@@ -144,7 +151,7 @@ class ConRFT(nn.Module):
 
     def actor_loss(self, b: Mapping, obs: Mapping) -> tuple[torch.Tensor, dict]:
         cond = self.actor_cond(b)
-        bc = self.actor.bc_loss(b["chunk"], cond)
+        bc = self.actor.bc_loss(b["chunk"], cond, self.bc_step_weights())
         self.critic.requires_grad_(False)  # the Q term moves the actor only
         try:
             q_pi = self.critic(obs, self.sample_executed(cond)).mean(dim=0).mean()
@@ -153,28 +160,69 @@ class ConRFT(nn.Module):
         loss = self.cfg.bc_weight * bc - self.cfg.q_weight * q_pi
         return loss, {"actor_loss": loss.item(), "bc_loss": bc.item(), "q_pi": q_pi.item()}
 
+    def bc_step_weights(self) -> torch.Tensor | None:
+        """(T,) weight of each window step's squared error (mean over Da) in L_bc, or None: the plain
+        mean over the window, where the Ta executed steps weigh Ta/T together (1/2 for ConRFT's
+        T = 2, Ta = 1). ConRFT's actor predicts the executed action alone, so it weighs 1:
+        `bc_executed_weight` is the executed steps' total (spread evenly); the others keep 1/T."""
+        weight, actor = self.cfg.bc_executed_weight, self.actor
+        if weight is None:
+            return None
+        weights = torch.full((actor.horizon,), 1 / actor.horizon)
+        start = actor.n_obs_steps - 1
+        weights[start:start + actor.n_action_steps] = weight / actor.n_action_steps
+        return weights
+
     def update(self, batch: Mapping, update_actor: bool = True,
                generator: torch.Generator | None = None) -> dict[str, float]:
-        """One critic step (and, with `update_actor`, one actor step) on `batch`; returns metrics."""
+        """One critic step (and, with `update_actor`, one actor step) on `batch`; returns metrics.
+
+        With `actor_loss_before_critic_step` the actor's gradient is taken before the critic moves
+        (ConRFT's optax update: both gradients at the same parameters, then both steps); its backward
+        must run first, since the critic's step changes in place weights that backward reads.
+        """
         b = self.prepare(batch)
         obs = augment(b["nobs"], self.critic.encoder.rgb_keys, self.cfg.image_shift_pad, generator)
         next_obs = augment(b["nnext"], self.critic.encoder.rgb_keys, self.cfg.image_shift_pad, generator)
         critic_loss, metrics = self.critic_loss(b, obs, next_obs)
         if not torch.isfinite(critic_loss):
             raise FloatingPointError(f"critic loss is {critic_loss.item()} at update {self.n_updates}: {metrics}")
+        early = update_actor and self.cfg.actor_loss_before_critic_step
+        actor_metrics = self.actor_backward(b, obs) if early else {}
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
         polyak_update(self.target_critic, self.critic, self.cfg.tau)
         metrics["critic_loss"] = critic_loss.item()
         if update_actor:
-            actor_loss, actor_metrics = self.actor_loss(b, obs)
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
+            if not early:
+                actor_metrics = self.actor_backward(b, obs)
             self.actor_optimizer.step()
             metrics.update(actor_metrics)
+        elif self.cfg.actor_step_every_update:  # ConRFT's optax step on a critic-only update
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            self.zero_missing_actor_grads()
+            self.actor_optimizer.step()
         self.n_updates += 1
         return metrics
+
+    def actor_backward(self, b: Mapping, obs: Mapping) -> dict[str, float]:
+        """The actor loss's gradient into the actor's parameters (not yet a step); its metrics."""
+        actor_loss, metrics = self.actor_loss(b, obs)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        if self.cfg.actor_step_every_update:
+            self.zero_missing_actor_grads()
+        return metrics
+
+    def zero_missing_actor_grads(self) -> None:
+        """A zero gradient where there is none, so Adam steps every actor parameter, as optax does
+        with jax.grad's zeros: its count rises and its momentum keeps moving the parameter
+        (torch's Adam skips a parameter whose grad is None)."""
+        for group in self.actor_optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
 
     def train_step(self, sample_batch, generator: torch.Generator | None = None) -> dict[str, float]:
         """ConRFT's learner iteration: `critic_actor_ratio - 1` critic-only updates, then a joint one,

@@ -1,6 +1,7 @@
 """ConRFT's update: Cal-QL gap and TD target by hand, the critic ensemble, augmentation, presets,
 and a learning test where RL fine-tuning must beat the behaviour-cloned actor."""
 
+import copy
 import functools
 import math
 from typing import ClassVar
@@ -195,3 +196,126 @@ def test_rl_fine_tuning_beats_behaviour_cloning(tmp_path):
     assert online.n_episodes == 240
     assert bc_success < 0.5, bc_success          # the mean of two modes
     assert rl_success > bc_success + 0.3, (bc_success, rl_success)
+
+
+def window_agent(**overrides) -> ConRFT:
+    """ConRFT's shape on a 1-d toy: 2 stacked observations, a 2-step window, its index 1 executed."""
+    actor = ConsistencyBCPolicy(Bandit.shape_meta, horizon=2, n_obs_steps=2, n_action_steps=1,
+                                model=functools.partial(ConRFTMLP, horizon=2, hidden_dims=(16, 16), cond_proj_dim=8))
+    normalizer = LinearNormalizer()
+    normalizer["s"] = SingleFieldLinearNormalizer.create_identity(1)
+    normalizer["action"] = SingleFieldLinearNormalizer.create_identity(1)
+    actor.set_normalizer(normalizer)
+    critic = CriticEnsemble(Bandit.shape_meta, 2, 1, functools.partial(CriticObsEncoder, proprio_dim=8),
+                            hidden_dims=(16, 16))
+    return ConRFT(actor, critic, conrft_config("online", **overrides))
+
+
+def window_batch(seed: int, b: int = 6) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": {"s": torch.rand(b, 2, 1, generator=g)}, "next_obs": {"s": torch.rand(b, 2, 1, generator=g)},
+            "action": torch.rand(b, 2, 1, generator=g) * 2 - 1, "reward": torch.rand(b, generator=g),
+            "discount": torch.full((b,), 0.98), "done": torch.zeros(b), "mc_return": torch.zeros(b)}
+
+
+def trained_window_agent(**overrides) -> ConRFT:
+    """`window_agent` after 3 learner iterations (ratio 2: 6 updates, 3 of them joint)."""
+    torch.manual_seed(0)
+    agent = window_agent(**overrides)
+    seeds = iter(range(100))
+    for _ in range(3):
+        agent.train_step(lambda: window_batch(next(seeds)))
+    return agent
+
+
+def adam_steps(agent: ConRFT) -> set[int]:
+    return {int(agent.actor_optimizer.state[p]["step"]) for p in agent.actor_optimizer.param_groups[0]["params"]}
+
+
+@pytest.mark.parametrize("every_update", [False, True])
+def test_actor_adam_steps_on_critic_only_updates_with_the_switch(every_update):
+    agent = trained_window_agent(actor_step_every_update=every_update)
+    # ConRFT's optax update steps both Adams on every update: twice per iteration at ratio 2
+    assert adam_steps(agent) == ({6} if every_update else {3})
+    params = [p for p in agent.actor_optimizer.param_groups[0]["params"]]
+    before = [p.detach().clone() for p in params]
+    agent.update(window_batch(99), update_actor=False)
+    if not every_update:
+        assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
+        return
+    # a zero gradient: Adam's moments decay one step and the momentum moves the actor, by hand
+    lr, (b1, b2), eps = 3e-4, (0.9, 0.999), 1e-8
+    moved = 0
+    for p, old in zip(params, before, strict=True):
+        state = agent.actor_optimizer.state[p]
+        t = int(state["step"])
+        m, v = state["exp_avg"], state["exp_avg_sq"]  # after this step: b1 m_prev, b2 v_prev
+        expected = old - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        torch.testing.assert_close(p.detach(), expected, atol=1e-7, rtol=1e-6)
+        moved += int(not torch.equal(p, old))
+    assert t == 7 and moved == len(params)
+
+
+@pytest.mark.parametrize("before_critic_step", [False, True])
+def test_both_losses_at_the_pre_update_parameters(before_critic_step):
+    agent = trained_window_agent(actor_loss_before_critic_step=before_critic_step)
+    # by hand, on a copy at the pre-update parameters: critic loss, then the actor loss, same draws
+    reference = copy.deepcopy(agent)
+    batch = window_batch(50)
+    torch.manual_seed(1)
+    b = reference.prepare(batch)
+    critic_loss, _ = reference.critic_loss(b, b["nobs"], b["nnext"])
+    actor_loss, _ = reference.actor_loss(b, b["nobs"])
+    actor_loss.backward()
+    torch.manual_seed(1)
+    metrics = agent.update(batch)
+    assert metrics["critic_loss"] == pytest.approx(critic_loss.item(), rel=1e-6)
+    actor_params = agent.actor_optimizer.param_groups[0]["params"]
+    same = [torch.allclose(p.grad, q.grad, atol=1e-7, rtol=1e-5) for p, q in
+            zip(actor_params, reference.actor_optimizer.param_groups[0]["params"], strict=True)]
+    if before_critic_step:
+        assert metrics["actor_loss"] == pytest.approx(actor_loss.item(), rel=1e-6)
+        assert all(same)
+    else:  # policylab's order: the actor's Q term reads the critic after its step
+        assert metrics["actor_loss"] != pytest.approx(actor_loss.item(), rel=1e-6)
+        assert not all(same)
+
+
+def test_executed_action_bc_weight_is_conrfts():
+    torch.manual_seed(0)
+    plain, code = window_agent(), window_agent(bc_executed_weight=1.0)
+    assert plain.bc_step_weights() is None
+    assert code.bc_step_weights().tolist() == [0.5, 1.0]  # T = 2, To = 2: the executed index is 1
+    actor = code.actor
+    chunk = torch.tensor([[[0.2], [-0.4]], [[0.9], [0.1]], [[-0.3], [-0.8]]])
+    cond = actor.encode_obs(actor.normalize_obs({"s": torch.tensor([[[0.1], [0.3]], [[0.5], [0.7]], [[0.2], [0.4]]])}))
+    torch.manual_seed(3)
+    loss = actor.bc_loss(chunk, cond, code.bc_step_weights())
+    torch.manual_seed(3)
+    unweighted = actor.bc_loss(chunk, cond)
+    # ConRFT's policy_loss_fn by hand on the same draws: the Karras weight snr + 1/sd^2 times the
+    # mean over Da of the executed action's squared error, batch-averaged, weight 1
+    torch.manual_seed(3)
+    idx = torch.randint(1, actor.num_scales, (3,))
+    sigma = actor.train_sigmas[idx]
+    noisy = chunk + sigma.reshape(-1, 1, 1) * torch.randn_like(chunk)
+    error = (actor.consistency_fn(noisy, sigma, cond) - chunk).pow(2)
+    karras = 1 / sigma ** 2 + 1 / 0.5 ** 2
+    conrft = (karras * error[:, 1].mean(-1)).mean()
+    other = (karras * error[:, 0].mean(-1)).mean()
+    assert loss.item() == pytest.approx(conrft.item() + 0.5 * other.item(), rel=1e-6)
+    assert unweighted.item() == pytest.approx(0.5 * conrft.item() + 0.5 * other.item(), rel=1e-6)
+    # the executed action's gradient: ConRFT's, twice the plain mean's
+    out = actor.consistency_fn(noisy, sigma, cond).detach().requires_grad_(True)
+    for weights, scale in [(code.bc_step_weights(), 1.0), (torch.tensor([0.5, 0.5]), 0.5)]:
+        weighted = (karras * ((out - chunk).pow(2).mean(-1) @ weights)).mean()
+        (grad,) = torch.autograd.grad(weighted, out)
+        torch.testing.assert_close(grad[:, 1, 0], scale * 2 * (out - chunk)[:, 1, 0].detach() * karras / 3)
+
+
+def test_code_preset_carries_conrfts_update():
+    for preset, expected in [("code", (True, True, 1.0)), ("anchored", (False, False, None)),
+                             ("paper", (False, False, None))]:
+        common = compose_config(["workspace=rl_online", "task=pick_cube_lowdim", f"conrft={preset}"]).conrft.common
+        assert (common.actor_step_every_update, common.actor_loss_before_critic_step,
+                common.bc_executed_weight) == expected
