@@ -494,15 +494,18 @@ class BaseWorkspace:
         budget = self.c["training"].max_train_minutes
         if budget is None:
             return False
-        at_end = [name for name, (_, end, _) in self.eval_parts().items() if end]
-        at_end += ["checkpoint"] if self.checkpoint_every()[1] else []
-        reserve = sum(self._part_seconds.get(name, 0.0) for name in at_end)
-        over = self.learner_seconds() + reserve > 60 * budget
+        over = self.learner_seconds() + self._closing_reserve() > 60 * budget
         if self.dist.enabled:
             flag = torch.tensor([float(over)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             over = bool(flag.item())
         return over
+
+    def _closing_reserve(self) -> float:
+        """Seconds the closing evaluation will take: the last measured time of each part the end runs."""
+        at_end = [name for name, (_, end, _) in self.eval_parts().items() if end]
+        at_end += ["checkpoint"] if self.checkpoint_every()[1] else []
+        return sum(self._part_seconds.get(name, 0.0) for name in at_end)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import torch.distributed as dist
 from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
@@ -77,6 +78,7 @@ class OptimizerConfig:
 class LRSchedulerConfig:
     name: str
     warmup_steps: int
+    fit_to_budget: bool
 
 
 @dataclasses.dataclass
@@ -164,9 +166,53 @@ class SupervisedWorkspace(BaseWorkspace):
         for policy in (self.policy, self.ema.averaged_model if self.ema is not None else None):
             if policy is not None:
                 policy.set_total_steps(total_steps)
-        self.lr_scheduler = get_scheduler(
-            self.c["lr_scheduler"].name, optimizer=self.optimizer, num_warmup_steps=self.c["lr_scheduler"].warmup_steps,
-            num_training_steps=steps_per_epoch * train.num_epochs)
+        self.planned_steps = self.schedule_steps = steps_per_epoch * train.num_epochs  # the LR schedule's length
+        # (`schedule_steps` shrinks when it is fitted to the time budget)
+        self.lr_scheduler = self._make_scheduler(self.schedule_steps)
+
+    def _make_scheduler(self, total_steps: int):
+        sched = self.c["lr_scheduler"]
+        return get_scheduler(sched.name, optimizer=self.optimizer, num_warmup_steps=sched.warmup_steps,
+                             num_training_steps=total_steps)
+
+    def _fit_schedule_to_budget(self) -> None:
+        """With `lr_scheduler.fit_to_budget`, fit the LR schedule's length to the steps the time budget buys.
+
+        A schedule cut by the budget stops with its learning rate still high; fitted, it anneals by
+        the time the budget ends. Every 50 steps of this process the steps still affordable are
+        estimated from its own learner time per step (the budget left, less the closing evaluation's
+        reserve) and the schedule is refitted when that differs by more than 2 % (never past the
+        `num_epochs` it was planned with); the run stops when it ends. The length is kept in the
+        training state, so a resume continues the same curve.
+        """
+        sched, budget = self.c["lr_scheduler"], self.c["training"].max_train_minutes
+        _, first_spent, first_step = self._first
+        done_here = self.global_step - first_step
+        if not sched.fit_to_budget or budget is None or done_here < 50 or done_here % 50:
+            return
+        per_step = (self.learner_seconds() - first_spent) / done_here
+        left = 60 * budget - self.learner_seconds() - self._closing_reserve()
+        fitted = min(self.global_step + max(int(left / per_step), 0), self.planned_steps)
+        if self.dist.enabled:  # one schedule, one stopping step for all ranks
+            flag = torch.tensor([fitted], device=self.device, dtype=torch.float64)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            fitted = int(flag.item())
+        if abs(fitted - self.schedule_steps) > 0.02 * self.schedule_steps:  # not for jitter
+            if self.schedule_steps == self.planned_steps:
+                self.say(f"time budget: the LR schedule ends at step {fitted:,} (of {self.planned_steps:,} planned; "
+                         f"{1 / per_step:.1f} steps/s), refitted as the speed changes")
+            self._set_schedule(fitted)
+
+    def _set_schedule(self, total_steps: int) -> None:
+        """The same kind of schedule, `total_steps` long, continued from the current step (in place:
+        the epoch being trained holds the scheduler)."""
+        self.schedule_steps = total_steps
+        scheduler = self.lr_scheduler
+        scheduler.lr_lambdas = self._make_scheduler(total_steps).lr_lambdas  # (building it reset the lr to step 0's)
+        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
 
     def start(self) -> None:
         """The env runner (rank 0) and, under torchrun, the DDP wrapper around the resumed policy."""
@@ -187,7 +233,8 @@ class SupervisedWorkspace(BaseWorkspace):
         """All epochs trained (a stop cut short is finished first), or `max_train_steps` reached."""
         max_steps = self.c["training"].max_train_steps
         return (not (self.epoch < self.c["training"].num_epochs or self.batches_into_epoch)
-                or (max_steps is not None and self.global_step >= max_steps))
+                or (max_steps is not None and self.global_step >= max_steps)
+                or self.global_step >= self.schedule_steps)
 
     def total_units(self) -> int:
         return self.c["training"].num_epochs
@@ -227,7 +274,7 @@ class SupervisedWorkspace(BaseWorkspace):
 
     def stop_reason(self) -> str:
         max_steps = self.c["training"].max_train_steps
-        if self._time_up:
+        if self._time_up or self.global_step >= self.schedule_steps < self.planned_steps:  # a fitted schedule ended
             return "time budget"
         return "max_train_steps" if max_steps is not None and self.global_step >= max_steps else "num_epochs"
 
@@ -298,6 +345,7 @@ class SupervisedWorkspace(BaseWorkspace):
             losses.append(loss.item())
             if step_now:
                 self._optimizer_step(lr_scheduler)
+                self._fit_schedule_to_budget()
                 self._time_up = self._time_up or self._over_time_budget()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if self.global_step % self.c["logging"].log_every == 0:
@@ -324,7 +372,8 @@ class SupervisedWorkspace(BaseWorkspace):
 
     def _done(self) -> bool:
         max_steps = self.c["training"].max_train_steps
-        return self._time_up or (max_steps is not None and self.global_step >= max_steps)
+        return (self._time_up or (max_steps is not None and self.global_step >= max_steps)
+                or self.global_step >= self.schedule_steps)
 
     def checkpoint_modules(self) -> dict:
         modules = {"policy": self.policy}
@@ -334,6 +383,7 @@ class SupervisedWorkspace(BaseWorkspace):
 
     def state_dict(self) -> dict:
         state = {**super().state_dict(), "epoch": self.epoch, "lr_scheduler": self.lr_scheduler.state_dict(),
+                 "schedule_steps": self.schedule_steps,
                  "data_generator": self.data_generator.get_state(), "batches_into_epoch": self.batches_into_epoch,
                  "epoch_start_data_generator": self._epoch_start_data_state, "epoch_losses": self._epoch_losses}
         if self.ema is not None:
@@ -344,6 +394,8 @@ class SupervisedWorkspace(BaseWorkspace):
         super().load_state_dict(state)
         self.epoch = int(state["epoch"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if int(state.get("schedule_steps", self.schedule_steps)) != self.schedule_steps:  # fitted to a budget
+            self._set_schedule(int(state["schedule_steps"]))
         self.data_generator.set_state(state["data_generator"])
         self.batches_into_epoch = int(state.get("batches_into_epoch", 0))  # 0 in checkpoints before it existed
         if "epoch_start_data_generator" in state:

@@ -149,3 +149,70 @@ def test_a_resumed_run_gets_only_the_remaining_budget(store, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "of the time budget spent" in again.stdout and "(time budget)" in again.stdout
     assert load_training_state(run_dir / "checkpoints" / "latest")["global_step"] == state["global_step"]
+
+
+def _fitting_workspace(planned: int, seconds_per_step: float, minutes: float) -> SupervisedWorkspace:
+    """The LR schedule's part of a workspace (a real AdamW with two groups and diffusers' cosine)
+    whose learner clock advances `seconds_per_step` per optimizer step."""
+    import torch
+
+    ws = SupervisedWorkspace.__new__(SupervisedWorkspace)
+    cfg = compose_config([])
+    training = OmegaConf.merge(OmegaConf.structured(TrainingConfig), cfg.training, {"max_train_minutes": minutes})
+    sched = OmegaConf.merge(cfg.lr_scheduler, {"name": "cosine", "warmup_steps": 10, "fit_to_budget": True})
+    ws.c, ws.dist, ws._part_seconds = {"training": training, "lr_scheduler": sched}, DistributedInfo(), {}
+    ws.optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))]},
+                                      {"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": 0.0}], lr=1e-3)
+    ws.planned_steps = ws.schedule_steps = planned
+    ws.lr_scheduler = ws._make_scheduler(planned)
+    ws.global_step, ws._first, ws.say = 0, (0, 0.0, 0), lambda message: None
+    ws.learner_seconds = lambda: ws.global_step * seconds_per_step
+    return ws
+
+
+def _cosine_lr(total: int, step: int) -> float:
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    ref = get_scheduler("cosine", optimizer=opt, num_warmup_steps=10, num_training_steps=total)
+    for _ in range(step):
+        opt.step()
+        ref.step()
+    return ref.get_last_lr()[0]
+
+
+def _steps(ws: SupervisedWorkspace, n: int) -> None:
+    for _ in range(n):
+        ws.optimizer.step()
+        ws.lr_scheduler.step()
+        ws.global_step += 1
+        ws._fit_schedule_to_budget()
+
+
+def test_fit_to_budget_shrinks_the_schedule_to_the_steps_the_budget_buys_and_resumes_on_it():
+    ws = _fitting_workspace(planned=1000, seconds_per_step=0.1, minutes=1)  # 60 s buy 600 steps of 1,000
+    _steps(ws, 49)
+    assert ws.schedule_steps == 1000  # not refitted before 50 steps of this process
+    _steps(ws, 1)
+    assert ws.schedule_steps == 600
+    assert [g["lr"] for g in ws.optimizer.param_groups] == pytest.approx([_cosine_lr(600, 50)] * 2, rel=1e-9)
+    _steps(ws, 250)
+    assert ws.lr_scheduler.get_last_lr()[0] == pytest.approx(_cosine_lr(600, 300), rel=1e-9)
+    # a resume (a fresh 1,000-step schedule) continues the fitted curve from the saved state
+    state = {"lr_scheduler": ws.lr_scheduler.state_dict(), "schedule_steps": ws.schedule_steps}
+    resumed = _fitting_workspace(planned=1000, seconds_per_step=0.1, minutes=1)
+    resumed.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    resumed._set_schedule(state["schedule_steps"])
+    resumed.global_step = 300
+    assert resumed.schedule_steps == 600
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([_cosine_lr(600, 300)] * 2, rel=1e-9)
+    _steps(ws, 300)
+    assert ws.global_step == ws.schedule_steps == 600 and ws.lr_scheduler.get_last_lr()[0] == pytest.approx(0, abs=1e-12)
+
+
+def test_fit_to_budget_never_lengthens_past_the_plan_and_is_off_by_default():
+    fast = _fitting_workspace(planned=1000, seconds_per_step=0.001, minutes=1)  # the budget buys 60,000 steps
+    _steps(fast, 100)
+    assert fast.schedule_steps == 1000
+    assert compose_config([]).lr_scheduler.fit_to_budget is False
