@@ -19,6 +19,8 @@ by ray when its process dies.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -220,6 +222,7 @@ class EnvActor:
         self.n_obs_steps, self.n_action_steps, self.max_steps = n_obs_steps, n_action_steps, max_steps
         self.embed = self._embed if embed else None
         self.version: int | None = None
+        self.node = {"node_id": _ray_node_id(), "host": socket.gethostname()}
 
     def set_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
         """Load a full policy state_dict (normalizer buffers included) as weights `version`."""
@@ -234,8 +237,9 @@ class EnvActor:
                     max_steps: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """`run_episode` with the current weights (first loading `weights` as `version` if it is new).
 
-        Returns the episode and its stats plus weights_version, actor_pid and seed; `max_steps`
-        overrides the actor's time limit for this episode.
+        Returns the episode and its stats plus weights_version, actor_pid, seed, and where it ran:
+        node_id (the ray node's id, hex; None outside ray) and host; `max_steps` overrides the
+        actor's time limit for this episode.
         """
         if weights is not None:
             if version is None:
@@ -246,7 +250,7 @@ class EnvActor:
             raise RuntimeError("the actor has no weights yet (a new or restarted actor): pass weights and version")
         episode, stats = run_episode(self.policy, self.env, seed, self.n_obs_steps, self.n_action_steps,
                                      max_steps or self.max_steps, embed=self.embed)
-        stats.update(weights_version=self.version, actor_pid=os.getpid(), seed=int(seed))
+        stats.update(weights_version=self.version, actor_pid=os.getpid(), seed=int(seed), **self.node)
         return episode, stats
 
     def pid(self) -> int:
@@ -329,6 +333,12 @@ def _n_interventions(env: gym.Env, flags: np.ndarray) -> int:
         return int(env.get_wrapper_attr("get_intervention_stats")()["n_interventions"])
     except AttributeError:
         return int(flags[0] + np.count_nonzero(np.diff(flags.astype(np.int8)) == 1))
+
+
+def _ray_node_id() -> str | None:
+    """The ray node this process runs on (hex id), None outside a ray worker or driver."""
+    ray = sys.modules.get("ray")  # never imported here: ray is needed only by the online workspace
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
 
 
 def _device(policy) -> torch.device:

@@ -69,7 +69,9 @@ class ActorPool:
     Each actor always has one episode running. `collect` returns the finished ones; an actor that
     died is restarted by ray and its episode (same seed) submitted again; `publish` puts new
     weights in ray's object store for every later episode. Episode i resets with seed
-    `train_start_seed + i`; `next_episode` is saved with the learner's state.
+    `train_start_seed + i`; `next_episode` is saved with the learner's state. Actors run only on
+    nodes that offer `online.actor_resources` (checked first: ray would wait forever for a node
+    that never joins); each episode's stats name its node (`node_id`, `host`).
     """
 
     def __init__(self, o: OnlineConfig, actor_args: tuple, next_episode: int, say):
@@ -81,9 +83,11 @@ class ActorPool:
             else:
                 ray.init(num_cpus=max(2, int(o.n_actors * o.num_cpus_per_actor) + 1), include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
+        from policylab.distributed.placement import check_actor_placement
         from policylab.rl.actor import remote_env_actor
 
         resources = None if o.actor_resources is None else OmegaConf.to_container(o.actor_resources)
+        check_actor_placement(ray.nodes(), {"CPU": o.num_cpus_per_actor, **(resources or {})}, o.n_actors)
         actor_cls = remote_env_actor(num_cpus=o.num_cpus_per_actor, **({"resources": resources} if resources else {}))
         self.actors = [actor_cls.remote(*actor_args) for _ in range(o.n_actors)]
         self.first_seed, self.next_episode, self.say = o.train_start_seed, next_episode, say
@@ -226,7 +230,7 @@ class OnlineRLWorkspace(RLWorkspace):
     def _add_episode(self, episode: dict, stats: dict) -> None:
         """Every step to the online store; intervened segments to the demo side too (ConRFT)."""
         to_online, segments = route_episode(episode)
-        self.online.add_episode(to_online, name=f"actor {stats.get('actor_pid')}")
+        self.online.add_episode(to_online, name=f"actor {stats.get('actor_pid')} on {stats.get('host')}")
         for segment in segments or []:
             self.demo.add_episode(segment, name="intervention")
         self.recent.append(stats)
@@ -236,7 +240,9 @@ class OnlineRLWorkspace(RLWorkspace):
                          "rollout/intervention_rate_20": _rate(self.recent, "intervention_rate"),
                          "env_steps": self.online.n_steps, "episodes": self.online.n_episodes,
                          "actor_restarts": self.pool.restarts,
-                         "episode/weights_version": stats.get("weights_version", 0)}, step=self.global_step)
+                         "episode/weights_version": stats.get("weights_version", 0),
+                         "episode/node_id": stats.get("node_id"), "episode/host": stats.get("host")},
+                        step=self.global_step)
 
     def line_items(self, metrics: dict) -> list[str]:
         return [f"env steps {self.online.n_steps}", f"success_20 {_rate(self.recent, 'success'):.2f}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 import gymnasium as gym
@@ -179,6 +180,7 @@ def test_env_actor_in_process(cfg):
     episode, stats = actor.run_episode(0, weights, version=1)
     assert stats["weights_version"] == 1
     assert stats["actor_pid"] == os.getpid()
+    assert stats["host"] == socket.gethostname()
     assert stats["length"] == 5
     assert episode["embedding"].shape[0] == 5
     assert episode["embedding"].dtype == np.float32
@@ -203,6 +205,7 @@ def test_ray_actor_survives_kill(cfg, ray_session):
     pid = stats["actor_pid"]
     assert stats["weights_version"] == 1
     assert pid != os.getpid()
+    assert stats["node_id"] == ray.get_runtime_context().get_node_id()  # the one node, the driver's
     assert stats["length"] == 8
     assert episode["action"].dtype == np.float32
     assert episode["intervention"].dtype == np.uint8

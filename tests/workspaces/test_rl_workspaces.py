@@ -1,13 +1,15 @@
 """ConRFT end to end through train.py on pick-cube: SFT -> Stage I (rl_offline) -> Stage II
 (rl_online, a learner and one ray actor with the simulated human), exact resume of Stage I,
-eval.py on an RL checkpoint, and the faults: an actor killed mid-run, the learner killed and
-resumed with its buffers intact."""
+eval.py on an RL checkpoint, Stage II with its actor on a second ray node, and the faults: an
+actor killed mid-run, the learner killed and resumed with its buffers intact."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -18,6 +20,7 @@ from policylab.common.checkpoint import load_training_state
 from policylab.common.logging import read_logs
 from policylab.data.generate.__main__ import main as generate
 from policylab.data.replay_buffer import ReplayBuffer
+from policylab.distributed.placement import check_actor_placement
 from tests.helpers import REPO, RL_ENV, run_train, task_overrides
 
 ENV = RL_ENV
@@ -122,6 +125,52 @@ def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
                      "max_steps=10"])
     assert 0 <= log["test/mean_score"] <= 1
     assert json.loads((tmp_path / "eval" / "eval_log.json").read_text())["test/mean_score"] == log["test/mean_score"]
+
+
+@pytest.fixture
+def two_ray_nodes(monkeypatch):
+    """A ray cluster of two nodes on this machine, everything on the loopback address: the head
+    (the learner's node) and a second raylet offering `actor_node`, the actors' machine."""
+    from ray.cluster_utils import Cluster
+
+    # ray's session files and its "current cluster" address file go to a directory of this test, so
+    # no other ray.init() on the machine joins this cluster (short: ray's socket paths must fit)
+    ray_tmp = tempfile.mkdtemp(prefix="ray")
+    for key, value in {**ENV, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp, "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)  # the raylets start the actors' workers with this environment
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                           "include_dashboard": False})
+    try:
+        node = cluster.add_node(num_cpus=1, resources={"actor_node": 1}, node_ip_address="127.0.0.1")
+        yield cluster, node.node_id
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_stage2_actor_on_a_second_ray_node(store, stage1, two_ray_nodes, tmp_path):
+    """`online.actor_resources` puts the actor on the second node; its episodes reach the learner's
+    store and the weights the learner publishes reach the actor. Resources no node offers are refused."""
+    cluster, actor_node = two_ray_nodes
+    nodes = cluster.global_state.node_table()
+    with pytest.raises(ValueError, match="no node of the ray cluster offers 'robot'"):
+        check_actor_placement(nodes, {"CPU": 1, "robot": 1}, n_actors=1)
+    with pytest.raises(ValueError, match="room for 1 of online.n_actors=2 actors"):
+        check_actor_placement(nodes, {"CPU": 1, "actor_node": 1}, n_actors=2)
+
+    run_dir = tmp_path / "two_nodes"
+    # the learner keeps the loopback address (ray swaps it for the machine's outward one on a cluster)
+    env = {**ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    result = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=84",
+                              "training.publish_every=1", f"online.ray_address={cluster.address}",
+                              "online.actor_resources={actor_node: 1}"), env_extra=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    episodes = [r for r in read_logs(run_dir / "logs.jsonl") if "episode/success" in r]
+    stored = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr").n_episodes
+    assert [r["episodes"] for r in episodes] == list(range(1, stored + 1)) and stored >= 7  # log i: stored episode i
+    assert {r["episode/node_id"] for r in episodes} == {actor_node}
+    versions = [r["episode/weights_version"] for r in episodes]
+    assert versions == sorted(versions) and versions[0] == 1 and versions[-1] > 1, versions
 
 
 def _descendants_named(root: int, name: str) -> list[int]:
