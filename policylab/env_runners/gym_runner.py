@@ -6,10 +6,19 @@ Every episode is one seed: train seeds `train_start_seed + i` (i < n_train), the
 padded with repeats of its last seed, whose results are dropped. An episode's score is its max
 inner reward (DP's `sim_max_reward`); it succeeded if any inner step's info says `is_success`
 (or, for envs without that key, if its max reward reached `success_reward`).
+
+The policy's sampling noise is seeded from the episode seed: each env gets a `torch.Generator`
+seeded with its episode's seed at reset, and `predict_action(obs, generator=[one per env])` draws
+row b's noise from generator b alone. An episode's actions therefore depend on its seed and the
+policy only (not on `n_envs`, the chunk it ran in, or earlier runs): two evaluations of one
+checkpoint on the same seeds give the same scores. Policies whose `predict_action` takes no
+`generator` (stand-ins, remote clients) are called without one.
 """
 
 import functools
+import inspect
 import os
+from collections.abc import Callable
 
 import cv2
 import gymnasium as gym
@@ -137,7 +146,10 @@ class GymEnvRunner(EnvRunner):
                                            context=self._context)
         return self._env
 
-    def run(self, policy) -> dict:
+    def run(self, policy, observe: Callable[[list[int], dict], None] | None = None) -> dict:
+        """Roll `policy` out on every episode; `observe(seeds, obs)`, when given, is called before each
+        policy call with the episodes still running: their seeds and their rows of the policy's input
+        `{key: (n, To, ...)}` (what on-policy distillation records)."""
         env = self._get_env()
         results = []
         n_chunks = -(-len(self.episodes) // self.n_envs)
@@ -148,25 +160,32 @@ class GymEnvRunner(EnvRunner):
             for c in range(n_chunks):
                 chunk = self.episodes[c * self.n_envs:(c + 1) * self.n_envs]
                 padded = chunk + [chunk[-1][:2] + (False,)] * (self.n_envs - len(chunk))
-                results += self._run_chunk(env, policy, padded, pbar)[:len(chunk)]
+                results += self._run_chunk(env, policy, padded, pbar, len(chunk), observe)[:len(chunk)]
                 pbar.update((c + 1) * self.max_steps - pbar.n)  # a chunk that ended early
                 pbar.set_postfix(episodes=f"{len(results)}/{len(self.episodes)}",
                                  mean_score=f"{np.mean([r[2] for r in results]):.3f}")
         self._n_runs += 1
         return self._metrics(results)
 
-    def _run_chunk(self, env, policy, episodes: list, pbar: tqdm.tqdm) -> list:
-        """Roll out one episode per env; returns (split, seed, max_reward, success, video)."""
+    def _run_chunk(self, env, policy, episodes: list, pbar: tqdm.tqdm, n_real: int | None = None,
+                   observe: Callable | None = None) -> list:
+        """Roll out one episode per env (the first `n_real` are real, the rest padding); returns
+        (split, seed, max_reward, success, video)."""
+        seeds = [seed for _, seed, _ in episodes]
         env.set_attr("video_path", [self._video_path(s, seed) if vis else None
                                     for s, seed, vis in episodes])
-        obs, _ = env.reset(seed=[seed for _, seed, _ in episodes])
+        obs, _ = env.reset(seed=seeds)
         if hasattr(policy, "reset"):
             policy.reset()
-        done = np.zeros(self.n_envs, dtype=bool)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds] if _takes_generator(policy) else None
+        running = np.arange(self.n_envs) < (self.n_envs if n_real is None else n_real)
         end = pbar.n + self.max_steps
-        while not done.all():
-            obs, _, terminated, truncated, _ = env.step(self._act(policy, obs))
-            done = np.asarray(terminated) | np.asarray(truncated)
+        while running.any():  # padding envs repeat the last real episode: not waited for
+            if observe is not None:
+                rows = np.flatnonzero(running)
+                observe([seeds[i] for i in rows], to_policy_obs({k: v[rows] for k, v in obs.items()}))
+            obs, _, terminated, truncated, _ = env.step(self._act(policy, obs, generators))
+            running &= ~(np.asarray(terminated) | np.asarray(truncated))
             pbar.update(min(self.n_action_steps, end - pbar.n))
         rewards = env.call("get_rewards")
         infos = env.call("get_infos")
@@ -174,12 +193,13 @@ class GymEnvRunner(EnvRunner):
         return [(split, seed, max(r, default=0.0), self._success(r, i), v)
                 for (split, seed, _), r, i, v in zip(episodes, rewards, infos, videos)]
 
-    def _act(self, policy, obs: dict) -> np.ndarray:
-        """obs {key: (B, To, ...)} numpy -> actions (B, Ta, Da) numpy."""
+    def _act(self, policy, obs: dict, generators: list[torch.Generator] | None = None) -> np.ndarray:
+        """obs {key: (B, To, ...)} numpy -> actions (B, Ta, Da) numpy; `generators`: one per env."""
         device = getattr(policy, "device", self.device)
         obs_t = to_policy_obs(obs, device=device)
         with torch.no_grad():
-            action = policy.predict_action(obs_t)["action"]
+            kwargs = {} if generators is None else {"generator": generators}
+            action = policy.predict_action(obs_t, **kwargs)["action"]
         action = action.detach().to("cpu", torch.float64).numpy()
         if not np.all(np.isfinite(action)):
             raise RuntimeError("policy returned a NaN or Inf action")
@@ -212,3 +232,12 @@ class GymEnvRunner(EnvRunner):
         if self._env is not None:
             self._env.close()
             self._env = None
+
+
+def _takes_generator(policy) -> bool:
+    """Whether `policy.predict_action` accepts `generator=` (every policylab policy does)."""
+    try:
+        params = inspect.signature(policy.predict_action).parameters
+    except (TypeError, ValueError):
+        return False
+    return "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -1,7 +1,11 @@
 """The policy contract every method honours, and rebuilding any policy from a checkpoint.
 
-    predict_action(obs: {key: (B, To, ...)}) -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}
+    predict_action(obs: {key: (B, To, ...)}, generator=None) -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}
     compute_loss(batch)                      -> (loss, {name: float})
+
+`generator` seeds the sampling noise: one `torch.Generator` for the batch, or a list of B of them,
+row b's noise drawn from generator b alone (the env runner gives one per episode, seeded from the
+episode's seed, so an episode's noise depends neither on the batch it is in nor on earlier runs).
 
 Policies are stateless over the observation window: history and action chunking belong to
 wrappers (`MultiStepWrapper`) or to `RealEnv`. The normalizer is a submodule, so it is saved with
@@ -11,7 +15,7 @@ the weights; `from_checkpoint` needs the checkpoint directory and nothing else.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +25,8 @@ from policylab.common.shape_meta import ShapeMeta
 from policylab.data.normalizer import LinearNormalizer
 from policylab.models.encoders.multi_image import MultiImageObsEncoder
 from policylab.policies.loading import load_policy
+
+Generators = torch.Generator | Sequence[torch.Generator] | None  # see the module docstring
 
 
 class BasePolicy(nn.Module, abc.ABC):
@@ -74,7 +80,7 @@ class BasePolicy(nn.Module, abc.ABC):
         return self.compute_loss(batch)
 
     @abc.abstractmethod
-    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: Generators = None) -> dict:
         ...
 
     @abc.abstractmethod
@@ -138,11 +144,11 @@ class DenoisingPolicy(BasePolicy):
         return features.reshape(batch_size, -1)
 
     @abc.abstractmethod
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """The encoded observation `cond` -> normalized action chunks (B, T, Da)."""
 
     @torch.no_grad()
-    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: Generators = None) -> dict:
         """obs {key: (B, To, ...)} -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}."""
         cond = self.encode_obs(self.normalize_obs(obs))
         action_pred = self.normalizer["action"].unnormalize(self.sample(cond, generator))

@@ -30,10 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from diffusers import DDPMScheduler, LCMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from policylab.models.ema import polyak_update
-from policylab.policies.base import BasePolicy, DenoisingPolicy
+from policylab.policies.base import BasePolicy, DenoisingPolicy, Generators
 from policylab.policies.loading import load_policy
 
 LCM_SIGMA_DATA = 0.5  # fixed inside diffusers' LCMScheduler boundary scalings
@@ -86,14 +87,14 @@ class KarrasConsistencyPolicy(DenoisingPolicy):
         out = c_skip * x + c_out * self.denoise(c_in * x, 250.0 * torch.log(sigma), cond, model)
         return out.clamp(-1, 1) if self.clip_denoised else out
 
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+    def sample(self, cond: torch.Tensor, generator: Generators = None,
                sigmas: Sequence[float] | None = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da) from noise, one evaluation per sigma of the chain."""
         sigmas = self.inference_sigmas if sigmas is None else sigmas
         shape = (cond.shape[0], self.horizon, self.action_dim)
         x = None
         for i, sigma in enumerate(sigmas):
-            noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            noise = randn_tensor(shape, generator=generator, device=cond.device, dtype=cond.dtype)
             # the first step starts from pure noise; later ones re-noise the previous estimate
             x = sigma * noise if i == 0 else x + math.sqrt(sigma ** 2 - self.sigma_min ** 2) * noise
             x = self.consistency_fn(x, torch.full((shape[0],), sigma, device=cond.device), cond)
@@ -321,10 +322,10 @@ class ConsistencyDistillPolicy(DenoisingPolicy):
     def on_optimizer_step(self) -> None:
         polyak_update(self.target_model, self.model, 1 - self.target_ema_decay)
 
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da): `num_inference_steps` of LCMScheduler."""
         shape = (cond.shape[0], self.horizon, self.action_dim)
-        sample = torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
+        sample = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
         self.lcm.set_timesteps(self.num_inference_steps, device=self.device)
         for t in self.lcm.timesteps:
             eps = self.denoise(sample, t.expand(shape[0]), cond)

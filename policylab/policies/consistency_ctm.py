@@ -36,10 +36,12 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from policylab.models.ema import polyak_update
 from policylab.models.unet1d import SinusoidalPosEmb
+from policylab.policies.base import Generators
 from policylab.policies.consistency import (
     adopt_teacher,
     pseudo_huber,
@@ -126,6 +128,14 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         teacher = share_or_load_teacher(self, source, "a diffusion_edm")
         if teacher is None:
             return
+        self.check_teacher(teacher)
+        warm_start(self.model, teacher.model, self.teacher_path)
+        self.target_model.load_state_dict(self.model.state_dict())
+        adopt_teacher(self, teacher)
+
+    def check_teacher(self, teacher: nn.Module) -> None:
+        """ValueError unless `teacher` (from `self.teacher_path`) is an EDM policy with the student's
+        noise settings: the sampler whose endpoint the student learns."""
         if type(teacher) is not EDMDiffusionPolicy:
             raise ValueError(f"teacher {self.teacher_path} is a {type(teacher).__name__}; "
                              "consistency_ctm distills an EDMDiffusionPolicy (policy=diffusion_edm)")
@@ -133,9 +143,6 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         if any(getattr(teacher, k) != getattr(self, k) for k in noise):
             raise ValueError(f"teacher {self.teacher_path} has noise settings "
                              f"{[getattr(teacher, k) for k in noise]}, the student {[getattr(self, k) for k in noise]}")
-        warm_start(self.model, teacher.model, self.teacher_path)
-        self.target_model.load_state_dict(self.model.state_dict())
-        adopt_teacher(self, teacher)
 
     def draw_bins(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(n,) levels t > u >= s: u one bin below t, s uniform over the bins from u down."""
@@ -192,7 +199,7 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
     def on_optimizer_step(self) -> None:
         polyak_update(self.target_model, self.model, 1 - self.target_ema_decay)
 
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+    def sample(self, cond: torch.Tensor, generator: Generators = None,
                sigmas: Sequence[float] | None = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da), one network evaluation per level of the chain."""
         sigmas = self.inference_sigmas if sigmas is None else sigmas
@@ -200,7 +207,7 @@ class ConsistencyCTMPolicy(EDMDiffusionPolicy):
         floor = torch.full((shape[0],), self.sigma_min, device=cond.device)
         x = None
         for i, sigma in enumerate(sigmas):
-            noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            noise = randn_tensor(shape, generator=generator, device=cond.device, dtype=cond.dtype)
             x = sigma * noise if i == 0 else x + math.sqrt(sigma ** 2 - self.sigma_min ** 2) * noise
             x = self.trajectory_fn(x, torch.full_like(floor, sigma), floor, cond)
             if self.clip_denoised:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
-from policylab.policies.base import DenoisingPolicy
+from policylab.policies.base import DenoisingPolicy, Generators
 
 INFERENCE_SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
@@ -65,11 +66,11 @@ class DiffusionPolicy(DenoisingPolicy):
             return trajectory
         raise ValueError(f"unsupported prediction_type {prediction_type!r}; use 'epsilon' or 'sample'")
 
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da): `num_inference_steps` of the inference scheduler."""
         batch_size = cond.shape[0]
-        sample = torch.randn((batch_size, self.horizon, self.action_dim), generator=generator,
-                             device=self.device, dtype=self.dtype)
+        sample = randn_tensor((batch_size, self.horizon, self.action_dim), generator=generator,
+                              device=self.device, dtype=self.dtype)
         scheduler = self.inference_scheduler
         scheduler.set_timesteps(self.num_inference_steps, device=self.device)
         for t in scheduler.timesteps:

@@ -22,9 +22,10 @@ import itertools
 from collections.abc import Callable, Mapping
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from policylab.policies.base import DenoisingPolicy
+from policylab.policies.base import DenoisingPolicy, Generators
 
 SAMPLERS = ("euler", "heun")
 
@@ -120,10 +121,10 @@ class EDMDiffusionPolicy(DenoisingPolicy):
         corrected = x + (s_next - s) * (slope + slope_next) / 2
         return torch.where(positive.reshape(-1, 1, 1), corrected, x_next)
 
-    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Normalized action chunks (B, T, Da) from sigma_max noise over `num_inference_steps` levels."""
         batch_size = cond.shape[0]
-        x = torch.randn((batch_size, self.horizon, self.action_dim), generator=generator, device=cond.device,
+        x = randn_tensor((batch_size, self.horizon, self.action_dim), generator=generator, device=cond.device,
                         dtype=cond.dtype) * self.sigma_max
         return self.solve(x, cond)
 

@@ -15,6 +15,7 @@ from omegaconf import MISSING, OmegaConf
 from policylab.common.config import CONFIG_DIR
 from policylab.rl.conrft import ConRFTConfig
 from policylab.workspaces.base import check_schema
+from policylab.workspaces.onpolicy_distill import OnPolicyDistillWorkspace
 from policylab.workspaces.reward_classifier import RewardClassifierWorkspace
 from policylab.workspaces.rl_offline import OfflineRLWorkspace
 from policylab.workspaces.rl_online import OnlineRLWorkspace
@@ -26,6 +27,7 @@ WORKSPACES = {  # workspace: (class, the task it composes with, the YAML files i
     "rl_offline": (OfflineRLWorkspace, "pick_cube_lowdim", ["base/common", "rl_offline"]),
     "rl_online": (OnlineRLWorkspace, "pick_cube_lowdim", ["base/common", "rl_offline", "rl_online"]),
     "reward_classifier": (RewardClassifierWorkspace, "pick_cube_success", ["base/common", "reward_classifier"]),
+    "onpolicy_distill": (OnPolicyDistillWorkspace, "pusht_lowdim", ["base/common", "onpolicy_distill"]),
 }
 
 
