@@ -6,6 +6,12 @@ The observation encoder is the critic's own (ConRFT's critic never uses the acto
 
     low-dim keys, the whole window flattened (B, To*Do) -> Dense(proprio_dim) -> LayerNorm -> tanh
     each rgb key, last frame (B, C, H, W) -> image encoder -> Dense(image_dim) -> LayerNorm -> tanh
+    or, with ConRFT's frozen-trunk encoder (`FrozenTrunkEncoder`, its head is the projection):
+    each rgb key, last frame -> frozen trunk -> (B, C', h, w) -> spatial embeddings, Dense, LN, tanh
+
+A frozen trunk's features can be computed once per frame and cached (`cache_trunk`): the obs then
+carry `trunk_<key>` (B, C', h, w) instead of the images, and the random shift moves the feature
+maps (`feature_shift_px` input pixels, resampled bilinearly: a fraction of a feature cell).
 
 and is shared by the members. Each of the E members is an MLP over [features, action]:
 [Dense -> LayerNorm -> tanh] x hidden_dims, then a Dense(1) per member, or one Dense(1) shared by
@@ -24,6 +30,12 @@ from torch import nn
 
 from policylab.common.shape_meta import ShapeMeta
 from policylab.models.conrft_mlp import LAYER_NORM_EPS, _dense_ln_tanh
+
+TRUNK_PREFIX = "trunk_"  # obs / store key of an rgb key's cached frozen-trunk features
+
+
+def trunk_key(rgb_key: str) -> str:
+    return f"{TRUNK_PREFIX}{rgb_key}"
 
 
 class EnsembleLinear(nn.Module):
@@ -58,17 +70,23 @@ class CriticObsEncoder(nn.Module):
 
     shape_meta: the task's; `type: rgb` keys go through `image_encoder`, the rest are low-dim.
     image_encoder: a partial taking `shape_meta` restricted to one rgb key (e.g. the multi-image
-        ResNet encoder with GroupNorm) and giving (B, D) for (B, C, H, W) frames; needed only
-        when there are rgb keys.
+        ResNet encoder with GroupNorm, or ConRFT's `FrozenTrunkEncoder`) and giving (B, D) for
+        (B, C, H, W) frames; needed only when there are rgb keys.
+    cache_trunk: with a frozen-trunk image encoder, its features are computed once per frame and
+        stored (`trunk_key(key)` in the obs); False: the learner runs the trunk on every batch,
+        after the image shift (ConRFT's own order, affordable on a GPU).
+    feature_shift_px: the random shift of cached feature maps in training, in input pixels
+        (`shift_feature_maps`).
     """
 
     def __init__(self, shape_meta: ShapeMeta | Mapping, n_obs_steps: int, proprio_dim: int = 64, image_dim: int = 256,
-                 image_encoder: Callable | None = None):
+                 image_encoder: Callable | None = None, cache_trunk: bool = True, feature_shift_px: int = 0):
         super().__init__()
         shape_meta = ShapeMeta.parse(shape_meta)
         self.rgb_keys = sorted(shape_meta.rgb_keys)
         self.low_dim_keys = sorted(shape_meta.low_dim_keys)
         self.n_obs_steps = n_obs_steps
+        self.feature_shift_px = int(feature_shift_px)
         self.output_dim = 0
         if self.low_dim_keys:
             low_dim = sum(math.prod(shape_meta.obs[k].shape) for k in self.low_dim_keys) * n_obs_steps
@@ -78,22 +96,64 @@ class CriticObsEncoder(nn.Module):
             raise ValueError(f"rgb keys {self.rgb_keys} need critic.obs_encoder.image_encoder")
         self.image_encoders = nn.ModuleDict()
         self.image_projections = nn.ModuleDict()
+        self.frozen_keys = []  # rgb keys whose encoder is a frozen trunk + head (`trunk_features`, `head`)
         for key in self.rgb_keys:
             encoder = image_encoder(shape_meta=shape_meta.select([key]))
             self.image_encoders[key] = encoder
-            self.image_projections[key] = _dense_ln_tanh(encoder.output_dim(), image_dim)
-            self.output_dim += image_dim
+            if hasattr(encoder, "trunk_features"):  # its own head ends in Dense, LN, tanh: no projection
+                self.frozen_keys.append(key)
+                self.image_projections[key] = nn.Identity()
+                self.output_dim += encoder.output_dim()
+            else:
+                self.image_projections[key] = _dense_ln_tanh(encoder.output_dim(), image_dim)
+                self.output_dim += image_dim
+        self.cached_keys = list(self.frozen_keys) if cache_trunk else []
+
+    def trunk_identity(self) -> dict[str, str]:
+        """{rgb key: identity of its frozen trunk} for the keys whose trunk features are cached."""
+        return {key: self.image_encoders[key].identity for key in self.cached_keys}
+
+    def trunk_features(self, key: str, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (N, 3, H, W) in [0, 1] of camera `key` -> its frozen trunk's (N, C', h, w)."""
+        return self.image_encoders[key].trunk_features(frames)
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Normalized obs {key: (B, To', ...)} (rgb in [0, 1]) -> (B, Df); the last To steps are used."""
+        """Normalized obs {key: (B, To', ...)} (rgb in [0, 1]) -> (B, Df); the last To steps are used.
+
+        `trunk_<key>` (B, C', h, w) in obs, the cached trunk features of the last frame, stand in
+        for rgb `key`."""
         features = []
         if self.low_dim_keys:
             window = [obs[k][:, -self.n_obs_steps:].flatten(1) for k in self.low_dim_keys]
             features.append(self.proprio(torch.cat(window, dim=-1)))
         for key in self.rgb_keys:
-            last = obs[key][:, -1]
-            features.append(self.image_projections[key](self.image_encoders[key]({key: last})))
+            encoder = self.image_encoders[key]
+            cached = obs.get(trunk_key(key))
+            if cached is not None:
+                if self.training and self.feature_shift_px > 0:
+                    cached = shift_feature_maps(cached, self.feature_shift_px, encoder.stride)
+                encoded = encoder.head(cached)
+            elif key in self.frozen_keys:
+                encoded = encoder(obs[key][:, -1])
+            else:
+                encoded = encoder({key: obs[key][:, -1]})
+            features.append(self.image_projections[key](encoded))
         return torch.cat(features, dim=-1)
+
+
+def shift_feature_maps(features: torch.Tensor, pad_px: int, stride: float) -> torch.Tensor:
+    """DrQ's random shift moved to a frozen trunk's feature maps: (B, C, h, w) -> the same, each
+    sample translated by whole input pixels drawn from [-pad_px, pad_px] per axis, i.e. by
+    d / stride feature cells, resampled bilinearly with the border value repeated (as the image
+    shift's edge padding). A conv trunk is nearly shift-equivariant at its stride, so this
+    approximates shifting the image before the trunk, without running the trunk."""
+    b, _, h, w = features.shape
+    cells = torch.randint(-pad_px, pad_px + 1, (b, 2), device=features.device).to(features.dtype) / stride
+    theta = torch.zeros(b, 2, 3, device=features.device, dtype=features.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * cells[:, 0] / w, 2 * cells[:, 1] / h
+    grid = nn.functional.affine_grid(theta, list(features.shape), align_corners=False)
+    return nn.functional.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class CriticEnsemble(nn.Module):

@@ -23,6 +23,7 @@ from policylab.data.replay_buffer import EPISODE_ENDS, ReplayBuffer, get_optimal
 from policylab.rl.episodes import TERMINAL, prepare_episode, store_keys, validate_steps
 from policylab.rl.transitions import TransitionSampler, TransitionSpec, check_types
 
+TRUNK_ATTR = "policylab_trunk_identity"  # root attribute: which frozen trunk made the trunk_* features
 # Rows per zarr chunk are sized for a long buffer, not the first episode: appends then
 # rewrite one partial chunk instead of creating a file per episode.
 CHUNK_ROWS = 4096
@@ -51,6 +52,7 @@ class OnlineReplayStore:
         self.disk = ReplayBuffer.create_from_path(self.path, mode="a")
         if self.disk.n_episodes:
             self._check_keys(set(self.disk.keys()), f"store {self.path}")
+        _check_trunk_identity(self.disk, spec, self.path)
         n = self.disk.n_steps
         self.replay_buffer = ReplayBuffer({
             "data": {key: np.asarray(arr[:n]) for key, arr in self.disk.items()},
@@ -73,7 +75,7 @@ class OnlineReplayStore:
         check_types(shape_meta, spec)
         path = Path(path)
         if not path.exists():
-            keys = store_keys(shape_meta, spec.embedding_key)
+            keys = store_keys(shape_meta, spec.embedding_key, spec.trunk_keys)
             memory = ReplayBuffer.create_empty_numpy()
             # Only the store's keys are read (demo stores may hold images the task does not use);
             # a transform may need any of them.
@@ -90,13 +92,16 @@ class OnlineReplayStore:
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
             memory.save_to_path(tmp / path.name, compressors=dict.fromkeys(memory.keys(), "disk"),
                                 chunks=_chunks(dict(memory.items())))
+            if spec.trunk_keys:
+                with ReplayBuffer.create_from_path(tmp / path.name, mode="a") as written:
+                    written.root.attrs[TRUNK_ATTR] = spec.trunk_identity
             os.replace(tmp / path.name, path)
             shutil.rmtree(tmp, ignore_errors=True)
         return cls(path, shape_meta, spec)
 
     @property
     def keys(self) -> list[str]:
-        return store_keys(self.meta, self.embedding_key)
+        return store_keys(self.meta, self.embedding_key, self.spec.trunk_keys)
 
     @property
     def n_episodes(self) -> int:
@@ -124,6 +129,19 @@ class OnlineReplayStore:
         self.disk.add_episode(episode, chunks=_chunks(episode), compressors="disk")
         self.replay_buffer.add_episode(episode)
         self.sampler.extend()
+
+
+def _check_trunk_identity(disk: ReplayBuffer, spec: TransitionSpec, path: Path) -> None:
+    """Stored trunk features must come from the trunk the critic has now; a new store records it."""
+    if not spec.trunk_keys:
+        return
+    stored = disk.root.attrs.get(TRUNK_ATTR)
+    if stored is None and not disk.n_episodes:
+        disk.root.attrs[TRUNK_ATTR] = spec.trunk_identity
+    elif stored != spec.trunk_identity:
+        raise ValueError(f"store {path} holds trunk features of the frozen trunk {stored or '<unrecorded>'}, but the "
+                         f"critic's trunk is {spec.trunk_identity}: a changed trunk or weights file; start a new run "
+                         "(a new hydra.run.dir) or use the trunk the store was made with")
 
 
 def _chunks(arrays) -> dict:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from policylab.models.critic import CriticEnsemble
+from policylab.models.critic import CriticEnsemble, trunk_key
 from policylab.models.ema import polyak_update
 from policylab.policies.consistency import ConsistencyBCPolicy
 
@@ -102,7 +102,8 @@ class ConRFT(nn.Module):
         encoder is never run here (ConRFT's Octo path).
         """
         actor = self.actor
-        nobs, nnext = actor.normalize_obs(batch["obs"]), actor.normalize_obs(batch["next_obs"])
+        nobs, nnext = self.normalize_obs(batch["obs"], batch.get("trunk")), \
+            self.normalize_obs(batch["next_obs"], batch.get("next_trunk"))
         chunk = actor.normalizer["action"].normalize(batch["action"])
         if "embedding" in batch:
             cond, next_cond = self.cond_from_embedding(batch["embedding"]), self.cond_from_embedding(batch["next_embedding"])
@@ -113,6 +114,17 @@ class ConRFT(nn.Module):
         return {"nobs": nobs, "nnext": nnext, "chunk": chunk, "action": self.executed(chunk), "cond": cond,
                 "next_cond": next_cond, "reward": batch["reward"], "discount": batch["discount"],
                 "done": batch["done"], "mc_return": batch["mc_return"]}
+
+    def normalize_obs(self, obs: Mapping, trunk: Mapping | None) -> dict:
+        """The actor's normalization, plus the critic's cached trunk features `{key: (B, C, h, w)}`
+        as `trunk_<key>`; batches with cached features may carry no images (`skip_rgb`)."""
+        actor = self.actor
+        if all(key in obs for key in actor.rgb_keys):
+            nobs = actor.normalize_obs(obs)
+        else:
+            nobs = {k: actor.normalizer[k].normalize(v) for k, v in obs.items() if k in actor.meta.obs}
+        nobs.update({trunk_key(key): value for key, value in (trunk or {}).items()})
+        return nobs
 
     def cond_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
         """Stored (B, D) features -> what `actor.encode_obs` returns: (B, D), or tokens (B, n, D/n)."""
@@ -256,11 +268,14 @@ def calql_gap(q_data: torch.Tensor, q_candidates: torch.Tensor, mc_return: torch
 def augment(obs: Mapping[str, torch.Tensor], rgb_keys, pad: int,
             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Random shift of every rgb key (B, To, C, H, W): edge-pad by `pad`, crop back at a random
-    offset per sample (the same for all To frames of a sample). Low-dim keys pass through."""
+    offset per sample (the same for all To frames of a sample). Low-dim keys pass through, and so
+    do cached trunk features (their shift is the critic encoder's) when the images are absent."""
     out = dict(obs)
     if pad <= 0:
         return out
     for key in rgb_keys:
+        if key not in obs or trunk_key(key) in obs:
+            continue
         images = obs[key]
         b, t, c, h, w = images.shape
         padded = nn.functional.pad(images.reshape(b, t * c, h, w), (pad,) * 4, mode="replicate")

@@ -13,6 +13,8 @@ episodes along the first axis and ends each at `meta/episode_ends`::
     intervention (L,)         uint8, optional, 1 where the executed action was the human's
                               (absent: zeros)
     <embedding key> (L, D)    float32, optional: a frozen encoder on the obs window ending there
+    trunk_<rgb key> (L, C, h, w)  float16, optional: the critic's frozen image trunk on that
+                              step's frame (`models.critic.trunk_key`; `rl.trunk_features`)
 
 Writers: the RL actor (`rl.actor`, sim and robot), the scripted-demo generator
 (`data.generate.demos`), the robot's demo converter (`robot_apps.rl_demos`). Readers: the
@@ -29,6 +31,7 @@ import numpy as np
 
 from policylab.common.obs import stored_to_policy
 from policylab.common.shape_meta import ShapeMeta
+from policylab.models.critic import TRUNK_PREFIX, trunk_key
 
 ACTION, REWARD, TERMINAL, INTERVENTION, EMBEDDING = "action", "reward", "terminal", "intervention", "embedding"
 FLAG_KEYS = (TERMINAL, INTERVENTION)
@@ -46,9 +49,11 @@ def to_store(obs: Mapping, observation_space: gym.spaces.Dict) -> dict[str, np.n
     return row
 
 
-def store_keys(meta: ShapeMeta, embedding_key: str | None = None) -> list[str]:
-    """The keys an RL store holds for `meta`: its obs `zarr_key`s, action, reward, the flags, the embedding."""
+def store_keys(meta: ShapeMeta, embedding_key: str | None = None, trunk_rgb_keys=()) -> list[str]:
+    """The keys an RL store holds for `meta`: its obs `zarr_key`s, action, reward, the flags, the
+    embedding, and the cached trunk features of `trunk_rgb_keys`."""
     keys = {spec.zarr_key for spec in meta.obs.values()} | {meta.action_zarr_key, REWARD, *FLAG_KEYS}
+    keys |= {trunk_key(k) for k in trunk_rgb_keys}
     return sorted(keys | ({embedding_key} if embedding_key else set()))
 
 
@@ -109,7 +114,7 @@ def validate_episode(episode: Mapping[str, np.ndarray], label: str = "episode") 
 def prepare_episode(episode: Mapping, keys: list[str], meta: ShapeMeta, stored: Mapping, label: str) -> dict:
     """The episode's store `keys`, validated and cast to the store's dtypes; ValueError naming the key.
 
-    Floats become float32, flags uint8; a missing `intervention` becomes zeros. The per-step
+    Floats become float32 (trunk features float16), flags uint8; a missing `intervention` becomes zeros. The per-step
     shapes must equal `stored`'s arrays (a store's first episode: fit `meta`).
     """
     missing = sorted(set(keys) - set(episode) - {INTERVENTION})
@@ -124,7 +129,7 @@ def prepare_episode(episode: Mapping, keys: list[str], meta: ShapeMeta, stored: 
                                                     or np.issubdtype(value.dtype, np.floating)):
             if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
                 raise ValueError(f"{label}: key {key!r} has dtype {value.dtype}, expected real numbers")
-            value = value.astype(np.float32)
+            value = value.astype(np.float16 if key.startswith(TRUNK_PREFIX) else np.float32)
         out[key] = value
     validate_episode({ACTION: out[meta.action_zarr_key], **out}, label)
     length = len(out[meta.action_zarr_key])

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from policylab.common import checkpoint as ckpt
 from policylab.common.safe_config import instantiate_trusted
+from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import downsample_mask, get_val_mask
 from policylab.policies.loading import load_policy
@@ -36,6 +37,7 @@ from policylab.rl.embeddings import (
     has_frozen_encoder,
 )
 from policylab.rl.transitions import TransitionSpec
+from policylab.rl.trunk_features import episode_trunk_features, trunk_identity
 from policylab.workspaces.base import BaseWorkspace, StepTrainingConfig
 
 
@@ -76,6 +78,9 @@ class RLWorkspace(BaseWorkspace):
         critic = self.build_critic()(
             shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=actor.n_obs_steps,
             action_dim=actor.n_action_steps * actor.action_dim)
+        # A frozen critic image trunk runs once per frame, where episodes reach the stores, never in
+        # an update: its features are stored as `trunk_<key>` (rl/trunk_features.py).
+        self.trunk_keys = tuple(getattr(critic.encoder, "cached_keys", ()))
         self.agent = self.build_agent(actor, critic).to(self.device)
         self.optimizers = self.agent.optimizers
         self.init_critic()
@@ -157,10 +162,15 @@ class RLWorkspace(BaseWorkspace):
         self.agent.n_updates = int(state["n_updates"])
 
     def transition_spec(self) -> TransitionSpec:
+        """The learner's transitions; with a frozen actor encoder and every camera's critic trunk
+        cached, batches skip the images (nothing in an update reads them)."""
         r = self.c["reward"]
+        rgb = set(ShapeMeta.parse(self.cfg.task.shape_meta).rgb_keys)
         return TransitionSpec(self.actor.horizon, self.actor.n_obs_steps, self.actor.n_action_steps, r.gamma,
                               reward_scale=r.scale, reward_bias=r.bias, reward_neg=r.reward_neg,
-                              is_sparse_reward=r.is_sparse, embedding_key=EMBEDDING_KEY if self.embed else None)
+                              is_sparse_reward=r.is_sparse, embedding_key=EMBEDDING_KEY if self.embed else None,
+                              trunk_keys=self.trunk_keys, skip_rgb=self.embed and set(self.trunk_keys) == rgb,
+                              trunk_identity=trunk_identity(self.agent.critic.encoder) if self.trunk_keys else "")
 
     def demo_replay_buffer(self) -> ReplayBuffer:
         """The task dataset's training episodes (same `val_ratio` / `max_train_episodes` / `seed`
@@ -172,12 +182,20 @@ class RLWorkspace(BaseWorkspace):
         demos = ReplayBuffer.create_empty_numpy()
         shape_meta = OmegaConf.to_container(self.cfg.task.shape_meta, resolve=True)
         chosen = np.flatnonzero(train_mask)
-        for i in tqdm(chosen, desc="demo embeddings", disable=not self.embed):
+        desc = " and ".join(["demo embeddings"] * self.embed + ["demo trunk features"] * bool(self.trunk_keys))
+        for i in tqdm(chosen, desc=desc, disable=not desc):
             episode = store.get_episode(int(i), copy=True)
             if self.embed:
                 episode[EMBEDDING_KEY] = episode_embeddings(self.actor, episode, shape_meta)
-            demos.add_episode(episode)
+            demos.add_episode(self.with_trunk_features(episode))
         return demos
+
+    def with_trunk_features(self, episode: dict) -> dict:
+        """The episode plus its frames' critic trunk features (`trunk_<key>`), if any are cached."""
+        if not self.trunk_keys:
+            return episode
+        meta = ShapeMeta.parse(self.cfg.task.shape_meta)
+        return {**episode, **episode_trunk_features(self.agent.critic.encoder, episode, meta)}
 
     def eval_parts(self) -> dict:
         t = self.c["training"]

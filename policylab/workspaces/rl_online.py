@@ -229,7 +229,7 @@ class OnlineRLWorkspace(RLWorkspace):
 
     def _add_episode(self, episode: dict, stats: dict) -> None:
         """Every step to the online store; intervened segments to the demo side too (ConRFT)."""
-        to_online, segments = route_episode(episode)
+        to_online, segments = route_episode(self.with_trunk_features(episode))
         self.online.add_episode(to_online, name=f"actor {stats.get('actor_pid')} on {stats.get('host')}")
         for segment in segments or []:
             self.demo.add_episode(segment, name="intervention")

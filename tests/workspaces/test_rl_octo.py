@@ -1,5 +1,7 @@
 """ConRFT from images with an Octo encoder trained in SFT and frozen for RL (ConRFT's setting):
-SFT -> Stage I -> Stage II through train.py on pick-cube images, then eval.py on the result."""
+SFT -> Stage I -> Stage II through train.py on pick-cube images, then eval.py on the result. The
+critic's image trunk is the SFT encoder's own, frozen (`critic_trunk=sft`): its features are
+stored with the transitions and no batch carries images."""
 
 
 import numpy as np
@@ -36,11 +38,12 @@ def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):
     stage1 = tmp_path / "stage1"
     result = run_train(common(store, stage1, "workspace=rl_offline", "debug=tiny_rl",
                               f"policy.init={sft / 'checkpoints' / 'latest'}", "policy.freeze_encoder=true",
-                              "training.num_steps=2", "training.batch_size=8"), env_extra=ENV)
+                              "critic_trunk=sft", "training.num_steps=2", "training.batch_size=8"), env_extra=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = load_config(stage1 / "checkpoints" / "latest")
     assert saved.policy.obs_encoder.frozen is True and "init" not in saved.policy
-    assert "demo embeddings" in result.stderr  # computed once, before training
+    assert "demo embeddings and demo trunk features" in result.stderr  # computed once, before training
+    assert saved.critic.obs_encoder.image_encoder.trunk.checkpoint == str(sft / "checkpoints" / "latest")
 
     stage2 = tmp_path / "stage2"
     result = run_train(common(store, stage2, "workspace=rl_online", "debug=tiny_rl",
@@ -54,6 +57,9 @@ def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):
     assert "embedding" in online and "embedding" in demos and "front" in online
     assert online["embedding"].shape[1] == demos["embedding"].shape[1] and online.n_steps >= 16
     assert np.isfinite(online["embedding"][:]).all()
+    for buffer in (online, demos):  # Stage II keeps Stage I's critic: the SFT encoder's stems
+        assert buffer["trunk_front"].dtype == np.float16 and buffer["trunk_front"].shape[0] == buffer.n_steps
+        assert dict(buffer.root.attrs)["policylab_trunk_identity"].startswith("front=sft(")
     assert any("critic_loss" in r for r in read_logs(stage2 / "logs.jsonl"))
 
     log = eval_main(["--checkpoint", str(stage2 / "checkpoints" / "latest"), "--output_dir", str(tmp_path / "eval"),
