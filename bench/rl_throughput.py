@@ -10,10 +10,17 @@ load changes hit every variant alike):
            fresh batch of `--batch_size` transitions) for Stage I (Cal-QL: 30 candidate actions
            per state) and Stage II (plain TD), with 1 and 2 torch threads, on state obs (ConRFT's
            MLP actor) and on images (2 cameras 96x96 + proprio; the actor's Octo-tiny encoder is
-           frozen, so batches carry its stored embeddings; the critic's ResNet18-GroupNorm encoder
-           runs on every batch, after the random shift). Reported: updates/s and the share of
-           time spent sampling batches. A round always runs one iteration after a warm-up one,
-           however long it takes; the image learners run in the first `--image_rounds` rounds.
+           frozen, so batches carry its stored embeddings) with two critics side by side:
+           "trained R18", the critic's own ResNet18-GroupNorm run and trained on every batch after
+           the random shift (`critic_trunk=trained_resnet18`, the path before issue 23), and
+           "cached R10", ConRFT's frozen ResNet-10 trunk whose features were computed once per
+           frame and stored, so an update runs only the head (`critic_trunk=resnet10`; random
+           weights here, as fast as ImageNet's). Reported: updates/s and the share of time spent
+           sampling batches. A round always runs one iteration after a warm-up one, however long
+           it takes; the trained-R18 learners run in the first `--image_rounds` rounds.
+  trunk    the cost of caching: ms per frame for the learner to compute a frame's ResNet-10
+           features when its episode arrives (1 thread, batches of 64 frames), and the storage of
+           the float16 features per 1,000 transitions (2 cameras).
   actor    `rl.actor.run_episode` of the ConRFT actor (untrained weights) in the env: state obs
            without and with the simulated human (`envs/interventions.py`, the Stage II default),
            and images with the Octo-tiny embedding recorded on every step. Reported: env steps/s
@@ -48,12 +55,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from policylab.common.config import compose
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.generate.__main__ import main as generate
+from policylab.data.replay_buffer import ReplayBuffer
 from policylab.rl.actor import EnvActor, make_actor_env, policy_weights, run_episode
 from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.transitions import TransitionSampler
+from policylab.rl.trunk_features import (
+    episode_trunk_features,
+    megabytes_per_1k_transitions,
+)
 from policylab.workspaces.rl_offline import OfflineRLWorkspace, policy_build_config
 
 OCTO = ["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"]
+IMAGE_CRITICS = {"trained R18": "critic_trunk=trained_resnet18", "cached R10": "critic_trunk=resnet10"}
 
 
 def compose_cfg(store: Path, workspace: str, task: str = "pick_cube_lowdim", extra: tuple = ()):
@@ -67,6 +80,7 @@ class Learner:
 
     def __init__(self, ws: OfflineRLWorkspace, stage: str, threads: int, batch_size: int):
         cfg = ws.cfg
+        torch.manual_seed(0)
         stage_cfg = {**OmegaConf.to_container(cfg.conrft.common), **OmegaConf.to_container(cfg.conrft[stage])}
         critic = hydra.utils.instantiate(cfg.critic)(  # a fresh critic per variant
             shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=ws.actor.n_obs_steps,
@@ -139,6 +153,23 @@ class Actor:
                 "round_env_steps_per_s": [r[0] / r[1] for r in self.rounds]}
 
 
+def trunk_cost(ws: OfflineRLWorkspace, store: Path, repeats: int = 3) -> dict:
+    """What caching costs: the learner's trunk pass per arriving frame, and the features' storage."""
+    torch.set_num_threads(1)
+    encoder = ws.agent.critic.encoder
+    episode = ReplayBuffer.copy_from_path(store).get_episode(0, copy=True)
+    meta = ShapeMeta.parse(ws.cfg.task.shape_meta)
+    episode_trunk_features(encoder, episode, meta)  # warm-up
+    tic = time.perf_counter()
+    for _ in range(repeats):
+        episode_trunk_features(encoder, episode, meta)
+    per_step = (time.perf_counter() - tic) / repeats / len(episode["action"])
+    cameras = len(encoder.cached_keys)
+    return {"ms_per_frame": 1e3 * per_step / cameras, "ms_per_env_step": 1e3 * per_step, "cameras": cameras,
+            "mb_per_1k_transitions": megabytes_per_1k_transitions(encoder),
+            "feature_shape": list(encoder.image_encoders[encoder.cached_keys[0]].feature_shape)}
+
+
 def publish_latency(ws: OfflineRLWorkspace, repeats: int) -> dict:
     import ray
 
@@ -180,17 +211,22 @@ def main():
         store = Path(tmp) / "pick_cube.zarr"
         generate(["task=pick_cube_lowdim", "n=10", "images=true", f"out={store}"])
         ws = OfflineRLWorkspace(compose_cfg(store, "rl_offline"), Path(tmp) / "run")
-        image_ws = OfflineRLWorkspace(compose_cfg(store, "rl_offline", "pick_cube_image", OCTO), Path(tmp) / "image")
+        image_wss = {f"image, {name}": OfflineRLWorkspace(
+            compose_cfg(store, "rl_offline", "pick_cube_image", (*OCTO, override)), Path(tmp) / name.replace(" ", "_"))
+            for name, override in IMAGE_CRITICS.items()}
+        image_ws = image_wss["image, trained R18"]
         learners = {(obs, stage, threads): Learner(w, stage, threads, args.batch_size)
-                    for obs, w in (("state", ws), ("image", image_ws))
+                    for obs, w in (("state", ws), *image_wss.items())
                     for stage in ("offline", "online") for threads in (1, 2)}
+        trunk = trunk_cost(image_wss["image, cached R10"], store)
         intervention = OmegaConf.to_container(compose_cfg(store, "rl_online").online.intervention)
         actors = {"state, policy only": Actor(ws, None), "state, simulated human": Actor(ws, intervention),
                   "image (Octo-tiny), policy only": Actor(image_ws, None, embed=True)}
         per_round = args.seconds / args.rounds
         for r in range(args.rounds):
             rates = {f"learner {obs} {stage}/{threads}t": learner.run(per_round)
-                     for (obs, stage, threads), learner in learners.items() if obs == "state" or r < args.image_rounds}
+                     for (obs, stage, threads), learner in learners.items()
+                     if "trained" not in obs or r < args.image_rounds}
             rates.update({f"actor {name}": actor.run(per_round) for name, actor in actors.items()})
             print(f"round {r + 1}/{args.rounds} (load {os.getloadavg()[0]:.2f}): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()), flush=True)
@@ -208,11 +244,16 @@ def main():
     ratios = {
         "state: stage II / stage I (1 thread)": speed[("state", "II (TD)", 1)] / speed[("state", "I (Cal-QL)", 1)],
         "state: 2 threads / 1 thread (stage I)": speed[("state", "I (Cal-QL)", 2)] / speed[("state", "I (Cal-QL)", 1)],
-        "image / state (stage II, 2 threads)": speed[("image", "II (TD)", 2)] / speed[("state", "II (TD)", 2)],
+        "image trained R18 / state (stage II, 1 thread)":
+            speed[("image, trained R18", "II (TD)", 1)] / speed[("state", "II (TD)", 1)],
+        "image cached R10 / trained R18 (stage II, 1 thread)":
+            speed[("image, cached R10", "II (TD)", 1)] / speed[("image, trained R18", "II (TD)", 1)],
+        "image cached R10 / trained R18 (stage I, 1 thread)":
+            speed[("image, cached R10", "I (Cal-QL)", 1)] / speed[("image, trained R18", "I (Cal-QL)", 1)],
         "actor: simulated human / policy only": env_speed["state, simulated human"] / env_speed["state, policy only"],
         "actor: image / state": env_speed["image (Octo-tiny), policy only"] / env_speed["state, policy only"]}
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "learner": learner_rows,
-              "actor": actor_rows, "publish": publish, "ratios": ratios,
+              "actor": actor_rows, "publish": publish, "trunk": trunk, "ratios": ratios,
               "loadavg_start": load_start, "loadavg_end": load_end, "cpu_count": os.cpu_count(),
               "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -220,10 +261,11 @@ def main():
 
     print(f"\nConRFT throughput on pick-cube, batch {args.batch_size} (load {load_start[0]:.2f} -> "
           f"{load_end[0]:.2f}, {os.cpu_count()} CPUs); image: 2 cameras 96x96, frozen Octo-tiny actor encoder "
-          "(stored embeddings), ResNet18-GroupNorm critic encoder")
-    print(f"{'learner':<34}{'updates/s':>12}{'sampling':>10}")
+          "(stored embeddings); critic: trained R18 = ResNet18-GroupNorm trained every batch, cached R10 = "
+          "frozen ResNet-10 features stored once per frame")
+    print(f"{'learner':<48}{'updates/s':>12}{'sampling':>10}")
     for r in learner_rows:
-        print(f"{r['obs'] + ', stage ' + r['stage'] + ', ' + str(r['torch_threads']) + ' thr':<34}"
+        print(f"{r['obs'] + ', stage ' + r['stage'] + ', ' + str(r['torch_threads']) + ' thr':<48}"
               f"{r['updates_per_s']:>12.2f}{r['sample_share']:>10.1%}")
     print(f"{'actor':<34}{'env steps/s':>12}{'policy':>10}{'intervened':>12}")
     for r in actor_rows:
@@ -232,6 +274,9 @@ def main():
     print(f"publish: {publish['weights_kb']:.0f} KB of weights, ray.put {publish['put_ms_median']:.2f} ms, "
           f"set_weights round trip {publish['set_weights_round_trip_ms_median']:.1f} ms (medians of "
           f"{publish['repeats']})")
+    print(f"trunk features: {trunk['ms_per_frame']:.1f} ms per frame (ResNet-10, 96x96, 1 thread), "
+          f"{trunk['ms_per_env_step']:.1f} ms per env step ({trunk['cameras']} cameras), "
+          f"{trunk['mb_per_1k_transitions']:.1f} MB per 1,000 transitions (float16 {trunk['feature_shape']})")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
     print(f"wrote {args.out}")

@@ -8,12 +8,15 @@ task is done, and the RL workspaces run on its 0/1 reward unchanged.
 
 The network is the policies' image encoder (`MultiImageObsEncoder`: a ResNet with GroupNorm per
 camera, spatial-softmax keypoints; a pre-trained trunk from a local torchvision-format file,
-optionally frozen) and an MLP head. `load_reward_classifier` rebuilds it from a checkpoint of
+optionally frozen) and an MLP head; or, with `trunk`, ConRFT's classifier encoder: per camera a
+frozen ResNet-v1 trunk (ImageNet ResNet-10 from SERL/ConRFT's file) and the trained spatial-
+embedding head (`FrozenTrunkEncoder`, the critic's `critic_trunk=resnet10`), low-dim keys appended. `load_reward_classifier` rebuilds it from a checkpoint of
 `workspace=reward_classifier` (its `config.yaml` + `model.safetensors`; no code in the config runs).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from policylab.common import checkpoint as ckpt
+from policylab.models.encoders.frozen_resnet import FrozenTrunkEncoder
 from policylab.models.encoders.multi_image import MultiImageObsEncoder
 
 
@@ -35,24 +39,31 @@ class RewardClassifier(nn.Module):
             `MultiImageObsEncoder` (GroupNorm always; ImageNet normalization with pretrained weights).
         freeze_trunk: keep the ResNet trunks fixed (only the keypoint pools and the head learn).
         hidden_dim, dropout: the head, Linear -> LayerNorm -> ReLU -> Dropout -> Linear(1).
+        trunk: "resnet10" / "resnet18": ConRFT's encoder instead (`FrozenTrunkEncoder` per camera on
+            the full frame, its trunk frozen and saved with the classifier; the ResNet, resize and
+            crop options above do not apply, the head does). None: the trained ResNet above.
+        trunk_weights: the frozen trunk's SERL `.pkl` or `.safetensors`; None: random, with a warning.
     """
 
     def __init__(self, obs_meta: Mapping, rgb_model_name: str = "resnet18", pretrained_weights: str | None = None,
                  freeze_trunk: bool = False, resize_shape: Sequence[int] | None = None,
                  crop_shape: Sequence[int] | None = None, random_crop: bool = True, hidden_dim: int = 256,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, trunk: str | None = None, trunk_weights: str | None = None):
         super().__init__()
         if not any(attr.get("type") == "rgb" for attr in obs_meta.values()):
             raise ValueError(f"a reward classifier needs at least one rgb key, got {dict(obs_meta)}")
         if freeze_trunk and pretrained_weights is None:
             raise ValueError("freeze_trunk needs pretrained_weights (a frozen random trunk learns nothing)")
         self.obs_meta = {key: dict(attr) for key, attr in obs_meta.items()}
-        self.encoder = MultiImageObsEncoder(
-            {"obs": self.obs_meta}, rgb_model_name=rgb_model_name, pretrained_weights=pretrained_weights,
-            resize_shape=None if resize_shape is None else tuple(resize_shape),
-            crop_shape=None if crop_shape is None else tuple(crop_shape), random_crop=random_crop,
-            use_group_norm=True, imagenet_norm=pretrained_weights is not None)
-        if freeze_trunk:
+        if trunk is not None:
+            self.encoder = FrozenTrunkCameras(self.obs_meta, trunk, trunk_weights)
+        else:
+            self.encoder = MultiImageObsEncoder(
+                {"obs": self.obs_meta}, rgb_model_name=rgb_model_name, pretrained_weights=pretrained_weights,
+                resize_shape=None if resize_shape is None else tuple(resize_shape),
+                crop_shape=None if crop_shape is None else tuple(crop_shape), random_crop=random_crop,
+                use_group_norm=True, imagenet_norm=pretrained_weights is not None)
+        if freeze_trunk and trunk is None:
             for model in self.encoder.key_model_map.values():
                 model.backbone.requires_grad_(False)
         self.head = nn.Sequential(nn.Linear(self.encoder.output_dim(), hidden_dim), nn.LayerNorm(hidden_dim),
@@ -70,6 +81,29 @@ class RewardClassifier(nn.Module):
             return torch.sigmoid(self.forward(obs))
         finally:
             self.train(was_training)
+
+
+class FrozenTrunkCameras(nn.Module):
+    """`{key: (B, *shape)}` -> `(B, D)`: a `FrozenTrunkEncoder` per rgb key (sorted), then the
+    low-dim keys flattened (sorted), concatenated (ConRFT's classifier encoder)."""
+
+    def __init__(self, obs_meta: Mapping, trunk: str, trunk_weights: str | None):
+        super().__init__()
+        self.rgb_keys = sorted(k for k, a in obs_meta.items() if a.get("type") == "rgb")
+        self.low_dim_keys = sorted(k for k in obs_meta if k not in self.rgb_keys)
+        self.cameras = nn.ModuleDict({key: FrozenTrunkEncoder(obs_meta[key]["shape"], trunk=trunk,
+                                                              trunk_weights=trunk_weights)
+                                      for key in self.rgb_keys})
+        low_dim = sum(int(np.prod(obs_meta[k]["shape"])) for k in self.low_dim_keys)
+        self._output_dim = sum(c.output_dim() for c in self.cameras.values()) + low_dim
+
+    def output_dim(self) -> int:
+        return self._output_dim
+
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        parts = [self.cameras[key](obs[key]) for key in self.rgb_keys]
+        parts += [obs[key].flatten(1) for key in self.low_dim_keys]
+        return torch.cat(parts, dim=-1)
 
 
 def build_reward_classifier(cfg: Mapping, shape_meta: Mapping) -> RewardClassifier:
@@ -97,7 +131,10 @@ def load_reward_classifier(path: str | Path, device: str | torch.device = "cpu")
     fields = resolve_checked(cfg.classifier, "classifier")  # data only: nothing in it is built or run
     fields["pretrained_weights"] = None  # the checkpoint holds the trunk; the original file need not exist
     fields["freeze_trunk"] = False
-    model = build_reward_classifier(fields, resolve_checked(cfg.task.shape_meta, "task.shape_meta"))
+    fields["trunk_weights"] = None
+    with warnings.catch_warnings():  # a frozen trunk built at random here gets the checkpoint's weights next
+        warnings.filterwarnings("ignore", message="FrozenTrunkEncoder: no trunk_weights")
+        model = build_reward_classifier(fields, resolve_checked(cfg.task.shape_meta, "task.shape_meta"))
     ckpt.load_weights(model, Path(path) / ckpt.MODEL)
     return model.to(device).eval()
 

@@ -184,3 +184,19 @@ def test_image_shift_leaves_cached_features_alone():
     out = augment(obs, ["front"], 2)
     assert out["front"] is obs["front"] and out[trunk_key("front")] is obs[trunk_key("front")]
     assert augment({"ee": obs["ee"]}, ["front"], 2)["ee"] is obs["ee"]  # skip_rgb batches have no images
+
+
+def test_reward_classifier_takes_the_frozen_trunk_option():
+    from policylab.rl.reward_classifier import RewardClassifier
+
+    meta = {"front": {"shape": [3, 64, 64], "type": "rgb"}, "ee": {"shape": [3], "type": "low_dim"}}
+    with pytest.warns(UserWarning, match="no trunk_weights"):
+        model = RewardClassifier(meta, trunk="resnet10", hidden_dim=16)
+    trunk = model.encoder.cameras["front"].trunk
+    assert model.encoder.output_dim() == 256 + 3 and not any(p.requires_grad for p in trunk.parameters())
+    assert any(k.startswith("encoder.cameras.front.trunk.") for k in model.state_dict())  # a self-contained checkpoint
+    model.train()
+    logits = model({"front": torch.rand(2, 3, 64, 64), "ee": torch.randn(2, 3)})
+    logits.sum().backward()
+    assert logits.shape == (2,) and all(p.grad is None for p in trunk.parameters()) and not trunk.training
+    assert model.encoder.cameras["front"].dense.weight.grad is not None
