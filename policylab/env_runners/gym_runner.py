@@ -18,6 +18,7 @@ checkpoint on the same seeds give the same scores. Policies whose `predict_actio
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable
 
 import cv2
@@ -154,9 +155,11 @@ class GymEnvRunner(EnvRunner):
         results = []
         n_chunks = -(-len(self.episodes) // self.n_envs)
         # One bar for the whole evaluation, in inner env steps (n_chunks x max_steps), kept on screen
-        # when done with the score: a bar per chunk showed 0% and vanished.
+        # when done with the score: a bar per chunk showed 0% and vanished. Into a log file (no
+        # terminal) it writes a line every 30 s at most, not one per refresh.
+        interval = self.tqdm_interval_sec if sys.stderr.isatty() else max(self.tqdm_interval_sec, 30.0)
         with tqdm.tqdm(total=n_chunks * self.max_steps, desc=f"Eval {self.env_id}", unit="step",
-                       mininterval=self.tqdm_interval_sec) as pbar:
+                       mininterval=interval) as pbar:
             for c in range(n_chunks):
                 chunk = self.episodes[c * self.n_envs:(c + 1) * self.n_envs]
                 padded = chunk + [chunk[-1][:2] + (False,)] * (self.n_envs - len(chunk))
