@@ -15,12 +15,13 @@ load changes hit every variant alike):
            the random shift (`critic_trunk=trained_resnet18`, the path before issue 23), and
            "cached R10", ConRFT's frozen ResNet-10 trunk whose features were computed once per
            frame and stored, so an update runs only the head (`critic_trunk=resnet10`; random
-           weights here, as fast as ImageNet's). Reported: updates/s and the share of time spent
+           weights here, as fast as ImageNet's), and "cached SFT stems", the frozen Octo-tiny's
+           camera stems as the trunk (`critic_trunk=sft`, the image presets'). Reported: updates/s and the share of time spent
            sampling batches. A round always runs one iteration after a warm-up one, however long
            it takes; the trained-R18 learners run in the first `--image_rounds` rounds.
-  trunk    the cost of caching: ms per frame for the learner to compute a frame's ResNet-10
-           features when its episode arrives (1 thread, batches of 64 frames), and the storage of
-           the float16 features per 1,000 transitions (2 cameras).
+  trunk    the cost of caching, per cached critic: ms per frame for the learner to compute a
+           frame's trunk features when its episode arrives (1 thread, batches of 64 frames), and
+           the storage of the float16 features per 1,000 transitions (2 cameras).
   actor    `rl.actor.run_episode` of the ConRFT actor (untrained weights) in the env: state obs
            without and with the simulated human (`envs/interventions.py`, the Stage II default),
            and images with the Octo-tiny embedding recorded on every step. Reported: env steps/s
@@ -52,11 +53,18 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from policylab.common.checkpoint import save_checkpoint
 from policylab.common.config import compose
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.generate.__main__ import main as generate
 from policylab.data.replay_buffer import ReplayBuffer
-from policylab.rl.actor import EnvActor, make_actor_env, policy_weights, run_episode
+from policylab.rl.actor import (
+    POLICY_EMBEDDING,
+    EnvActor,
+    make_actor_env,
+    policy_weights,
+    run_episode,
+)
 from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.transitions import TransitionSampler
 from policylab.rl.trunk_features import (
@@ -66,7 +74,9 @@ from policylab.rl.trunk_features import (
 from policylab.workspaces.rl_offline import OfflineRLWorkspace, policy_build_config
 
 OCTO = ["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"]
-IMAGE_CRITICS = {"trained R18": "critic_trunk=trained_resnet18", "cached R10": "critic_trunk=resnet10"}
+# The image critics compared; "sft" reads the frozen Octo's stems from a checkpoint of the actor.
+IMAGE_CRITICS = {"trained R18": "critic_trunk=trained_resnet18", "cached R10": "critic_trunk=resnet10",
+                 "cached SFT stems": "critic_trunk=sft"}
 
 
 def compose_cfg(store: Path, workspace: str, task: str = "pick_cube_lowdim", extra: tuple = ()):
@@ -126,8 +136,8 @@ class Actor:
     def __init__(self, ws: OfflineRLWorkspace, intervention: dict | None, embed: bool = False):
         self.env = make_actor_env(ws.cfg.task, intervention)
         self.policy = ws.actor
-        # as EnvActor(embed=True): the frozen encoder's features recorded on every step
-        self.embed = (lambda w: self.policy.encode_obs(self.policy.normalize_obs(w)).reshape(-1)) if embed else None
+        # as EnvActor(embed=True): the frozen encoder's features recorded on every step, its pass shared with the action
+        self.embed = POLICY_EMBEDDING if embed else None
         self.max_steps = int(ws.cfg.task.env_runner.max_steps)
         self.seed = 0
         self.rounds: list[tuple[int, float, float, float]] = []  # (steps, seconds, policy s, intervened steps)
@@ -211,14 +221,18 @@ def main():
         store = Path(tmp) / "pick_cube.zarr"
         generate(["task=pick_cube_lowdim", "n=10", "images=true", f"out={store}"])
         ws = OfflineRLWorkspace(compose_cfg(store, "rl_offline"), Path(tmp) / "run")
-        image_wss = {f"image, {name}": OfflineRLWorkspace(
-            compose_cfg(store, "rl_offline", "pick_cube_image", (*OCTO, override)), Path(tmp) / name.replace(" ", "_"))
-            for name, override in IMAGE_CRITICS.items()}
+        image_wss, sft = {}, Path(tmp) / "sft"
+        for name, override in IMAGE_CRITICS.items():
+            extra = (*OCTO, override, *([f"policy.init={sft}"] if "sft" in override else []))
+            image_wss[f"image, {name}"] = OfflineRLWorkspace(
+                compose_cfg(store, "rl_offline", "pick_cube_image", extra), Path(tmp) / name.replace(" ", "_"))
+            if len(image_wss) == 1:  # the first one's actor stands in for an SFT checkpoint
+                save_checkpoint(sft, image_wss[f"image, {name}"].cfg, image_wss[f"image, {name}"].actor)
         image_ws = image_wss["image, trained R18"]
         learners = {(obs, stage, threads): Learner(w, stage, threads, args.batch_size)
                     for obs, w in (("state", ws), *image_wss.items())
                     for stage in ("offline", "online") for threads in (1, 2)}
-        trunk = trunk_cost(image_wss["image, cached R10"], store)
+        trunk = {name: trunk_cost(w, store) for name, w in image_wss.items() if "cached" in name}
         intervention = OmegaConf.to_container(compose_cfg(store, "rl_online").online.intervention)
         actors = {"state, policy only": Actor(ws, None), "state, simulated human": Actor(ws, intervention),
                   "image (Octo-tiny), policy only": Actor(image_ws, None, embed=True)}
@@ -248,6 +262,8 @@ def main():
             speed[("image, trained R18", "II (TD)", 1)] / speed[("state", "II (TD)", 1)],
         "image cached R10 / trained R18 (stage II, 1 thread)":
             speed[("image, cached R10", "II (TD)", 1)] / speed[("image, trained R18", "II (TD)", 1)],
+        "image cached SFT stems / trained R18 (stage II, 1 thread)":
+            speed[("image, cached SFT stems", "II (TD)", 1)] / speed[("image, trained R18", "II (TD)", 1)],
         "image cached R10 / trained R18 (stage I, 1 thread)":
             speed[("image, cached R10", "I (Cal-QL)", 1)] / speed[("image, trained R18", "I (Cal-QL)", 1)],
         "actor: simulated human / policy only": env_speed["state, simulated human"] / env_speed["state, policy only"],
@@ -274,9 +290,10 @@ def main():
     print(f"publish: {publish['weights_kb']:.0f} KB of weights, ray.put {publish['put_ms_median']:.2f} ms, "
           f"set_weights round trip {publish['set_weights_round_trip_ms_median']:.1f} ms (medians of "
           f"{publish['repeats']})")
-    print(f"trunk features: {trunk['ms_per_frame']:.1f} ms per frame (ResNet-10, 96x96, 1 thread), "
-          f"{trunk['ms_per_env_step']:.1f} ms per env step ({trunk['cameras']} cameras), "
-          f"{trunk['mb_per_1k_transitions']:.1f} MB per 1,000 transitions (float16 {trunk['feature_shape']})")
+    for name, cost in trunk.items():
+        print(f"trunk features, {name}: {cost['ms_per_frame']:.1f} ms per 96x96 frame (1 thread), "
+              f"{cost['ms_per_env_step']:.1f} ms per env step ({cost['cameras']} cameras), "
+              f"{cost['mb_per_1k_transitions']:.1f} MB per 1,000 transitions (float16 {cost['feature_shape']})")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
     print(f"wrote {args.out}")

@@ -150,7 +150,12 @@ class DenoisingPolicy(BasePolicy):
     @torch.no_grad()
     def predict_action(self, obs: Mapping[str, torch.Tensor], generator: Generators = None) -> dict:
         """obs {key: (B, To, ...)} -> {"action": (B, Ta, Da), "action_pred": (B, T, Da)}."""
-        cond = self.encode_obs(self.normalize_obs(obs))
+        return self.predict_from_cond(self.encode_obs(self.normalize_obs(obs)), generator)
+
+    @torch.no_grad()
+    def predict_from_cond(self, cond: torch.Tensor, generator: Generators = None) -> dict:
+        """`predict_action` from `encode_obs`'s output: a caller that keeps the features too (the RL
+        actor storing a frozen encoder's) encodes each observation once."""
         action_pred = self.normalizer["action"].unnormalize(self.sample(cond, generator))
         return {"action": self.action_window(action_pred), "action_pred": action_pred}
 

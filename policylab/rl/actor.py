@@ -76,9 +76,12 @@ def make_actor_env(task_cfg: DictConfig | Mapping, intervention: Mapping | None 
     return InterventionWrapper(env, expert=instantiate_trusted(expert_cfg, "task.demo.expert"), **intervention)
 
 
+POLICY_EMBEDDING = "policy"  # run_episode(embed=...): the policy's own encoder, shared with its action
+
+
 def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_steps: int, max_steps: int,
                 generator: torch.Generator | None = None,
-                embed: Callable[[dict[str, torch.Tensor]], np.ndarray | torch.Tensor] | None = None,
+                embed: Callable[[dict[str, torch.Tensor]], np.ndarray | torch.Tensor] | str | None = None,
                 ) -> tuple[dict[str, np.ndarray], dict]:
     """One episode of `policy` in `env` from `env.reset(seed=seed)`, recorded per env step.
 
@@ -97,7 +100,9 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
         generator: the policy's sampling generator (default: one on the policy's device seeded
             with `seed`, so an episode is reproducible from its seed and weights).
         embed: the obs window `{key: (1, To, ...)}` -> (D,) (or (1, D)), run on every step's
-            window; its outputs are recorded as `embedding (L, D)`.
+            window; its outputs are recorded as `embedding (L, D)`. `POLICY_EMBEDDING`: the
+            policy's own `encode_obs`, whose pass at each control step serves both the action
+            (`predict_from_cond`) and the recorded embedding: one encoder pass per env step.
     Returns:
         The episode `{key: (L, ...)}` in the layout of the module docstring, and stats: length,
         success (any step's info["is_success"]), return (sum of rewards), n_interventions,
@@ -111,6 +116,7 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(seed)
     recorder = StepRecorder(env, keep_obs=embed is not None)
+    shared = {}  # env step -> the policy's encoding of its window, when it acted there (POLICY_EMBEDDING)
     steps = MultiStepWrapper(recorder, n_obs_steps, n_action_steps, max_episode_steps=max_steps)
     was_training = policy.training
     policy.eval()
@@ -121,14 +127,22 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
             done = False
             while not done:
                 tic = time.perf_counter()
-                chunk = _predict_chunk(policy, _window(window, device), generator, n_action_steps)
+                obs = _window(window, device)
+                if embed == POLICY_EMBEDDING:
+                    cond = policy.encode_obs(policy.normalize_obs(obs))
+                    shared[len(recorder.rows)] = cond.reshape(-1)
+                    action = policy.predict_from_cond(cond, generator)["action"]
+                else:
+                    action = policy.predict_action(obs, generator=generator)["action"]
+                chunk = _chunk(action, n_action_steps)
                 policy_s += time.perf_counter() - tic
                 window, _, terminated, truncated, _ = steps.step(chunk)
                 done = terminated or truncated
             episode = recorder.episode()
             if embed is not None:
                 tic = time.perf_counter()
-                episode[EMBEDDING] = _embeddings(embed, recorder.obs[:-1], n_obs_steps, device)
+                encode = _policy_embedding(policy) if embed == POLICY_EMBEDDING else embed
+                episode[EMBEDDING] = _embeddings(encode, recorder.obs[:-1], n_obs_steps, device, shared)
                 policy_s += time.perf_counter() - tic
     finally:
         policy.train(was_training)
@@ -220,7 +234,7 @@ class EnvActor:
         self.device = torch.device(device)
         self.policy = instantiate_trusted(_container(policy_cfg), "policy").to(self.device).eval()
         self.n_obs_steps, self.n_action_steps, self.max_steps = n_obs_steps, n_action_steps, max_steps
-        self.embed = self._embed if embed else None
+        self.embed = POLICY_EMBEDDING if embed else None
         self.version: int | None = None
         self.node = {"node_id": _ray_node_id(), "host": socket.gethostname()}
 
@@ -260,9 +274,6 @@ class EnvActor:
         """Close the env (a robot's devices stop; the learner calls this before killing the actor)."""
         self.env.close()
 
-    def _embed(self, window: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.policy.encode_obs(self.policy.normalize_obs(window)).reshape(-1)
-
 
 def remote_env_actor(num_cpus: float = 1, **options):
     """`EnvActor` as a ray actor class that ray restarts whenever its process dies.
@@ -276,10 +287,8 @@ def remote_env_actor(num_cpus: float = 1, **options):
     return ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=num_cpus, **options)(EnvActor)
 
 
-def _predict_chunk(policy, window: dict[str, torch.Tensor], generator: torch.Generator,
-                   n_action_steps: int) -> np.ndarray:
-    """The policy's actions for `window` -> (Ta, Da) float64 numpy, checked."""
-    action = policy.predict_action(window, generator=generator)["action"]
+def _chunk(action: torch.Tensor, n_action_steps: int) -> np.ndarray:
+    """The policy's "action" (1, >=Ta, Da) -> the (Ta, Da) to execute, float64 numpy, checked."""
     if action.ndim != 3 or action.shape[0] != 1 or action.shape[1] < n_action_steps:
         raise ValueError(f"policy's 'action' must be (1, >=Ta={n_action_steps}, Da), got {tuple(action.shape)}")
     chunk = action[0, :n_action_steps].detach().to("cpu", torch.float64).numpy()
@@ -300,10 +309,19 @@ def _window(window: Mapping[str, np.ndarray], device: torch.device) -> dict[str,
     return to_policy_obs({key: np.asarray(value)[None] for key, value in window.items()}, device=device)
 
 
-def _embeddings(embed: Callable, obs: list[Mapping], n_obs_steps: int, device: torch.device) -> np.ndarray:
-    """(L, D) float32: `embed` on each step's obs window (the To obs ending there, the first repeated)."""
+def _policy_embedding(policy) -> Callable:
+    return lambda window: policy.encode_obs(policy.normalize_obs(window)).reshape(-1)
+
+
+def _embeddings(embed: Callable, obs: list[Mapping], n_obs_steps: int, device: torch.device,
+                known: Mapping[int, torch.Tensor] | None = None) -> np.ndarray:
+    """(L, D) float32: `embed` on each step's obs window (the To obs ending there, the first
+    repeated), except the steps in `known` (step -> its embedding, already computed)."""
     rows = []
     for step in range(len(obs)):
+        if known and step in known:
+            rows.append(_embedding(known[step], step))
+            continue
         recent = obs[max(0, step + 1 - n_obs_steps): step + 1]
         window = {key: stack_last_n([o[key] for o in recent], n_obs_steps) for key in obs[step]}
         rows.append(_embedding(embed(_window(window, device)), step))

@@ -63,6 +63,23 @@ def recorded(cfg):
     return policy, episode
 
 
+def test_one_encoder_pass_per_step_serves_the_action_and_the_stored_embedding(cfg):
+    """ConRFT's actor (Ta = 1) encodes each window once: the action and the stored embedding share it."""
+    policy = make_policy(cfg)
+    actor = EnvActor(OmegaConf.to_container(cfg.task), OmegaConf.to_container(cfg.policy), None, cfg.n_obs_steps, 1,
+                     max_steps=4, embed=True)
+    try:
+        actor.set_weights(policy_weights(policy), version=1)
+        calls = []
+        actor.policy.obs_encoder.register_forward_hook(lambda *_: calls.append(1))
+        episode, stats = actor.run_episode(seed=3)
+    finally:
+        actor.env.close()
+    assert stats["length"] == 4 and len(calls) == 4  # was 8: one pass for the action, one for the embedding
+    again = episode_embeddings(policy, episode, OmegaConf.to_container(cfg.task.shape_meta))
+    np.testing.assert_allclose(again, episode[EMBEDDING_KEY], rtol=1e-5, atol=1e-5)
+
+
 def test_demo_embeddings_equal_the_actors(cfg, recorded):
     policy, episode = recorded
     assert episode[EMBEDDING_KEY].shape[0] == 8
