@@ -97,7 +97,7 @@ class ObservationPool:
     `{key: (L, To, ...)}` with its seed and round, and its rows in memory as tensors `(N, To, ...)`."""
 
     def __init__(self, path: Path, keys: list[str]):
-        self.keys = keys
+        self.keys, self.path = keys, path
         self.store = ReplayBuffer.create_from_path(path, mode="a")  # holds the writer lock: one writer
         self.obs: dict[str, torch.Tensor] = {}
 
@@ -111,7 +111,8 @@ class ObservationPool:
     def keep(self, n_episodes: int) -> None:
         """Drop the episodes past the first `n_episodes` (recorded after the checkpoint resumed from)."""
         if self.store.n_episodes < n_episodes:
-            raise ValueError(f"{POOL} holds {self.store.n_episodes} episodes, the checkpoint trained on {n_episodes}")
+            raise ValueError(f"{self.path} holds {self.store.n_episodes} episodes but the checkpoint resumed from trained "
+                             f"on {n_episodes}: the pool was changed outside the run")
         while self.store.n_episodes > n_episodes:
             self.store.drop_episode()
         self._load()
