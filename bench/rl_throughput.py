@@ -79,6 +79,17 @@ IMAGE_CRITICS = {"trained R18": "critic_trunk=trained_resnet18", "cached R10": "
                  "cached SFT stems": "critic_trunk=sft"}
 
 
+I, II = "I (Cal-QL)", "II (TD)"
+LEARNER_RATIOS = {  # name: (numerator, denominator) as (obs, stage, threads)
+    "state: stage II / stage I (1 thread)": (("state", II, 1), ("state", I, 1)),
+    "state: 2 threads / 1 thread (stage I)": (("state", I, 2), ("state", I, 1)),
+    "image trained R18 / state (stage II, 1 thread)": (("image, trained R18", II, 1), ("state", II, 1)),
+    **{f"image {critic} / trained R18 (stage {stage}, 1 thread)":
+       ((f"image, {critic}", stage_key, 1), ("image, trained R18", stage_key, 1))
+       for critic in ("cached R10", "cached SFT stems") for stage, stage_key in (("I", I), ("II", II))},
+}
+
+
 def compose_cfg(store: Path, workspace: str, task: str = "pick_cube_lowdim", extra: tuple = ()):
     return compose([f"workspace={workspace}", f"task={task}", "policy=conrft_actor", f"task.dataset.zarr_path={store}",
                     "task.dataset.val_ratio=0", "logging.mode=disabled", *extra], config_dir=REPO / "config",
@@ -211,7 +222,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--image_rounds", type=int, default=1,
-                        help="rounds that include the image learners (tens of seconds per update at batch 256)")
+                        help="rounds that include the trained-R18 image learners (tens of seconds per update at "
+                             "batch 256; 0: none)")
     parser.add_argument("--publish_repeats", type=int, default=20)
     parser.add_argument("--out", default="bench/results/rl_throughput.json")
     args = parser.parse_args()
@@ -227,7 +239,10 @@ def main():
             image_wss[f"image, {name}"] = OfflineRLWorkspace(
                 compose_cfg(store, "rl_offline", "pick_cube_image", extra), Path(tmp) / name.replace(" ", "_"))
             if len(image_wss) == 1:  # the first one's actor stands in for an SFT checkpoint
-                save_checkpoint(sft, image_wss[f"image, {name}"].cfg, image_wss[f"image, {name}"].actor)
+                first = image_wss[f"image, {name}"]
+                sft_cfg = OmegaConf.create({**OmegaConf.to_container(first.cfg, resolve=True),
+                                            "policy": policy_build_config(first.cfg.policy)})
+                save_checkpoint(sft, sft_cfg, first.actor)
         image_ws = image_wss["image, trained R18"]
         learners = {(obs, stage, threads): Learner(w, stage, threads, args.batch_size)
                     for obs, w in (("state", ws), *image_wss.items())
@@ -249,25 +264,17 @@ def main():
             actor.env.close()
     load_end = os.getloadavg()
 
-    learner_rows = [{"obs": obs, "stage": {"offline": "I (Cal-QL)", "online": "II (TD)"}[stage],
+    learner_rows = [{"obs": obs, "stage": {"offline": I, "online": II}[stage],
                      "torch_threads": threads, **learner.summary()}
-                    for (obs, stage, threads), learner in learners.items()]
+                    for (obs, stage, threads), learner in learners.items() if learner.rounds]
     actor_rows = [{"variant": name, **actor.summary()} for name, actor in actors.items()]
     speed = {(r["obs"], r["stage"], r["torch_threads"]): r["updates_per_s"] for r in learner_rows}
     env_speed = {r["variant"]: r["env_steps_per_s"] for r in actor_rows}
-    ratios = {
-        "state: stage II / stage I (1 thread)": speed[("state", "II (TD)", 1)] / speed[("state", "I (Cal-QL)", 1)],
-        "state: 2 threads / 1 thread (stage I)": speed[("state", "I (Cal-QL)", 2)] / speed[("state", "I (Cal-QL)", 1)],
-        "image trained R18 / state (stage II, 1 thread)":
-            speed[("image, trained R18", "II (TD)", 1)] / speed[("state", "II (TD)", 1)],
-        "image cached R10 / trained R18 (stage II, 1 thread)":
-            speed[("image, cached R10", "II (TD)", 1)] / speed[("image, trained R18", "II (TD)", 1)],
-        "image cached SFT stems / trained R18 (stage II, 1 thread)":
-            speed[("image, cached SFT stems", "II (TD)", 1)] / speed[("image, trained R18", "II (TD)", 1)],
-        "image cached R10 / trained R18 (stage I, 1 thread)":
-            speed[("image, cached R10", "I (Cal-QL)", 1)] / speed[("image, trained R18", "I (Cal-QL)", 1)],
-        "actor: simulated human / policy only": env_speed["state, simulated human"] / env_speed["state, policy only"],
-        "actor: image / state": env_speed["image (Octo-tiny), policy only"] / env_speed["state, policy only"]}
+    ratios = {name: speed[num] / speed[den] for name, (num, den) in LEARNER_RATIOS.items()
+              if num in speed and den in speed}
+    ratios.update({"actor: simulated human / policy only":
+                   env_speed["state, simulated human"] / env_speed["state, policy only"],
+                   "actor: image / state": env_speed["image (Octo-tiny), policy only"] / env_speed["state, policy only"]})
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "learner": learner_rows,
               "actor": actor_rows, "publish": publish, "trunk": trunk, "ratios": ratios,
               "loadavg_start": load_start, "loadavg_end": load_end, "cpu_count": os.cpu_count(),
