@@ -48,7 +48,7 @@ from policylab.workspaces.base import (
     StepTrainingConfig,
     to_device,
 )
-from policylab.workspaces.supervised import OptimizerConfig
+from policylab.workspaces.supervised import OptimizerConfig, make_adamw
 
 POOL = "onpolicy_pool.zarr"
 SEEDS_KEY, ROUNDS_KEY = "episode_seeds", "episode_rounds"
@@ -161,10 +161,7 @@ class OnPolicyDistillWorkspace(BaseWorkspace):
         object.__setattr__(self.policy, "teacher", teacher)  # a plain attribute: never in a checkpoint
         self.policy.endpoint_batch = None  # every observation of a batch gets the teacher's label
         self.policy.train()
-        opt = self.c["optimizer"]
-        groups = self.policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
-        fused = {} if opt.fused is None else {"fused": opt.fused}
-        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, **fused)
+        self.optimizer = make_adamw(self.policy, self.c["optimizer"])
         self.optimizers = {"policy": self.optimizer}
         self.generator = torch.Generator().manual_seed(train.seed)  # which demo windows and pool rows
         self.recorded_rounds, self.pool_episodes = 0, 0

@@ -74,6 +74,13 @@ class OptimizerConfig:
     fused: bool | None
 
 
+def make_adamw(policy, opt: OptimizerConfig) -> torch.optim.AdamW:
+    """AdamW over the policy's parameter groups (its own weight-decay split), as `optimizer:` says."""
+    groups = policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
+    fused = {} if opt.fused is None else {"fused": opt.fused}
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, **fused)
+
+
 @dataclasses.dataclass
 class LRSchedulerConfig:
     name: str
@@ -106,10 +113,7 @@ class SupervisedWorkspace(BaseWorkspace):
         self.ema = EMAModel(self.policy, **OmegaConf.to_container(self.c["ema"])) if train.use_ema else None
         if self.dist.enabled:  # same initial weights everywhere; then each rank its own noise and crops
             seed_everything(train.seed + self.dist.rank)
-        opt = self.c["optimizer"]
-        groups = self.policy.get_optim_groups(opt.weight_decay, encoder_weight_decay=opt.encoder_weight_decay)
-        fused = {} if opt.fused is None else {"fused": opt.fused}
-        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, **fused)
+        self.optimizer = make_adamw(self.policy, self.c["optimizer"])
         self._speed_ups(train)
         self.optimizers = {"policy": self.optimizer}
         self.data_generator = torch.Generator().manual_seed(train.seed)
