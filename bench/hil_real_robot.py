@@ -1,16 +1,21 @@
 """HIL-ConRFT's actor on the robot stand-ins: control loop rate, takeover latency, weight publishing.
 
-    python bench/hil_real_robot.py [--steps 150] [--takeovers 8] [--repeats 10]
+    python bench/hil_real_robot.py [--steps 150] [--takeovers 8] [--repeats 10] [--variants ...]
                                    [--out bench/results/hil_real_robot.json]
 
 The stand-ins are the ones the real-robot tests use: the fake UR controller (RTDE over loopback,
 a 125 Hz servo loop in its own process), a librealsense recording played back at 30 fps (one
 camera, 128x96 observations) and SpaceMouse events from the fake spacenavd through libspnav.
 
-  loop       `rl.actor.run_episode` of the ConRFT actor (untrained weights, To 2, one action per
-             step) on `RealRobotRLEnv` at 10 Hz, two variants side by side: state only
-             (robot_eef_pose) and camera + state (a ResNet18-GroupNorm encoder in the actor).
-             Reported: achieved Hz, mean / worst step period, share of late steps, policy time.
+  loop       `rl.actor.run_episode` of the ConRFT actor (ConsistencyBCPolicy on ConRFTMLP,
+             untrained weights, T 2, To 2, one action per step) on `RealRobotRLEnv` at 10 Hz,
+             three variants side by side: state only (robot_eef_pose); camera + state with a
+             ResNet18-GroupNorm encoder trained in the actor (policy/conrft_actor's default); and
+             camera + state on a frozen Octo-tiny encoder, the image ConRFT presets' actor
+             (conrft_pick_cube_image_sft's encoder, frozen as in its RL stages), acting as the RL
+             actor does: `embed=POLICY_EMBEDDING`, one encoder pass per step for both the action and
+             the embedding the learner stores. Reported: achieved Hz, mean / worst step period,
+             share of late steps, policy time (for the Octo actor, the recorded embeddings too).
   takeover   the fake spacenavd starts a push at a known time during an episode; latency to the
              first human command sent to the robot (the env reads the mouse once per period,
              `command_latency` before it ends, so the bound is one period) and to the time that
@@ -46,11 +51,16 @@ from policylab.common.safe_config import instantiate_trusted
 from policylab.data.normalizer import LinearNormalizer
 from policylab.real.testing.fake_spacenavd import FakeSpacenavd
 from policylab.real.testing.fake_ur import FakeURController, free_loopback_host
-from policylab.rl.actor import EnvActor, policy_weights, run_episode
+from policylab.rl.actor import POLICY_EMBEDDING, EnvActor, policy_weights, run_episode
 from policylab.robot_apps.rl_env import build_real_rl_env
 from policylab.workspaces.rl_offline import policy_build_config
 
-VARIANTS = {"state": ["~task.shape_meta.obs.camera_0", "task.image_crop_shape=null"], "camera+state": []}
+# name -> (config overrides, the actor's `embed`: POLICY_EMBEDDING records the frozen encoder's features)
+VARIANTS = {
+    "state": (["~task.shape_meta.obs.camera_0", "task.image_crop_shape=null"], None),
+    "camera+state": ([], None),
+    "camera+octo_tiny": (["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"], POLICY_EMBEDDING),
+}
 
 
 def compose_task(extra: list[str]):
@@ -83,7 +93,7 @@ def env_kwargs(cfg, ur_host: str, recording: str, socket_path: str) -> dict:
     return kwargs
 
 
-def loop_and_takeovers(policy, env, spacenavd, steps: int, takeovers: int) -> dict:
+def loop_and_takeovers(policy, env, spacenavd, steps: int, takeovers: int, embed: str | None) -> dict:
     """One episode of `steps` steps with `takeovers` pushes of 0.3 s spread over it."""
     pushes: list[float] = []
 
@@ -101,7 +111,7 @@ def loop_and_takeovers(policy, env, spacenavd, steps: int, takeovers: int) -> di
     spacenavd.wait_connected(5)
     thread = threading.Thread(target=human, daemon=True)
     thread.start()
-    _, stats = run_episode(policy, env, seed=0, n_obs_steps=2, n_action_steps=1, max_steps=steps)
+    episode, stats = run_episode(policy, env, seed=0, n_obs_steps=2, n_action_steps=1, max_steps=steps, embed=embed)
     thread.join()
     log = env.step_log
     periods = np.diff([r["t_begin"] for r in log])
@@ -118,15 +128,17 @@ def loop_and_takeovers(policy, env, spacenavd, steps: int, takeovers: int) -> di
             "takeovers_seen": len(sent), "takeovers_sent": len(pushes),
             "takeover_to_command_ms_median": 1e3 * statistics.median(sent) if sent else None,
             "takeover_to_command_ms_max": 1e3 * max(sent) if sent else None,
-            "takeover_to_arm_ms_median": 1e3 * statistics.median(due) if due else None}
+            "takeover_to_arm_ms_median": 1e3 * statistics.median(due) if due else None,
+            "embedding_dim": int(episode["embedding"].shape[1]) if embed else None}
 
 
-def publish_latency(cfg, policy, kwargs: dict, repeats: int) -> dict:
+def publish_latency(cfg, policy, kwargs: dict, repeats: int, embed: bool) -> dict:
     import ray
 
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task["rl_env"]["env_kwargs"] = kwargs
-    actor = ray.remote(num_cpus=1)(EnvActor).remote(task, policy_build_config(cfg.policy), None, 2, 1, 10)
+    actor = ray.remote(num_cpus=1)(EnvActor).remote(task, policy_build_config(cfg.policy), None, 2, 1, 10,
+                                                               embed=embed)
     put_ms, trip_ms = [], []
     for version in range(repeats + 1):
         tic = time.perf_counter()
@@ -143,11 +155,49 @@ def publish_latency(cfg, policy, kwargs: dict, repeats: int) -> dict:
             "set_weights_round_trip_ms_median": statistics.median(trip_ms), "repeats": repeats}
 
 
+def run_variant(name: str, tmp: str, recording: str, args) -> dict:
+    """Loop + takeovers on fresh stand-ins, then publishing, for one entry of VARIANTS."""
+    extra, embed = VARIANTS[name]
+    cfg = compose_task(extra)
+    policy = build_policy(cfg)
+    with FakeURController(free_loopback_host()) as ur, FakeSpacenavd(os.path.join(tmp, f"{name}.sock")) as mouse:
+        env = build_real_rl_env(**env_kwargs(cfg, ur.host, recording, mouse.socket_path))
+        try:
+            loop = loop_and_takeovers(policy, env, mouse, args.steps, args.takeovers, embed)
+        finally:
+            env.close()
+    with FakeURController(free_loopback_host()) as ur:
+        publish = publish_latency(cfg, policy, env_kwargs(cfg, ur.host, recording, "unused.sock"), args.repeats,
+                                  embed is not None)
+    return {"loop": loop, "publish": publish}
+
+
+ROWS = [("control loop Hz (target 10)", "loop", "achieved_hz", "{:.2f}"),
+        ("mean / worst step period ms", "loop", ("mean_period_ms", "worst_period_ms"), "{:.0f} / {:.0f}"),
+        ("late steps (>10 ms past the period)", "loop", "late_steps_share", "{:.1%}"),
+        ("policy ms per step", "loop", "policy_ms_per_step", "{:.1f}"),
+        ("takeover -> human command sent, median / max ms", "loop",
+         ("takeover_to_command_ms_median", "takeover_to_command_ms_max"), "{:.0f} / {:.0f}"),
+        ("takeover -> command due at the arm, median ms", "loop", "takeover_to_arm_ms_median", "{:.0f}"),
+        ("weights MB", "publish", "weights_mb", "{:.2f}"),
+        ("publish: policy_weights + ray.put ms", "publish", "put_ms_median", "{:.1f}"),
+        ("publish: set_weights round trip ms", "publish", "set_weights_round_trip_ms_median", "{:.1f}")]
+
+
+def print_table(result: dict, names: list[str]) -> None:
+    print(f"\n{'measure':52s} " + " ".join(f"{n:>16s}" for n in names))
+    for label, part, key, fmt in ROWS:
+        keys = key if isinstance(key, tuple) else (key,)
+        cells = [fmt.format(*[result[n][part][k] for k in keys]) for n in names]
+        print(f"{label:52s} " + " ".join(f"{c:>16s}" for c in cells))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--takeovers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", default="bench/results/hil_real_robot.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -160,45 +210,15 @@ def main():
         recording = str(make_recording(Path(tmp) / "camera_0", camera_id=0, n_frames=60, depth=False))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            for name, extra in VARIANTS.items():
-                cfg = compose_task(extra)
-                policy = build_policy(cfg)
-                with FakeURController(free_loopback_host()) as ur, \
-                        FakeSpacenavd(os.path.join(tmp, f"{len(result)}.sock")) as mouse:
-                    kwargs = env_kwargs(cfg, ur.host, recording, mouse.socket_path)
-                    env = build_real_rl_env(**kwargs)
-                    try:
-                        loop = loop_and_takeovers(policy, env, mouse, args.steps, args.takeovers)
-                    finally:
-                        env.close()
-                with FakeURController(free_loopback_host()) as ur:
-                    publish = publish_latency(cfg, policy, env_kwargs(cfg, ur.host, recording, "unused.sock"),
-                                              args.repeats)
-                result[name] = {"loop": loop, "publish": publish}
+            for name in args.variants:
+                result[name] = run_variant(name, tmp, recording, args)
                 print(name, json.dumps(result[name]))
         finally:
             ray.shutdown()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    rows = [("control loop Hz (target 10)", "loop", "achieved_hz", "{:.2f}"),
-            ("mean / worst step period ms", "loop", ("mean_period_ms", "worst_period_ms"), "{:.0f} / {:.0f}"),
-            ("late steps (>10 ms past the period)", "loop", "late_steps_share", "{:.1%}"),
-            ("policy ms per step", "loop", "policy_ms_per_step", "{:.1f}"),
-            ("takeover -> human command sent, median / max ms", "loop",
-             ("takeover_to_command_ms_median", "takeover_to_command_ms_max"), "{:.0f} / {:.0f}"),
-            ("takeover -> command due at the arm, median ms", "loop", "takeover_to_arm_ms_median", "{:.0f}"),
-            ("weights MB", "publish", "weights_mb", "{:.2f}"),
-            ("publish: policy_weights + ray.put ms", "publish", "put_ms_median", "{:.1f}"),
-            ("publish: set_weights round trip ms", "publish", "set_weights_round_trip_ms_median", "{:.1f}")]
-    names = list(VARIANTS)
-    print(f"\n{'measure':52s} " + " ".join(f"{n:>16s}" for n in names) + f" {'ratio':>8s}")
-    for label, part, key, fmt in rows:
-        keys = key if isinstance(key, tuple) else (key,)
-        cells = [fmt.format(*[result[n][part][k] for k in keys]) for n in names]
-        a, b = result[names[1]][part][keys[0]], result[names[0]][part][keys[0]]
-        ratio = f"{a / b:.2f}" if isinstance(a, float) and b else ""
-        print(f"{label:52s} " + " ".join(f"{c:>16s}" for c in cells) + f" {ratio:>8s}")
-    print(f"(ratio: {names[1]} / {names[0]}) -> {args.out}")
+    print_table(result, args.variants)
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":
