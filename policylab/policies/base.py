@@ -115,24 +115,50 @@ class DenoisingPolicy(BasePolicy):
         input_dim, global_cond_dim; TransformerForDiffusion: input/output dims, horizon,
         n_obs_steps, cond_dim).
     obs_encoder: a partial taking `shape_meta`; default concatenates the low-dim keys.
+    image_head: a partial taking `obs_encoder` and `shape_meta` (`policies.image_head.StemImageHead`):
+        trained features of the frozen encoder's camera stems, appended to the condition (the RL
+        stages' actor; needs an encoder that reads the whole window and a global-condition backbone).
     """
 
     def __init__(self, shape_meta: Mapping, horizon: int, n_obs_steps: int, n_action_steps: int,
-                 model: Callable, obs_encoder: Callable | None = None):
+                 model: Callable, obs_encoder: Callable | None = None, image_head: Callable | None = None):
         super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps)
         self.obs_encoder = (obs_encoder or MultiImageObsEncoder)(shape_meta=self.meta)
         # An encoder that reads the whole window (Octo) gives one feature vector per sample.
         self.encodes_window = getattr(self.obs_encoder, "consumes_time_window", False)
         obs_dim = self.obs_encoder.output_dim()
         n_cond = 1 if self.encodes_window else n_obs_steps
+        self.embedding_dim = obs_dim * n_cond  # the encoder's part of the condition (what RL stores)
+        self.image_head = None
+        if image_head is not None:
+            if not self.encodes_window:
+                raise ValueError("policy.image_head reads an Octo encoder's stems: it needs policy/obs_encoder=octo_*")
+            self.image_head = image_head(obs_encoder=self.obs_encoder, shape_meta=self.meta)
+            obs_dim += self.image_head.output_dim()
         self.model = _build_backbone(model, self.action_dim, horizon, n_cond, obs_dim)
+        if self.image_head is not None and self.model.obs_conditioning != "global":
+            raise ValueError("policy.image_head needs a global-condition backbone (its features join one vector)")
 
-    def encode_obs(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def encode_obs(self, nobs: Mapping[str, torch.Tensor], embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized obs {key: (B, To', ...)} -> the backbone's condition.
 
-        (B, To*Do) for a global-condition backbone, (B, To, Do) for a token backbone.
+        (B, To*Do) for a global-condition backbone, (B, To, Do) for a token backbone. `embedding`:
+        the observation encoder's part, already computed (a frozen encoder's, stored); with an
+        image head its features are appended (`trunk_<key>` maps from `nobs` when present).
         """
-        window = {k: v[:, : self.n_obs_steps] for k, v in nobs.items()}
+        if embedding is None:
+            embedding = self.encode_window(nobs)
+        if self.image_head is None:
+            return embedding
+        return torch.cat([embedding, self.image_head(nobs, last=self.n_obs_steps - 1)], dim=-1)
+
+    def stored_embedding(self, cond: torch.Tensor) -> torch.Tensor:
+        """`encode_obs`'s output -> the observation encoder's part of it, `(B, embedding_dim)`."""
+        return cond.reshape(cond.shape[0], -1)[:, :self.embedding_dim]
+
+    def encode_window(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The observation encoder's part of `encode_obs` (all of it without an image head)."""
+        window = {k: v[:, : self.n_obs_steps] for k, v in nobs.items() if k in self.meta.obs}
         batch_size = next(iter(window.values())).shape[0]
         if self.encodes_window:
             features = self.obs_encoder(window).reshape(batch_size, 1, -1)

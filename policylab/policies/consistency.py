@@ -64,8 +64,9 @@ class KarrasConsistencyPolicy(DenoisingPolicy):
     def __init__(self, shape_meta: Mapping, horizon: int, n_obs_steps: int, n_action_steps: int,
                  model: Callable, obs_encoder: Callable | None = None, sigma_min: float = 0.002,
                  sigma_max: float = 80.0, sigma_data: float = 0.5, rho: float = 7.0,
-                 inference_sigmas: Sequence[float] | None = None, clip_denoised: bool = True):
-        super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps, model, obs_encoder)
+                 inference_sigmas: Sequence[float] | None = None, clip_denoised: bool = True,
+                 image_head: Callable | None = None):
+        super().__init__(shape_meta, horizon, n_obs_steps, n_action_steps, model, obs_encoder, image_head)
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
         self.inference_sigmas = [float(s) for s in (inference_sigmas or [sigma_max])]
         if any(not sigma_min < s <= sigma_max for s in self.inference_sigmas):

@@ -44,27 +44,35 @@ class PolicyImageTrunk(nn.Module):
             raise ValueError("the critic's trunk=sft (critic_trunk=sft) takes the image encoder of the SFT policy: "
                              "it needs policy.init, the checkpoint the RL stage starts from")
         policy = load_policy(checkpoint, use_ema=True)
-        encoder = policy.obs_encoder
-        camera_keys = getattr(encoder, "camera_keys", None)
-        if camera_keys is None or not hasattr(encoder, "model"):
-            raise ValueError(f"{checkpoint}: trunk=sft takes the image stem of an Octo observation encoder "
-                             f"(policy/obs_encoder=octo_*); this policy's encoder is {type(encoder).__name__}")
-        cameras = {obs_key: cam for cam, obs_key in camera_keys.items()}
-        if key not in cameras:
-            raise ValueError(f"{checkpoint}: the policy has no camera for obs key {key!r} (its cameras read "
-                             f"{sorted(cameras)})")
-        camera = cameras[key]
-        self.stem = encoder.model.observation_tokenizers[camera].stem
-        self.camera_size = tuple(encoder.cfg.cameras[camera])
+        self.stem, self.camera_size = octo_camera_stem(policy.obs_encoder, key, where=str(checkpoint))
+        camera = next(cam for cam, obs_key in policy.obs_encoder.camera_keys.items() if obs_key == key)
         self.out_channels = self.stem.embedding.out_channels
         self.source = f"sft({camera})"  # the weights hash in the identity tells checkpoints apart
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # [0, 1], what the policy's encoder feeds its stems whatever its own input range
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-        if tuple(x.shape[-2:]) != self.camera_size:
-            x = F.interpolate(x, size=self.camera_size, mode="bilinear", antialias=True, align_corners=False)
-        x = torch.cat([x, torch.zeros_like(x)], dim=1) * 2.0 - 1.0  # no goal image: zeros, as Octo
-        for conv, norm in zip(self.stem.convs, self.stem.norms):
-            x = F.relu(norm(conv(x)))
-        return self.stem.embedding(x)
+        return octo_stem_features(self.stem, self.camera_size, images)
+
+
+def octo_camera_stem(encoder: nn.Module, key: str, where: str = "the policy") -> tuple[nn.Module, tuple[int, int]]:
+    """The Octo stem reading rgb obs `key` in `encoder` (an `OctoObsEncoder`), and its input (H, W)."""
+    camera_keys = getattr(encoder, "camera_keys", None)
+    if camera_keys is None or not hasattr(encoder, "model"):
+        raise ValueError(f"{where}: trunk=sft takes the image stem of an Octo observation encoder "
+                         f"(policy/obs_encoder=octo_*); this policy's encoder is {type(encoder).__name__}")
+    cameras = {obs_key: cam for cam, obs_key in camera_keys.items()}
+    if key not in cameras:
+        raise ValueError(f"{where}: the policy has no camera for obs key {key!r} (its cameras read {sorted(cameras)})")
+    camera = cameras[key]
+    return encoder.model.observation_tokenizers[camera].stem, tuple(encoder.cfg.cameras[camera])
+
+
+def octo_stem_features(stem: nn.Module, camera_size: tuple[int, int], images: torch.Tensor) -> torch.Tensor:
+    """`(B, 3, H, W)` frames in [0, 1] (or uint8) -> the stem's `(B, C, h, w)` before tokenization."""
+    # [0, 1], what the policy's encoder feeds its stems whatever its own input range
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+    if tuple(x.shape[-2:]) != camera_size:
+        x = F.interpolate(x, size=camera_size, mode="bilinear", antialias=True, align_corners=False)
+    x = torch.cat([x, torch.zeros_like(x)], dim=1) * 2.0 - 1.0  # no goal image: zeros, as Octo
+    for conv, norm in zip(stem.convs, stem.norms):
+        x = F.relu(norm(conv(x)))
+    return stem.embedding(x)

@@ -130,7 +130,7 @@ def run_episode(policy, env: gym.Env, seed: int, n_obs_steps: int, n_action_step
                 obs = _window(window, device)
                 if embed == POLICY_EMBEDDING:
                     cond = policy.encode_obs(policy.normalize_obs(obs))
-                    shared[len(recorder.rows)] = cond.reshape(-1)
+                    shared[len(recorder.rows)] = policy.stored_embedding(cond).reshape(-1)
                     action = policy.predict_from_cond(cond, generator)["action"]
                 else:
                     action = policy.predict_action(obs, generator=generator)["action"]
@@ -310,7 +310,7 @@ def _window(window: Mapping[str, np.ndarray], device: torch.device) -> dict[str,
 
 
 def _policy_embedding(policy) -> Callable:
-    return lambda window: policy.encode_obs(policy.normalize_obs(window)).reshape(-1)
+    return lambda window: policy.encode_window(policy.normalize_obs(window)).reshape(-1)
 
 
 def _embeddings(embed: Callable, obs: list[Mapping], n_obs_steps: int, device: torch.device,

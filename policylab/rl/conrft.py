@@ -105,14 +105,18 @@ class ConRFT(nn.Module):
         nobs, nnext = self.normalize_obs(batch["obs"], batch.get("trunk")), \
             self.normalize_obs(batch["next_obs"], batch.get("next_trunk"))
         chunk = actor.normalizer["action"].normalize(batch["action"])
+        embedding = None
         if "embedding" in batch:
-            cond, next_cond = self.cond_from_embedding(batch["embedding"]), self.cond_from_embedding(batch["next_embedding"])
+            embedding = self.cond_from_embedding(batch["embedding"])
+            with torch.no_grad():  # an image head's features join the stored ones; it trains in the actor loss only
+                next_cond = actor.encode_obs(nnext, embedding=self.cond_from_embedding(batch["next_embedding"]))
         else:
-            cond = None  # encoded in the actor loss, with gradients into the actor's encoder
             with torch.no_grad():
                 next_cond = actor.encode_obs(nnext)
+        # None: encoded in the actor loss, with gradients into the actor's encoder or image head
+        cond = embedding if embedding is not None and actor.image_head is None else None
         return {"nobs": nobs, "nnext": nnext, "chunk": chunk, "action": self.executed(chunk), "cond": cond,
-                "next_cond": next_cond, "reward": batch["reward"], "discount": batch["discount"],
+                "embedding": embedding, "next_cond": next_cond, "reward": batch["reward"], "discount": batch["discount"],
                 "done": batch["done"], "mc_return": batch["mc_return"]}
 
     def normalize_obs(self, obs: Mapping, trunk: Mapping | None) -> dict:
@@ -135,7 +139,7 @@ class ConRFT(nn.Module):
         return embedding.reshape(embedding.shape[0], n_tokens, -1)
 
     def actor_cond(self, b: Mapping) -> torch.Tensor:
-        return b["cond"] if b["cond"] is not None else self.actor.encode_obs(b["nobs"])
+        return b["cond"] if b["cond"] is not None else self.actor.encode_obs(b["nobs"], embedding=b["embedding"])
 
     def critic_loss(self, b: Mapping, obs: Mapping, next_obs: Mapping) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg

@@ -51,7 +51,7 @@ def episode_embeddings(policy, episode: Mapping[str, np.ndarray], shape_meta: Ma
             idx = steps[lo:lo + batch_size]
             obs = to_policy_obs({key: np.asarray(episode[key])[idx] for key in zarr_keys}, meta, stored=True,
                                 device=device)
-            cond = policy.encode_obs(policy.normalize_obs(obs))
+            cond = policy.encode_window(policy.normalize_obs(obs))  # an image head's part is not stored
             out.append(cond.reshape(cond.shape[0], -1).float().cpu().numpy())
     finally:
         policy.train(was_training)

@@ -29,6 +29,7 @@ from policylab.common.safe_config import instantiate_trusted
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import downsample_mask, get_val_mask
+from policylab.policies.image_head import widen_state_dict
 from policylab.policies.loading import load_policy
 from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.embeddings import (
@@ -64,6 +65,25 @@ def policy_build_config(policy_cfg) -> dict:
     return {k: v for k, v in cfg.items() if k not in WORKSPACE_POLICY_KEYS}
 
 
+def check_image_head_reads_critic_trunk(actor, critic, trunk_keys) -> None:
+    """An actor's image head reads the critic's cached `trunk_<key>` maps in the learner and its own
+    stems when acting: refuse a critic trunk whose features differ (a random probe frame)."""
+    head = getattr(actor, "image_head", None)
+    if head is None:
+        return
+    for key in head.keys:
+        if key not in trunk_keys:
+            raise ValueError(f"policy.image_head reads the critic's cached trunk features of {key!r}, but the critic "
+                             "does not cache them: use critic_trunk=sft")
+        probe = torch.rand(1, 3, *ShapeMeta.parse(actor.shape_meta).obs[key].shape[1:],
+                           generator=torch.Generator().manual_seed(0))
+        ours, critics = head.maps(key, probe), critic.encoder.trunk_features(key, probe)
+        if ours.shape != critics.shape or not torch.allclose(ours, critics, atol=1e-4):
+            raise ValueError(f"policy.image_head's stems of {key!r} differ from the critic's trunk "
+                             f"({critic.encoder.trunk_identity().get(key)}): use critic_trunk=sft with the same "
+                             "policy.init")
+
+
 class RLWorkspace(BaseWorkspace):
     """An actor-critic agent trained one learner iteration per step; `stage` names the preset section."""
 
@@ -81,6 +101,7 @@ class RLWorkspace(BaseWorkspace):
         # A frozen critic image trunk runs once per frame, where episodes reach the stores, never in
         # an update: its features are stored as `trunk_<key>` (rl/trunk_features.py).
         self.trunk_keys = tuple(getattr(critic.encoder, "cached_keys", ()))
+        check_image_head_reads_critic_trunk(actor, critic, self.trunk_keys)
         self.agent = self.build_agent(actor, critic).to(self.device)
         self.optimizers = self.agent.optimizers
         self.init_critic()
@@ -105,6 +126,7 @@ class RLWorkspace(BaseWorkspace):
         `policy.freeze_encoder` freezes its observation encoder (e.g. an Octo trained in SFT)."""
         init = self.init_path = self.cfg.policy.get("init")
         freeze = bool(self.cfg.policy.get("freeze_encoder", False))
+        head = self.cfg.policy.get("image_head")  # read before an init checkpoint's config replaces `policy`
         if init is None:
             actor = hydra.utils.instantiate(policy_build_config(self.cfg.policy))
             actor.set_normalizer(hydra.utils.instantiate(self.cfg.task.dataset).get_normalizer())
@@ -114,6 +136,8 @@ class RLWorkspace(BaseWorkspace):
             with open_dict(self.cfg):  # the saved config rebuilds the actor; `init_from` records where it began
                 self.cfg.policy = init_cfg.policy
                 self.cfg.init_from = str(init)
+            if head is not None and getattr(actor, "image_head", None) is None:
+                actor = self.add_image_head(actor, head, freeze)
         if freeze:
             encoder_cfg = self.cfg.policy.get("obs_encoder")
             if encoder_cfg is None or "frozen" not in encoder_cfg:
@@ -130,6 +154,21 @@ class RLWorkspace(BaseWorkspace):
             actor.obs_encoder.requires_grad_(False)
             actor.obs_encoder.train()  # a frozen encoder keeps itself in eval mode
         return actor
+
+    def add_image_head(self, actor, head_cfg, freeze: bool):
+        """The init checkpoint's actor (an SFT policy) plus `policy.image_head`, computing exactly
+        what it did: the new condition inputs start at zero weight (`widen_state_dict`)."""
+        if not freeze:
+            raise ValueError("policy.image_head reads the frozen encoder's stems through cached features: "
+                             "it needs policy.freeze_encoder=true")
+        with open_dict(self.cfg):  # saved with the run: the ray actors, eval.py and a resume rebuild it
+            self.cfg.policy.image_head = head_cfg
+        widened = instantiate_trusted(policy_build_config(self.cfg.policy), "policy")
+        widened.load_state_dict(widen_state_dict(widened, actor.state_dict()))
+        widened.set_normalizer(actor.normalizer)
+        self.say(f"actor: {type(widened.image_head).__name__} on the frozen encoder's camera stems "
+                 f"(+{widened.image_head.output_dim()} condition features, zero-weighted at the start)")
+        return widened
 
     def build_critic(self):
         """The critic factory: the init checkpoint's own `critic` config when it holds a critic (Stage

@@ -1,7 +1,8 @@
 """ConRFT from images with an Octo encoder trained in SFT and frozen for RL (ConRFT's setting):
 SFT -> Stage I -> Stage II through train.py on pick-cube images, then eval.py on the result. The
 critic's image trunk is the SFT encoder's own, frozen (`critic_trunk=sft`): its features are
-stored with the transitions and no batch carries images."""
+stored with the transitions and no batch carries images. The actor reads them too, through its
+image head (`policy.image_head`), added to the SFT policy by Stage I."""
 
 
 import numpy as np
@@ -12,6 +13,7 @@ from policylab.common.checkpoint import load_config
 from policylab.common.logging import read_logs
 from policylab.data.generate.__main__ import main as generate
 from policylab.data.replay_buffer import ReplayBuffer
+from policylab.policies.loading import load_policy
 from tests.helpers import RL_ENV, run_train, task_overrides
 
 ENV = RL_ENV
@@ -38,12 +40,16 @@ def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):
     stage1 = tmp_path / "stage1"
     result = run_train(common(store, stage1, "workspace=rl_offline", "debug=tiny_rl",
                               f"policy.init={sft / 'checkpoints' / 'latest'}", "policy.freeze_encoder=true",
-                              "critic_trunk=sft", "training.num_steps=2", "training.batch_size=8"), env_extra=ENV)
+                              "critic_trunk=sft", "training.num_steps=2", "training.batch_size=8",
+                              "+policy.image_head._target_=policylab.policies.image_head.StemImageHead",
+                              "+policy.image_head._partial_=true", "+policy.image_head.feature_dim=8"), env_extra=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = load_config(stage1 / "checkpoints" / "latest")
     assert saved.policy.obs_encoder.frozen is True and "init" not in saved.policy
     assert "demo embeddings and demo trunk features" in result.stderr  # computed once, before training
     assert saved.critic.obs_encoder.image_encoder.trunk.checkpoint == str(sft / "checkpoints" / "latest")
+    assert saved.policy.image_head.feature_dim == 8  # the actor's head on the stems, saved: Stage II rebuilds it
+    assert "StemImageHead on the frozen encoder's camera stems" in (stage1 / "train.log").read_text()
 
     stage2 = tmp_path / "stage2"
     result = run_train(common(store, stage2, "workspace=rl_online", "debug=tiny_rl",
@@ -55,7 +61,9 @@ def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):
     online = ReplayBuffer.create_from_path(stage2 / "buffers" / "online.zarr")
     demos = ReplayBuffer.create_from_path(stage2 / "buffers" / "demos.zarr")
     assert "embedding" in online and "embedding" in demos and "front" in online
-    assert online["embedding"].shape[1] == demos["embedding"].shape[1] and online.n_steps >= 16
+    actor = load_policy(stage2 / "checkpoints" / "latest")
+    assert actor.image_head is not None  # the stored embedding is the encoder's part; the head's is recomputed
+    assert online["embedding"].shape[1] == demos["embedding"].shape[1] == actor.embedding_dim and online.n_steps >= 16
     assert np.isfinite(online["embedding"][:]).all()
     for buffer in (online, demos):  # Stage II keeps Stage I's critic: the SFT encoder's stems
         assert buffer["trunk_front"].dtype == np.float16 and buffer["trunk_front"].shape[0] == buffer.n_steps
