@@ -38,12 +38,21 @@ FLAG_KEYS = (TERMINAL, INTERVENTION)
 
 
 def to_store(obs: Mapping, observation_space: gym.spaces.Dict) -> dict[str, np.ndarray]:
-    """One env obs -> its store row: (3, H, W) images in [0, 1] back to (H, W, 3) uint8, rest float32."""
+    """One env obs -> its store row: (3, H, W) images in [0, 1] back to (H, W, 3) uint8, rest float32.
+
+    A non-finite image is refused (ValueError naming the key): cast to uint8, NaN would become a
+    black frame that every later check passes. Values a rounding error past [0, 1] are clipped
+    (cast alone, 1.003 would wrap to 0).
+    """
     row = {}
     for key, value in obs.items():
         space = observation_space[key]
         if len(space.shape) == 3 and space.shape[0] == 3:
-            row[key] = np.rint(np.moveaxis(value, 0, -1) * 255).astype(np.uint8)
+            value = np.asarray(value)
+            if not np.isfinite(value).all():
+                raise ValueError(f"observation {key!r} holds non-finite values (NaN/inf) at "
+                                 f"{int(np.count_nonzero(~np.isfinite(value)))} pixels: a camera frame must be finite")
+            row[key] = np.clip(np.rint(np.moveaxis(value, 0, -1) * 255), 0, 255).astype(np.uint8)
         else:
             row[key] = np.asarray(value, dtype=np.float32)
     return row

@@ -21,7 +21,7 @@ from policylab.common.logging import read_logs
 from policylab.data.generate.__main__ import main as generate
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.distributed.placement import check_actor_placement
-from tests.helpers import REPO, RL_ENV, run_train, task_overrides
+from tests.helpers import REPO, RL_ENV, descendants_named, run_train, task_overrides
 
 ENV = RL_ENV
 
@@ -173,22 +173,6 @@ def test_stage2_actor_on_a_second_ray_node(store, stage1, two_ray_nodes, tmp_pat
     assert versions == sorted(versions) and versions[0] == 1 and versions[-1] > 1, versions
 
 
-def _descendants_named(root: int, name: str) -> list[int]:
-    """Processes below `root` (ray's raylet and workers are started by the learner) named `name`."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(maxsplit=2) for line in out.splitlines()[1:]]
-    parent = {int(pid): int(ppid) for pid, ppid, *_ in rows}
-
-    def below(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 1)
-            if pid == root:
-                return True
-        return False
-
-    return [int(pid) for pid, _, *args in rows if args and name in args[0] and below(int(pid))]
-
-
 @pytest.mark.timeout(900)  # ray restarting the actor process took minutes on a machine loaded 3x
 def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp_path):
     run_dir = tmp_path / "faults"
@@ -213,7 +197,7 @@ def test_killed_actor_is_restarted_and_killed_learner_resumes(store, stage1, tmp
 
     try:
         wait_for(lambda: episodes() >= 2, "two episodes")
-        actors = _descendants_named(learner.pid, "ray::EnvActor")
+        actors = descendants_named(learner.pid, "ray::EnvActor")
         assert actors, "no ray actor process found"
         os.kill(actors[0], signal.SIGKILL)
         before = episodes()
