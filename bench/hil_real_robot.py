@@ -12,9 +12,10 @@ camera, 128x96 observations) and SpaceMouse events from the fake spacenavd throu
              three variants side by side: state only (robot_eef_pose); camera + state with a
              ResNet18-GroupNorm encoder trained in the actor (policy/conrft_actor's default); and
              camera + state on a frozen Octo-tiny encoder, the image ConRFT presets' actor
-             (conrft_pick_cube_image_sft's encoder, frozen as in its RL stages), acting as the RL
-             actor does: `embed=POLICY_EMBEDDING`, one encoder pass per step for both the action and
-             the embedding the learner stores. Reported: achieved Hz, mean / worst step period,
+             (conrft_pick_cube_image_sft's encoder, frozen as in its RL stages, plus the stage
+             presets' `policy.image_head` on its camera stems), acting as the RL actor does:
+             `embed=POLICY_EMBEDDING`, one encoder pass per step for both the action and the
+             embedding the learner stores. Reported: achieved Hz, mean / worst step period,
              share of late steps, policy time (for the Octo actor, the recorded embeddings too).
   takeover   the fake spacenavd starts a push at a known time during an episode; latency to the
              first human command sent to the robot (the env reads the mouse once per period,
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,20 +56,26 @@ from policylab.rl.actor import POLICY_EMBEDDING, EnvActor, policy_weights, run_e
 from policylab.robot_apps.rl_env import build_real_rl_env
 from policylab.workspaces.rl_offline import policy_build_config
 
-# name -> (config overrides, the actor's `embed`: POLICY_EMBEDDING records the frozen encoder's features)
+# name -> (config overrides, the actor's `embed`: POLICY_EMBEDDING records the frozen encoder's features,
+#          the experiment preset whose `policy.image_head` the actor takes, or None)
 VARIANTS = {
-    "state": (["~task.shape_meta.obs.camera_0", "task.image_crop_shape=null"], None),
-    "camera+state": ([], None),
-    "camera+octo_tiny": (["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"], POLICY_EMBEDDING),
+    "state": (["~task.shape_meta.obs.camera_0", "task.image_crop_shape=null"], None, None),
+    "camera+state": ([], None, None),
+    "camera+octo_tiny": (["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"], POLICY_EMBEDDING,
+                         "conrft_pick_cube_image_stage2"),
 }
 
 
-def compose_task(extra: list[str]):
+def compose_task(extra: list[str], image_head_from: str | None = None):
     import policylab.common.config  # noqa: F401  (registers ${calc:})
 
     with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = compose(config_name="train", overrides=[
             "task=real_rl", "policy=conrft_actor", "horizon=2", "n_obs_steps=2", "n_action_steps=1", *extra])
+        if image_head_from:  # the preset's head on the frozen encoder's stems, as its RL stages build the actor
+            preset = compose(config_name="train", overrides=[f"experiment={image_head_from}"])
+            with open_dict(cfg):
+                cfg.policy.image_head = OmegaConf.to_container(preset.policy.image_head)
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -157,8 +164,8 @@ def publish_latency(cfg, policy, kwargs: dict, repeats: int, embed: bool) -> dic
 
 def run_variant(name: str, tmp: str, recording: str, args) -> dict:
     """Loop + takeovers on fresh stand-ins, then publishing, for one entry of VARIANTS."""
-    extra, embed = VARIANTS[name]
-    cfg = compose_task(extra)
+    extra, embed, image_head_from = VARIANTS[name]
+    cfg = compose_task(extra, image_head_from)
     policy = build_policy(cfg)
     with FakeURController(free_loopback_host()) as ur, FakeSpacenavd(os.path.join(tmp, f"{name}.sock")) as mouse:
         env = build_real_rl_env(**env_kwargs(cfg, ur.host, recording, mouse.socket_path))
