@@ -32,10 +32,15 @@ from policylab.common.shape_meta import ShapeMeta
 from policylab.models.conrft_mlp import LAYER_NORM_EPS, _dense_ln_tanh
 
 TRUNK_PREFIX = "trunk_"  # obs / store key of an rgb key's cached frozen-trunk features
+STEM_PREFIX = "stem_"  # ... of its frozen stem maps for an actor's image head (policies/image_head.py)
 
 
 def trunk_key(rgb_key: str) -> str:
     return f"{TRUNK_PREFIX}{rgb_key}"
+
+
+def stem_key(rgb_key: str) -> str:
+    return f"{STEM_PREFIX}{rgb_key}"
 
 
 class EnsembleLinear(nn.Module):

@@ -10,8 +10,9 @@ SpatialLearnedEmbeddings -> Dense -> LayerNorm -> tanh. The actor's condition be
 
     cond = [obs_encoder(window) (frozen, stored as `embedding`), head(stem maps of the last frame)]
 
-The stem maps are the ones the critic caches with `critic_trunk=sft` (`trunk_<key>` in the
-learner's batches): the learner runs no conv net for the head either. Acting, the policy computes
+The learner reads the stem maps cached with the transitions: the critic's own with
+`critic_trunk=sft` (the same stems), else stored beside the critic's as `stem_<key>`; it runs no
+conv net for the head either. Acting, the policy computes
 them with its own stems (0.6 ms a frame). The RL workspace adds the head to an SFT actor with
 zero weights where the backbone reads it (`widen_state_dict`), so Stage II starts from exactly the
 SFT policy.
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from policylab.common.shape_meta import ShapeMeta
-from policylab.models.critic import trunk_key
+from policylab.models.critic import stem_key
 from policylab.models.encoders.frozen_resnet import (
     LAYER_NORM_EPS,
     SpatialLearnedEmbeddings,
@@ -79,16 +80,15 @@ class StemImageHead(nn.Module):
         return octo_stem_features(stem, camera_size, frames)
 
     def forward(self, nobs: Mapping[str, torch.Tensor], last: int) -> torch.Tensor:
-        """Normalized obs -> `(B, output_dim())`: the cached `trunk_<key>` maps when the batch has
+        """Normalized obs -> `(B, output_dim())`: the stored `stem_<key>` maps when the batch has
         them (the learner's), else the stems on frame `last` of each camera's window `(B, To, 3, H, W)`."""
         out = []
         for key in self.keys:
-            cached = nobs.get(trunk_key(key))
+            cached = nobs.get(stem_key(key))
             features = cached.float() if cached is not None else self.maps(key, nobs[key][:, last])
             if tuple(features.shape[1:]) != self.feature_shapes[key]:
                 raise ValueError(f"stem maps of {key!r} must be (B, {', '.join(map(str, self.feature_shapes[key]))}), "
-                                 f"got {tuple(features.shape)}: the critic's cached trunk is not this policy's "
-                                 f"stem (use critic_trunk=sft)")
+                                 f"got {tuple(features.shape)}")
             x = self.dropout(self.spatial[key](features))
             out.append(torch.tanh(self.norm[key](self.dense[key](x))))
         return torch.cat(out, dim=-1)

@@ -75,7 +75,7 @@ class OnlineReplayStore:
         check_types(shape_meta, spec)
         path = Path(path)
         if not path.exists():
-            keys = store_keys(shape_meta, spec.embedding_key, spec.trunk_keys)
+            keys = store_keys(shape_meta, spec.embedding_key, spec.trunk_keys, spec.stem_keys)
             memory = ReplayBuffer.create_empty_numpy()
             # Only the store's keys are read (demo stores may hold images the task does not use);
             # a transform may need any of them.
@@ -101,7 +101,7 @@ class OnlineReplayStore:
 
     @property
     def keys(self) -> list[str]:
-        return store_keys(self.meta, self.embedding_key, self.spec.trunk_keys)
+        return store_keys(self.meta, self.embedding_key, self.spec.trunk_keys, self.spec.stem_keys)
 
     @property
     def n_episodes(self) -> int:

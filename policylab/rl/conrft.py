@@ -32,7 +32,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from policylab.models.critic import CriticEnsemble, trunk_key
+from policylab.models.critic import CriticEnsemble, stem_key, trunk_key
 from policylab.models.ema import polyak_update
 from policylab.policies.consistency import ConsistencyBCPolicy
 
@@ -75,6 +75,7 @@ class ConRFT(nn.Module):
             raise ValueError(f"critic.action_dim {critic.action_dim} != Ta * Da = {expected}")
         self.actor, self.critic, self.cfg = actor, critic, cfg
         self.target_critic = copy.deepcopy(critic).requires_grad_(False)
+        self.stems_from_trunk: tuple[str, ...] = ()  # the actor's image head reads these keys' trunk features
         self.actor_optimizer = torch.optim.Adam([p for p in actor.parameters() if p.requires_grad], lr=cfg.actor_lr)
         self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr)
         self.n_updates = 0
@@ -102,8 +103,8 @@ class ConRFT(nn.Module):
         encoder is never run here (ConRFT's Octo path).
         """
         actor = self.actor
-        nobs, nnext = self.normalize_obs(batch["obs"], batch.get("trunk")), \
-            self.normalize_obs(batch["next_obs"], batch.get("next_trunk"))
+        nobs = self.normalize_obs(batch["obs"], batch.get("trunk"), batch.get("stem"))
+        nnext = self.normalize_obs(batch["next_obs"], batch.get("next_trunk"), batch.get("next_stem"))
         chunk = actor.normalizer["action"].normalize(batch["action"])
         embedding = None
         if "embedding" in batch:
@@ -119,15 +120,19 @@ class ConRFT(nn.Module):
                 "embedding": embedding, "next_cond": next_cond, "reward": batch["reward"], "discount": batch["discount"],
                 "done": batch["done"], "mc_return": batch["mc_return"]}
 
-    def normalize_obs(self, obs: Mapping, trunk: Mapping | None) -> dict:
+    def normalize_obs(self, obs: Mapping, trunk: Mapping | None, stem: Mapping | None = None) -> dict:
         """The actor's normalization, plus the critic's cached trunk features `{key: (B, C, h, w)}`
-        as `trunk_<key>`; batches with cached features may carry no images (`skip_rgb`)."""
+        as `trunk_<key>` and the stem maps of the actor's image head as `stem_<key>` (stored, or the
+        trunk's for the keys in `stems_from_trunk`); batches with cached features may carry no
+        images (`skip_rgb`)."""
         actor = self.actor
         if all(key in obs for key in actor.rgb_keys):
             nobs = actor.normalize_obs(obs)
         else:
             nobs = {k: actor.normalizer[k].normalize(v) for k, v in obs.items() if k in actor.meta.obs}
         nobs.update({trunk_key(key): value for key, value in (trunk or {}).items()})
+        nobs.update({stem_key(key): value for key, value in (stem or {}).items()})
+        nobs.update({stem_key(key): trunk[key] for key in self.stems_from_trunk if trunk and key in trunk})
         return nobs
 
     def cond_from_embedding(self, embedding: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ episodes along the first axis and ends each at `meta/episode_ends`::
     <embedding key> (L, D)    float32, optional: a frozen encoder on the obs window ending there
     trunk_<rgb key> (L, C, h, w)  float16, optional: the critic's frozen image trunk on that
                               step's frame (`models.critic.trunk_key`; `rl.trunk_features`)
+    stem_<rgb key> (L, C, h, w)   float16, optional: the frozen encoder's stem maps an actor's
+                              image head reads, when the critic's trunk is another (`policies.image_head`)
 
 Writers: the RL actor (`rl.actor`, sim and robot), the scripted-demo generator
 (`data.generate.demos`), the robot's demo converter (`robot_apps.rl_demos`). Readers: the
@@ -31,7 +33,7 @@ import numpy as np
 
 from policylab.common.obs import stored_to_policy
 from policylab.common.shape_meta import ShapeMeta
-from policylab.models.critic import TRUNK_PREFIX, trunk_key
+from policylab.models.critic import STEM_PREFIX, TRUNK_PREFIX, stem_key, trunk_key
 
 ACTION, REWARD, TERMINAL, INTERVENTION, EMBEDDING = "action", "reward", "terminal", "intervention", "embedding"
 FLAG_KEYS = (TERMINAL, INTERVENTION)
@@ -58,11 +60,11 @@ def to_store(obs: Mapping, observation_space: gym.spaces.Dict) -> dict[str, np.n
     return row
 
 
-def store_keys(meta: ShapeMeta, embedding_key: str | None = None, trunk_rgb_keys=()) -> list[str]:
+def store_keys(meta: ShapeMeta, embedding_key: str | None = None, trunk_rgb_keys=(), stem_rgb_keys=()) -> list[str]:
     """The keys an RL store holds for `meta`: its obs `zarr_key`s, action, reward, the flags, the
-    embedding, and the cached trunk features of `trunk_rgb_keys`."""
+    embedding, the cached trunk features of `trunk_rgb_keys` and the stem maps of `stem_rgb_keys`."""
     keys = {spec.zarr_key for spec in meta.obs.values()} | {meta.action_zarr_key, REWARD, *FLAG_KEYS}
-    keys |= {trunk_key(k) for k in trunk_rgb_keys}
+    keys |= {trunk_key(k) for k in trunk_rgb_keys} | {stem_key(k) for k in stem_rgb_keys}
     return sorted(keys | ({embedding_key} if embedding_key else set()))
 
 
@@ -138,7 +140,7 @@ def prepare_episode(episode: Mapping, keys: list[str], meta: ShapeMeta, stored: 
                                                     or np.issubdtype(value.dtype, np.floating)):
             if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
                 raise ValueError(f"{label}: key {key!r} has dtype {value.dtype}, expected real numbers")
-            value = value.astype(np.float16 if key.startswith(TRUNK_PREFIX) else np.float32)
+            value = value.astype(np.float16 if key.startswith((TRUNK_PREFIX, STEM_PREFIX)) else np.float32)
         out[key] = value
     validate_episode({ACTION: out[meta.action_zarr_key], **out}, label)
     length = len(out[meta.action_zarr_key])

@@ -25,7 +25,7 @@ from policylab.common.obs import check_stored_shapes, stored_to_policy
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import SequenceSampler, create_indices
-from policylab.models.critic import trunk_key
+from policylab.models.critic import stem_key, trunk_key
 from policylab.rl.episodes import INTERVENTION, REWARD, TERMINAL, validate_steps
 from policylab.rl.returns import check_gamma, episode_mc_returns
 
@@ -43,6 +43,8 @@ class TransitionSpec:
     trunk_keys: rgb obs keys whose frozen-trunk features are stored (`trunk_<key>` (N, C, h, w));
         adds "trunk" and "next_trunk" `{key: (B, C, h, w)}` (the frame of step t / t').
     trunk_identity: the trunk those features must come from (`OnlineReplayStore` checks it).
+    stem_keys: rgb obs keys whose actor image-head maps are stored (`stem_<key>`, the frozen
+        encoder's stems when the critic caches another trunk); adds "stem" and "next_stem".
     skip_rgb: batches carry no rgb obs (who reads them, the actor's frozen encoder and the
         critic's trunk, reads stored features instead); saves gathering the images.
     """
@@ -58,6 +60,7 @@ class TransitionSpec:
     embedding_key: str | None = None
     trunk_keys: tuple[str, ...] = ()
     trunk_identity: str = ""
+    stem_keys: tuple[str, ...] = ()
     skip_rgb: bool = False
 
     def __post_init__(self):
@@ -135,7 +138,7 @@ class TransitionSampler:
 
     def _required_keys(self) -> list[str]:
         keys = {spec.zarr_key for spec in self.meta.obs.values()} | {self.action_key, REWARD}
-        keys |= {trunk_key(k) for k in self.spec.trunk_keys}
+        keys |= {trunk_key(k) for k in self.spec.trunk_keys} | {stem_key(k) for k in self.spec.stem_keys}
         return sorted(keys | ({self.embedding_key} if self.embedding_key else set()))
 
     def _check_store(self, first: int) -> None:
@@ -225,7 +228,7 @@ class TransitionSampler:
         Returns `{"obs": {key: (B, To, ...)}, "next_obs": {key: (B, To, ...)}, "action": (B, T, Da),
         "reward" / "discount" / "done" / "mc_return" / "intervention": (B,)}`, plus "embedding" and
         "next_embedding" (B, D) with embedding_key, "trunk" and "next_trunk" {key: (B, C, h, w)}
-        with trunk_keys. rgb obs are (B, To, C, H, W) in [0, 1] (none with skip_rgb).
+        with trunk_keys, "stem" and "next_stem" with stem_keys. rgb obs are (B, To, C, H, W) in [0, 1] (none with skip_rgb).
         "intervention" is step t's flag (the chunk's first action). "next_obs" and
         "next_embedding" describe one state: step t+Ta, or the episode's last step when done
         (masked by done, so any valid value would do; one rule keeps the two consistent).
@@ -259,11 +262,12 @@ class TransitionSampler:
             emb = SequenceSampler._take(rb[self.embedding_key], np.stack([t, w["next_t"][idxs]], axis=1))
             emb = emb.astype(np.float32, copy=False)
             batch["embedding"], batch["next_embedding"] = _tensor(emb[:, 0]), _tensor(emb[:, 1])
-        if self.spec.trunk_keys:
-            steps = np.stack([t, w["next_t"][idxs]], axis=1)
-            feats = {key: SequenceSampler._take(rb[trunk_key(key)], steps) for key in self.spec.trunk_keys}
-            batch["trunk"] = {key: _tensor(f[:, 0]) for key, f in feats.items()}
-            batch["next_trunk"] = {key: _tensor(f[:, 1]) for key, f in feats.items()}
+        steps = np.stack([t, w["next_t"][idxs]], axis=1)
+        for name, keys, store_key in (("trunk", self.spec.trunk_keys, trunk_key), ("stem", self.spec.stem_keys, stem_key)):
+            if keys:
+                feats = {key: SequenceSampler._take(rb[store_key(key)], steps) for key in keys}
+                batch[name] = {key: _tensor(f[:, 0]) for key, f in feats.items()}
+                batch[f"next_{name}"] = {key: _tensor(f[:, 1]) for key, f in feats.items()}
         return batch
 
 

@@ -14,7 +14,7 @@ Computing them on the learner, not on the actor, keeps the actor's control loop 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from policylab.models.critic import CriticObsEncoder, trunk_key
 FEATURE_DTYPE = np.float16  # half the bytes; the head's output moves by < 1e-3 (tests)
 
 
-@torch.no_grad()
 def episode_trunk_features(encoder: CriticObsEncoder, episode: Mapping[str, np.ndarray], shape_meta: ShapeMeta,
                            batch_size: int = 64) -> dict[str, np.ndarray]:
     """`{trunk_<key>: (L, C, h, w) float16}` for each cached rgb key of the critic's `encoder`.
@@ -37,16 +36,25 @@ def episode_trunk_features(encoder: CriticObsEncoder, episode: Mapping[str, np.n
         shape_meta: the task's (parsed), which maps obs keys to store keys.
         batch_size: frames per trunk pass.
     """
-    device = next(encoder.parameters()).device
+    return episode_feature_maps(encoder.trunk_features, encoder.cached_keys, trunk_key, episode, shape_meta,
+                                next(encoder.parameters()).device, batch_size)
+
+
+@torch.no_grad()
+def episode_feature_maps(features: Callable[[str, torch.Tensor], torch.Tensor], keys, name: Callable[[str], str],
+                         episode: Mapping[str, np.ndarray], shape_meta: ShapeMeta, device: torch.device | str = "cpu",
+                         batch_size: int = 64) -> dict[str, np.ndarray]:
+    """`{name(key): (L, C, h, w) float16}`: `features(key, frames (N, 3, H, W) in [0, 1])` on every
+    frame of each rgb obs key in `keys` (a critic's trunk, an actor image head's stems)."""
     out = {}
-    for key in encoder.cached_keys:
+    for key in keys:
         spec = shape_meta.obs[key]
         frames = np.asarray(episode[spec.zarr_key])
         rows = []
         for lo in range(0, len(frames), batch_size):
             images = torch.from_numpy(stored_to_policy(spec, frames[lo:lo + batch_size], n_lead=1)).to(device)
-            rows.append(encoder.trunk_features(key, images).to("cpu", torch.float32).numpy().astype(FEATURE_DTYPE))
-        out[trunk_key(key)] = np.concatenate(rows, axis=0)
+            rows.append(features(key, images).to("cpu", torch.float32).numpy().astype(FEATURE_DTYPE))
+        out[name(key)] = np.concatenate(rows, axis=0)
     return out
 
 

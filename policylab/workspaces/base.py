@@ -285,6 +285,7 @@ class BaseWorkspace:
         self.output_dir = Path(broadcast_object(str(output_dir), self.dist))
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.global_step = 0
+        self._logged_step = -1  # the global_step of the last logs.jsonl record of the training metrics
         self.resumed_from_step: int | None = None
         self._run_lock: RunDirLock | None = None
         self.say = RunConsole(self.output_dir, enabled=self.dist.is_main)
@@ -384,13 +385,14 @@ class BaseWorkspace:
 
     def _after_unit(self, metrics: dict) -> dict:
         """The cadences after one unit: evaluations (rank 0), checkpoint, log, console line."""
-        ran = False
+        ran, fresh = False, {}
         if self.dist.is_main:
             for name, (every, at_end, fn) in self.eval_parts().items():
                 if self._due(every, at_end):
                     with self._timed(name):
-                        metrics = {**metrics, **fn()}
+                        fresh.update(fn())
                     ran = True
+        metrics = {**metrics, **fresh}
         every, at_end = self.checkpoint_every()
         if self._due(every, at_end):
             with self._timed("checkpoint"):
@@ -399,9 +401,12 @@ class BaseWorkspace:
         self.barrier()  # other ranks wait here while rank 0 evaluates and writes
         last = self._time_up or self.finished()
         logged = due(self.global_step, self.log_every())
+        record = {**metrics, "learner_seconds": self.learner_seconds(), "eval_seconds": self.eval_seconds}
+        if self.global_step == self._logged_step:  # closing out after a wait: this update is logged already
+            record = {**fresh, "learner_seconds": record["learner_seconds"], "eval_seconds": self.eval_seconds}
         if self.unit == "epoch" or ran or last or logged:
-            self.logger.log({**metrics, "learner_seconds": self.learner_seconds(),
-                             "eval_seconds": self.eval_seconds}, step=self.global_step)
+            self.logger.log(record, step=self.global_step)
+            self._logged_step = self.global_step
         # A line per epoch, evaluation and checkpoint; between them at most one per CONSOLE_SECONDS.
         if self.unit == "epoch" or ran or last or (logged and time.monotonic() - self._said_at >= CONSOLE_SECONDS):
             self.say(self._unit_line(metrics))

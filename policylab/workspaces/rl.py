@@ -29,6 +29,7 @@ from policylab.common.safe_config import instantiate_trusted
 from policylab.common.shape_meta import ShapeMeta
 from policylab.data.replay_buffer import ReplayBuffer
 from policylab.data.sampler import downsample_mask, get_val_mask
+from policylab.models.critic import stem_key
 from policylab.policies.image_head import widen_state_dict
 from policylab.policies.loading import load_policy
 from policylab.rl.conrft import ConRFT, ConRFTConfig
@@ -38,7 +39,11 @@ from policylab.rl.embeddings import (
     has_frozen_encoder,
 )
 from policylab.rl.transitions import TransitionSpec
-from policylab.rl.trunk_features import episode_trunk_features, trunk_identity
+from policylab.rl.trunk_features import (
+    episode_feature_maps,
+    episode_trunk_features,
+    trunk_identity,
+)
 from policylab.workspaces.base import BaseWorkspace, StepTrainingConfig
 
 
@@ -65,23 +70,23 @@ def policy_build_config(policy_cfg) -> dict:
     return {k: v for k, v in cfg.items() if k not in WORKSPACE_POLICY_KEYS}
 
 
-def check_image_head_reads_critic_trunk(actor, critic, trunk_keys) -> None:
-    """An actor's image head reads the critic's cached `trunk_<key>` maps in the learner and its own
-    stems when acting: refuse a critic trunk whose features differ (a random probe frame)."""
+def stems_shared_with_critic(actor, critic, trunk_keys) -> tuple[str, ...]:
+    """The rgb keys whose stem maps an actor's image head can take from the critic's cached trunk
+    features (the same maps: `critic_trunk=sft` from the same checkpoint, checked on a random probe
+    frame); the learner stores its own `stem_<key>` maps for the others."""
     head = getattr(actor, "image_head", None)
     if head is None:
-        return
+        return ()
+    shared = []
     for key in head.keys:
         if key not in trunk_keys:
-            raise ValueError(f"policy.image_head reads the critic's cached trunk features of {key!r}, but the critic "
-                             "does not cache them: use critic_trunk=sft")
+            continue
         probe = torch.rand(1, 3, *ShapeMeta.parse(actor.shape_meta).obs[key].shape[1:],
                            generator=torch.Generator().manual_seed(0))
         ours, critics = head.maps(key, probe), critic.encoder.trunk_features(key, probe)
-        if ours.shape != critics.shape or not torch.allclose(ours, critics, atol=1e-4):
-            raise ValueError(f"policy.image_head's stems of {key!r} differ from the critic's trunk "
-                             f"({critic.encoder.trunk_identity().get(key)}): use critic_trunk=sft with the same "
-                             "policy.init")
+        if ours.shape == critics.shape and torch.allclose(ours, critics, atol=1e-4):
+            shared.append(key)
+    return tuple(shared)
 
 
 class RLWorkspace(BaseWorkspace):
@@ -101,8 +106,12 @@ class RLWorkspace(BaseWorkspace):
         # A frozen critic image trunk runs once per frame, where episodes reach the stores, never in
         # an update: its features are stored as `trunk_<key>` (rl/trunk_features.py).
         self.trunk_keys = tuple(getattr(critic.encoder, "cached_keys", ()))
-        check_image_head_reads_critic_trunk(actor, critic, self.trunk_keys)
+        # An actor's image head reads its frozen stems' maps: the critic's, when its trunk is those
+        # stems, else stored beside them as `stem_<key>` (policies/image_head.py).
+        shared = stems_shared_with_critic(actor, critic, self.trunk_keys)
+        self.stem_keys = tuple(k for k in (actor.image_head.keys if actor.image_head else ()) if k not in shared)
         self.agent = self.build_agent(actor, critic).to(self.device)
+        self.agent.stems_from_trunk = shared
         self.optimizers = self.agent.optimizers
         self.init_critic()
         self.generator = torch.Generator().manual_seed(self.c["training"].seed)
@@ -209,7 +218,8 @@ class RLWorkspace(BaseWorkspace):
                               reward_scale=r.scale, reward_bias=r.bias, reward_neg=r.reward_neg,
                               is_sparse_reward=r.is_sparse, embedding_key=EMBEDDING_KEY if self.embed else None,
                               trunk_keys=self.trunk_keys, skip_rgb=self.embed and set(self.trunk_keys) == rgb,
-                              trunk_identity=trunk_identity(self.agent.critic.encoder) if self.trunk_keys else "")
+                              trunk_identity=trunk_identity(self.agent.critic.encoder) if self.trunk_keys else "",
+                              stem_keys=self.stem_keys)
 
     def demo_replay_buffer(self) -> ReplayBuffer:
         """The task dataset's training episodes (same `val_ratio` / `max_train_episodes` / `seed`
@@ -221,7 +231,8 @@ class RLWorkspace(BaseWorkspace):
         demos = ReplayBuffer.create_empty_numpy()
         shape_meta = OmegaConf.to_container(self.cfg.task.shape_meta, resolve=True)
         chosen = np.flatnonzero(train_mask)
-        desc = " and ".join(["demo embeddings"] * self.embed + ["demo trunk features"] * bool(self.trunk_keys))
+        desc = " and ".join(["demo embeddings"] * self.embed + ["demo trunk features"] * bool(self.trunk_keys)
+                            + ["demo stem maps"] * bool(self.stem_keys))
         for i in tqdm(chosen, desc=desc, disable=not desc):
             episode = store.get_episode(int(i), copy=True)
             if self.embed:
@@ -230,11 +241,16 @@ class RLWorkspace(BaseWorkspace):
         return demos
 
     def with_trunk_features(self, episode: dict) -> dict:
-        """The episode plus its frames' critic trunk features (`trunk_<key>`), if any are cached."""
-        if not self.trunk_keys:
+        """The episode plus its frames' critic trunk features (`trunk_<key>`), if any are cached, and
+        the stem maps of the actor's image head it does not share with them (`stem_<key>`)."""
+        if not self.trunk_keys and not self.stem_keys:
             return episode
         meta = ShapeMeta.parse(self.cfg.task.shape_meta)
-        return {**episode, **episode_trunk_features(self.agent.critic.encoder, episode, meta)}
+        out = {**episode, **episode_trunk_features(self.agent.critic.encoder, episode, meta)}
+        if self.stem_keys:
+            out.update(episode_feature_maps(self.actor.image_head.maps, self.stem_keys, stem_key, episode, meta,
+                                            self.device))
+        return out
 
     def eval_parts(self) -> dict:
         t = self.c["training"]

@@ -1,6 +1,6 @@
 """The actor's image head on the frozen Octo stems (policies/image_head.py): an SFT policy widened
 with it acts exactly as before, the learner's condition from cached stem maps equals the acting
-one, only the head learns, and a critic trunk other than the policy's stems is refused."""
+one, only the head learns, and the head reads the critic's cached maps only when they are its stems."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from policylab.models.critic import CriticEnsemble, CriticObsEncoder, trunk_key
+from policylab.models.critic import CriticEnsemble, CriticObsEncoder, stem_key
 from policylab.models.encoders.frozen_resnet import FrozenTrunkEncoder
 from policylab.policies.encoder_trunk import octo_camera_stem, octo_stem_features
 from policylab.policies.image_head import widen_state_dict
 from policylab.rl.conrft import ConRFT
-from policylab.workspaces.rl import check_image_head_reads_critic_trunk
+from policylab.workspaces.rl import stems_shared_with_critic
 from tests.helpers import compose_config
 from tests.rl.test_embeddings import make_policy
 
@@ -69,7 +69,7 @@ def test_learner_condition_from_cached_maps_equals_the_acting_one(policies):
     _, policy = policies
     nobs = policy.normalize_obs(observations())
     acting = policy.encode_obs(nobs)
-    cached = {trunk_key(k): policy.image_head.maps(k, nobs[k][:, -1]).half() for k in KEYS}  # as stored
+    cached = {stem_key(k): policy.image_head.maps(k, nobs[k][:, -1]).half() for k in KEYS}  # as stored
     learner = policy.encode_obs({**nobs, **cached}, embedding=policy.encode_window(nobs))
     torch.testing.assert_close(learner, acting, atol=2e-3, rtol=0)
     # what an RL actor stores is the encoder's part only: the head's is recomputed as it learns
@@ -81,7 +81,7 @@ def test_actor_loss_trains_the_head_and_never_the_frozen_stems(cfg, policies):
     _, policy = policies
     policy = copy.deepcopy(policy).train()
     nobs = policy.normalize_obs(observations(batch=4))
-    cached = {trunk_key(k): policy.image_head.maps(k, nobs[k][:, -1]) for k in KEYS}
+    cached = {stem_key(k): policy.image_head.maps(k, nobs[k][:, -1]) for k in KEYS}
     agent = ConRFT.__new__(ConRFT)  # actor_cond only: the condition ConRFT's actor loss differentiates
     nn.Module.__init__(agent)
     agent.actor = policy
@@ -138,12 +138,10 @@ def critic_on(policy, trunk) -> CriticEnsemble:
         return CriticEnsemble(policy.shape_meta, 2, 4, encoder, hidden_dims=(16,))
 
 
-def test_a_critic_trunk_other_than_the_policy_stems_is_refused(policies):
+def test_the_head_shares_the_critics_maps_only_when_they_are_its_stems(policies):
     _, policy = policies
     own = critic_on(policy, functools.partial(PolicyStems, policy))
-    check_image_head_reads_critic_trunk(policy, own, own.encoder.cached_keys)  # the same maps: accepted
-    other = critic_on(policy, "resnet10")
-    with pytest.raises(ValueError, match="differ from the critic's trunk"):
-        check_image_head_reads_critic_trunk(policy, other, other.encoder.cached_keys)
-    with pytest.raises(ValueError, match="does not cache"):
-        check_image_head_reads_critic_trunk(policy, own, ())
+    assert stems_shared_with_critic(policy, own, own.encoder.cached_keys) == KEYS  # nothing more to store
+    other = critic_on(policy, "resnet10")  # another trunk: the learner stores the stems as stem_<key>
+    assert stems_shared_with_critic(policy, other, other.encoder.cached_keys) == ()
+    assert stems_shared_with_critic(policy, own, ()) == ()  # a critic that caches nothing

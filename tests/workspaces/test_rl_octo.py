@@ -30,19 +30,27 @@ def common(store, run_dir, *extra):
     return task_overrides("pick_cube_image", store, run_dir, *extra)
 
 
-def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):
-    sft = tmp_path / "sft"
+HEAD = ("+policy.image_head._target_=policylab.policies.image_head.StemImageHead", "+policy.image_head._partial_=true",
+        "+policy.image_head.feature_dim=8")
+
+
+@pytest.fixture(scope="module")
+def sft(store, tmp_path_factory):
+    sft = tmp_path_factory.mktemp("sft")
     result = run_train(common(store, sft, "policy=conrft_actor", "policy/obs_encoder=octo_tiny", "debug=tiny",
                               "training.num_epochs=1", "training.rollout_every=0"), env_extra=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_config(sft / "checkpoints" / "latest").policy.obs_encoder.frozen is False
+    return sft
+
+
+def test_octo_sft_then_frozen_stage1_and_stage2(store, sft, tmp_path):
 
     stage1 = tmp_path / "stage1"
     result = run_train(common(store, stage1, "workspace=rl_offline", "debug=tiny_rl",
                               f"policy.init={sft / 'checkpoints' / 'latest'}", "policy.freeze_encoder=true",
-                              "critic_trunk=sft", "training.num_steps=2", "training.batch_size=8",
-                              "+policy.image_head._target_=policylab.policies.image_head.StemImageHead",
-                              "+policy.image_head._partial_=true", "+policy.image_head.feature_dim=8"), env_extra=ENV)
+                              "critic_trunk=sft", "training.num_steps=2", "training.batch_size=8", *HEAD),
+                       env_extra=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = load_config(stage1 / "checkpoints" / "latest")
     assert saved.policy.obs_encoder.frozen is True and "init" not in saved.policy
@@ -73,3 +81,25 @@ def test_octo_sft_then_frozen_stage1_and_stage2(store, tmp_path):
     log = eval_main(["--checkpoint", str(stage2 / "checkpoints" / "latest"), "--output_dir", str(tmp_path / "eval"),
                      "n_test=1", "n_train=0", "max_steps=5"])
     assert 0 <= log["test/mean_score"] <= 1
+
+
+def test_image_head_stores_its_own_stem_maps_beside_another_critic_trunk(store, sft, tmp_path):
+    """A critic trunk that is not the SFT stems (here a random ResNet-10, the ablation), Stage II
+    straight from SFT: the learner stores the actor head's stem maps as `stem_<key>` beside the
+    critic's `trunk_<key>`, for the demos and for every online step."""
+    stage2 = tmp_path / "stage2"
+    result = run_train(common(store, stage2, "workspace=rl_online", "debug=tiny_rl",
+                              f"policy.init={sft / 'checkpoints' / 'latest'}", "policy.freeze_encoder=true",
+                              "critic_trunk=resnet10", "training.batch_size=8", *HEAD,
+                              "training.num_steps=100000", "training.training_starts=4", "training.max_env_steps=16",
+                              "training.max_train_minutes=5", "task.env_runner.max_steps=8",
+                              "online.intervention.takeover_steps=3", "training.eval_at_end=false"), env_extra=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "demo embeddings and demo trunk features and demo stem maps" in result.stderr
+    actor = load_policy(stage2 / "checkpoints" / "latest")
+    for name in ("demos", "online"):
+        buffer = ReplayBuffer.create_from_path(stage2 / "buffers" / f"{name}.zarr")
+        assert buffer["stem_front"].shape == (buffer.n_steps, *actor.image_head.feature_shapes["front"])
+        assert buffer["trunk_front"].shape[1:] != buffer["stem_front"].shape[1:]  # ResNet-10's, not the stems
+        assert buffer["stem_front"].dtype == np.float16 and np.isfinite(buffer["stem_front"][:]).all()
+    assert any("critic_loss" in r for r in read_logs(stage2 / "logs.jsonl"))

@@ -111,6 +111,8 @@ def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
     assert any("critic_loss" in r for r in logs) and max(r["episode/weights_version"] for r in episodes) >= 1
     assert "td_loss" in next(r for r in logs if "critic_loss" in r) and not any("cql_gap" in r for r in logs)
     assert all(r["global_step"] <= 0.5 * r["env_steps"] + 1 for r in logs if "critic_loss" in r), "update budget"
+    updates = [r["global_step"] for r in logs if "critic_loss" in r]
+    assert len(updates) == len(set(updates)), "an update logged twice (the close-out after a wait re-logged it)"
 
     more = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=70",
                             "training.resume=true"), env_extra=ENV)
