@@ -93,6 +93,7 @@ class ActorPool:
         self.first_seed, self.next_episode, self.say = o.train_start_seed, next_episode, say
         self.pending: dict = {}
         self.weights, self.weights_version, self.restarts, self.publish_seconds = None, 0, 0, 0.0
+        self.refused = 0  # episodes whose actor raised: never stored
 
     def publish(self, policy, version: int) -> None:
         """Put the policy's weights (plain CPU tensors) in ray's object store as `version`."""
@@ -124,11 +125,17 @@ class ActorPool:
             actor, seed = self.pending.pop(ref)
             try:
                 done.append(ray.get(ref))
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            except ray.exceptions.ActorUnavailableError:  # restarting (repeats every ~2 s until it is back)
+                self.submit(actor, seed)
+                continue
+            except ray.exceptions.RayActorError as err:  # the process died: ray restarts it
                 self.restarts += 1
                 self.say(f"actor failed ({type(err).__name__}); ray restarts it, episode {seed} resubmitted")
                 self.submit(actor, seed)
                 continue
+            except ray.exceptions.RayTaskError as err:  # the episode raised (a NaN action...): refused, not retried,
+                self.refused += 1                        # since the same seed would fail the same way
+                self.say(f"episode {seed} refused: {type(err.cause).__name__}: {err.cause}")
             self.submit(actor)
         return done
 
@@ -154,6 +161,7 @@ class OnlineRLWorkspace(RLWorkspace):
         super().__init__(cfg, output_dir)
         self.next_episode = 0
         self.weights_version = 0
+        self.refused = 0  # episodes the learner refused (the actors' count is the pool's)
         self.pool: ActorPool | None = None
         self.recent = collections.deque(maxlen=20)  # stats of the last 20 episodes
 
@@ -214,8 +222,7 @@ class OnlineRLWorkspace(RLWorkspace):
         ratio = train.max_updates_per_env_step
         can_train = (len(self.online.sampler) >= train.training_starts
                      and (ratio is None or self.global_step < ratio * self.online.n_steps))
-        for episode, stats in self.pool.collect(timeout=0 if can_train else 0.5):
-            self._add_episode(episode, stats)
+        self.receive(self.pool.collect(timeout=0 if can_train else 0.5))
         if not can_train:
             return None
         metrics = self.agent.train_step(
@@ -226,6 +233,16 @@ class OnlineRLWorkspace(RLWorkspace):
             metrics["publish_seconds"] = self.pool.publish_seconds
         return {**metrics, "env_steps": self.online.n_steps, "episodes": self.online.n_episodes,
                 "rollout/success_rate_20": _rate(self.recent, "success")}
+
+    def receive(self, finished: list[tuple[dict, dict]]) -> None:
+        """Store each finished episode; one that breaks the store's contract (NaN features...) is
+        refused with its reason and the run goes on (nothing of it is written)."""
+        for episode, stats in finished:
+            try:
+                self._add_episode(episode, stats)
+            except ValueError as err:
+                self.refused += 1
+                self.say(f"episode refused: {err}")
 
     def _add_episode(self, episode: dict, stats: dict) -> None:
         """Every step to the online store; intervened segments to the demo side too (ConRFT)."""
@@ -239,7 +256,7 @@ class OnlineRLWorkspace(RLWorkspace):
                          "episode/return": stats["return"], "rollout/success_rate_20": _rate(self.recent, "success"),
                          "rollout/intervention_rate_20": _rate(self.recent, "intervention_rate"),
                          "env_steps": self.online.n_steps, "episodes": self.online.n_episodes,
-                         "actor_restarts": self.pool.restarts,
+                         "actor_restarts": self.pool.restarts, "episodes_refused": self.pool.refused + self.refused,
                          "episode/weights_version": stats.get("weights_version", 0),
                          "episode/node_id": stats.get("node_id"), "episode/host": stats.get("host")},
                         step=self.global_step)

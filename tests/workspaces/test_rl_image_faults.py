@@ -228,5 +228,39 @@ def test_nan_embedding_or_trunk_features_are_refused_and_nothing_written(learner
 
     assert (learner.online.n_episodes, learner.online.n_steps, len(learner.online.sampler)) == (0, 0, 0)
     assert (learner.demo.n_episodes, learner.demo.n_steps) == demos_before
+    learner.receive([(bad, stats)])  # in a run: refused with its reason, counted, and the learner goes on
+    assert learner.refused == 1 and learner.online.n_episodes == 0
     for name, (n_episodes, _) in {"online": (0, 0), "demos": demos_before}.items():  # nor on disk
         assert ReplayBuffer.create_from_path(learner.output_dir / "buffers" / f"{name}.zarr").n_episodes == n_episodes
+
+
+def test_pool_refuses_an_episode_whose_actor_raised_and_moves_on():
+    """An episode that raises in its actor (a NaN action) is refused and the actor gets the next
+    seed: the same seed would fail the same way, so it is not retried, nor counted as a restart."""
+    import ray
+
+    from policylab.workspaces.rl_online import ActorPool
+
+    @ray.remote(num_cpus=0)
+    class Raises:
+        def run_episode(self, seed, weights, version):
+            if seed == 0:
+                raise ValueError("policy's 'action' holds NaN or inf")
+            return {"seed": seed}, {"weights_version": version}
+
+    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False,
+             configure_logging=False)
+    try:
+        said = []
+        pool = ActorPool.__new__(ActorPool)  # the pool's bookkeeping, on a stand-in actor (no env)
+        pool.actors, pool.first_seed, pool.next_episode, pool.say, pool.pending = [Raises.remote()], 0, 0, said.append, {}
+        pool.weights, pool.weights_version, pool.restarts, pool.refused = None, 0, 0, 0
+        pool.start()
+        done = []
+        while len(done) < 2:
+            done += pool.collect(timeout=10)
+        assert [episode["seed"] for episode, _ in done] == [1, 2]
+        assert (pool.refused, pool.restarts) == (1, 0)
+        assert said[0] == "episode 0 refused: ValueError: policy's 'action' holds NaN or inf"
+    finally:
+        ray.shutdown()
