@@ -16,7 +16,9 @@ load changes hit every variant alike):
            "cached R10", ConRFT's frozen ResNet-10 trunk whose features were computed once per
            frame and stored, so an update runs only the head (`critic_trunk=resnet10`; random
            weights here, as fast as ImageNet's), and "cached SFT stems", the frozen Octo-tiny's
-           camera stems as the trunk (`critic_trunk=sft`, the image presets'). Reported: updates/s and the share of time spent
+           camera stems as the trunk (`critic_trunk=sft`), and the same with the image presets' actor,
+           whose trained head also reads those cached stems ("+ actor head", `policy.image_head`).
+           Reported: updates/s and the share of time spent
            sampling batches. A round always runs one iteration after a warm-up one, however long
            it takes; the trained-R18 learners run in the first `--image_rounds` rounds.
   trunk    the cost of caching, per cached critic: ms per frame for the learner to compute a
@@ -24,7 +26,8 @@ load changes hit every variant alike):
            the storage of the float16 features per 1,000 transitions (2 cameras).
   actor    `rl.actor.run_episode` of the ConRFT actor (untrained weights) in the env: state obs
            without and with the simulated human (`envs/interventions.py`, the Stage II default),
-           and images with the Octo-tiny embedding recorded on every step. Reported: env steps/s
+           and images with the Octo-tiny embedding recorded on every step, without and with the
+           actor's image head (its stems run on the frame each step). Reported: env steps/s
            and the share of time in the policy (and the embedding).
   publish  the learner's weight hand-off: `policy_weights` + `ray.put`, and the round trip of
            `EnvActor.set_weights` on a local ray actor (what an actor pays once per new version).
@@ -75,8 +78,12 @@ from policylab.workspaces.rl_offline import OfflineRLWorkspace, policy_build_con
 
 OCTO = ["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"]
 # The image critics compared; "sft" reads the frozen Octo's stems from a checkpoint of the actor.
-IMAGE_CRITICS = {"trained R18": "critic_trunk=trained_resnet18", "cached R10": "critic_trunk=resnet10",
-                 "cached SFT stems": "critic_trunk=sft"}
+# "+ actor head": the image presets' actor, which also reads those stems' cached maps through its
+# trained head (policy.image_head, as config/experiment/conrft_pick_cube_image_stage2.yaml).
+HEAD = ("+policy.image_head._target_=policylab.policies.image_head.StemImageHead", "+policy.image_head._partial_=true",
+        "+policy.image_head.feature_dim=64")
+IMAGE_CRITICS = {"trained R18": ("critic_trunk=trained_resnet18",), "cached R10": ("critic_trunk=resnet10",),
+                 "cached SFT stems": ("critic_trunk=sft",), "cached SFT stems + actor head": ("critic_trunk=sft", *HEAD)}
 
 
 I, II = "I (Cal-QL)", "II (TD)"
@@ -87,6 +94,9 @@ LEARNER_RATIOS = {  # name: (numerator, denominator) as (obs, stage, threads)
     **{f"image {critic} / trained R18 (stage {stage}, 1 thread)":
        ((f"image, {critic}", stage_key, 1), ("image, trained R18", stage_key, 1))
        for critic in ("cached R10", "cached SFT stems") for stage, stage_key in (("I", I), ("II", II))},
+    **{f"image SFT stems + actor head / without (stage {stage}, 1 thread)":
+       (("image, cached SFT stems + actor head", stage_key, 1), ("image, cached SFT stems", stage_key, 1))
+       for stage, stage_key in (("I", I), ("II", II))},
 }
 
 
@@ -107,6 +117,7 @@ class Learner:
             shape_meta=OmegaConf.to_container(cfg.task.shape_meta, resolve=True), n_obs_steps=ws.actor.n_obs_steps,
             action_dim=ws.actor.n_action_steps * ws.actor.action_dim)
         self.agent = ConRFT(ws.actor, critic, ConRFTConfig(**stage_cfg))
+        self.agent.stems_from_trunk = ws.agent.stems_from_trunk  # the actor head's maps: the critic's cached ones
         self.sampler = TransitionSampler(ws.demo_replay_buffer(), ShapeMeta.parse(cfg.task.shape_meta),
                                          ws.transition_spec())
         self.generator = torch.Generator().manual_seed(0)
@@ -234,8 +245,8 @@ def main():
         generate(["task=pick_cube_lowdim", "n=10", "images=true", f"out={store}"])
         ws = OfflineRLWorkspace(compose_cfg(store, "rl_offline"), Path(tmp) / "run")
         image_wss, sft = {}, Path(tmp) / "sft"
-        for name, override in IMAGE_CRITICS.items():
-            extra = (*OCTO, override, *([f"policy.init={sft}"] if "sft" in override else []))
+        for name, overrides in IMAGE_CRITICS.items():
+            extra = (*OCTO, *overrides, *([f"policy.init={sft}"] if "critic_trunk=sft" in overrides else []))
             image_wss[f"image, {name}"] = OfflineRLWorkspace(
                 compose_cfg(store, "rl_offline", "pick_cube_image", extra), Path(tmp) / name.replace(" ", "_"))
             if len(image_wss) == 1:  # the first one's actor stands in for an SFT checkpoint
@@ -247,10 +258,11 @@ def main():
         learners = {(obs, stage, threads): Learner(w, stage, threads, args.batch_size)
                     for obs, w in (("state", ws), *image_wss.items())
                     for stage in ("offline", "online") for threads in (1, 2)}
-        trunk = {name: trunk_cost(w, store) for name, w in image_wss.items() if "cached" in name}
+        trunk = {name: trunk_cost(w, store) for name, w in image_wss.items() if "cached" in name and "head" not in name}
         intervention = OmegaConf.to_container(compose_cfg(store, "rl_online").online.intervention)
         actors = {"state, policy only": Actor(ws, None), "state, simulated human": Actor(ws, intervention),
-                  "image (Octo-tiny), policy only": Actor(image_ws, None, embed=True)}
+                  "image (Octo-tiny), policy only": Actor(image_ws, None, embed=True),
+                  "image + head, policy only": Actor(image_wss["image, cached SFT stems + actor head"], None, embed=True)}
         per_round = args.seconds / args.rounds
         for r in range(args.rounds):
             rates = {f"learner {obs} {stage}/{threads}t": learner.run(per_round)

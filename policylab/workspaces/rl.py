@@ -167,7 +167,7 @@ class RLWorkspace(BaseWorkspace):
     def add_image_head(self, actor, head_cfg, freeze: bool):
         """The init checkpoint's actor (an SFT policy) plus `policy.image_head`, computing exactly
         what it did: the new condition inputs start at zero weight (`widen_state_dict`)."""
-        if not freeze:
+        if not (freeze or has_frozen_encoder(actor)):
             raise ValueError("policy.image_head reads the frozen encoder's stems through cached features: "
                              "it needs policy.freeze_encoder=true")
         with open_dict(self.cfg):  # saved with the run: the ray actors, eval.py and a resume rebuild it

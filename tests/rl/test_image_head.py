@@ -20,7 +20,7 @@ from policylab.policies.encoder_trunk import octo_camera_stem, octo_stem_feature
 from policylab.policies.image_head import widen_state_dict
 from policylab.rl.conrft import ConRFT
 from policylab.workspaces.rl import stems_shared_with_critic
-from tests.helpers import compose_config
+from tests.helpers import compose_config, conrft_config
 from tests.rl.test_embeddings import make_policy
 
 HEAD = {"_target_": "policylab.policies.image_head.StemImageHead", "_partial_": True, "feature_dim": 8}
@@ -82,9 +82,7 @@ def test_actor_loss_trains_the_head_and_never_the_frozen_stems(cfg, policies):
     policy = copy.deepcopy(policy).train()
     nobs = policy.normalize_obs(observations(batch=4))
     cached = {stem_key(k): policy.image_head.maps(k, nobs[k][:, -1]) for k in KEYS}
-    agent = ConRFT.__new__(ConRFT)  # actor_cond only: the condition ConRFT's actor loss differentiates
-    nn.Module.__init__(agent)
-    agent.actor = policy
+    agent = ConRFT(policy, critic_on(policy, functools.partial(PolicyStems, policy)), conrft_config("online"))
     with torch.no_grad():
         embedding = policy.encode_window(nobs)
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
@@ -135,7 +133,8 @@ def critic_on(policy, trunk) -> CriticEnsemble:
     encoder = functools.partial(CriticObsEncoder, proprio_dim=8, image_encoder=image_encoder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random resnet10's warning
-        return CriticEnsemble(policy.shape_meta, 2, 4, encoder, hidden_dims=(16,))
+        return CriticEnsemble(policy.shape_meta, policy.n_obs_steps, policy.n_action_steps * policy.action_dim, encoder,
+                              hidden_dims=(16,))
 
 
 def test_the_head_shares_the_critics_maps_only_when_they_are_its_stems(policies):
