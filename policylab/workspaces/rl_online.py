@@ -94,6 +94,7 @@ class ActorPool:
         self.pending: dict = {}
         self.weights, self.weights_version, self.restarts, self.publish_seconds = None, 0, 0, 0.0
         self.refused = 0  # episodes whose actor raised: never stored
+        self.down: list = []  # actors that failed and have not finished an episode since
 
     def publish(self, policy, version: int) -> None:
         """Put the policy's weights (plain CPU tensors) in ray's object store as `version`."""
@@ -125,17 +126,18 @@ class ActorPool:
             actor, seed = self.pending.pop(ref)
             try:
                 done.append(ray.get(ref))
-            except ray.exceptions.ActorUnavailableError:  # restarting (repeats every ~2 s until it is back)
-                self.submit(actor, seed)
-                continue
-            except ray.exceptions.RayActorError as err:  # the process died: ray restarts it
-                self.restarts += 1
-                self.say(f"actor failed ({type(err).__name__}); ray restarts it, episode {seed} resubmitted")
+            except ray.exceptions.RayActorError as err:  # died, or unavailable while ray restarts it
+                if actor not in self.down:  # one restart per outage: ActorUnavailableError repeats every ~2 s
+                    self.down.append(actor)
+                    self.restarts += 1
+                    self.say(f"actor failed ({type(err).__name__}); ray restarts it, episode {seed} resubmitted")
                 self.submit(actor, seed)
                 continue
             except ray.exceptions.RayTaskError as err:  # the episode raised (a NaN action...): refused, not retried,
                 self.refused += 1                        # since the same seed would fail the same way
                 self.say(f"episode {seed} refused: {type(err.cause).__name__}: {err.cause}")
+            if actor in self.down:
+                self.down.remove(actor)
             self.submit(actor)
         return done
 

@@ -254,7 +254,7 @@ def test_pool_refuses_an_episode_whose_actor_raised_and_moves_on():
         said = []
         pool = ActorPool.__new__(ActorPool)  # the pool's bookkeeping, on a stand-in actor (no env)
         pool.actors, pool.first_seed, pool.next_episode, pool.say, pool.pending = [Raises.remote()], 0, 0, said.append, {}
-        pool.weights, pool.weights_version, pool.restarts, pool.refused = None, 0, 0, 0
+        pool.weights, pool.weights_version, pool.restarts, pool.refused, pool.down = None, 0, 0, 0, []
         pool.start()
         done = []
         while len(done) < 2:
