@@ -271,6 +271,7 @@ class BaseWorkspace:
     schemas: ClassVar[dict[str, type]] = {}
     unit: ClassVar[str] = "step"  # what `train_step` does once and cadences count: "step" or "epoch"
     _paused_at: float | None = None  # while an evaluation part runs: when it began
+    _cpu_paused_at: float | None = None  # ... and the process's CPU time then
     _said_at = 0.0  # when the last console line was written
 
     def __init__(self, cfg: DictConfig, output_dir: str | Path):
@@ -290,6 +291,7 @@ class BaseWorkspace:
         self._run_lock: RunDirLock | None = None
         self.say = RunConsole(self.output_dir, enabled=self.dist.is_main)
         self._t_start, self._time_up = time.monotonic(), False
+        self._cpu_start = time.process_time()  # the learner's CPU clock, paused with the wall clock
         self._part_seconds: dict[str, float] = {}  # last measured time of each evaluation part
         self.eval_seconds = 0.0  # evaluation and checkpoint time of the run, outside the budget
         self._stop_rng: dict | None = None  # RNG states where training stopped (before an evaluation drew)
@@ -401,9 +403,11 @@ class BaseWorkspace:
         self.barrier()  # other ranks wait here while rank 0 evaluates and writes
         last = self._time_up or self.finished()
         logged = due(self.global_step, self.log_every())
-        record = {**metrics, "learner_seconds": self.learner_seconds(), "eval_seconds": self.eval_seconds}
+        clocks = {"learner_seconds": self.learner_seconds(), "learner_cpu_seconds": self.learner_cpu_seconds(),
+                  "eval_seconds": self.eval_seconds}
+        record = {**metrics, **clocks}
         if self.global_step == self._logged_step:  # closing out after a wait: this update is logged already
-            record = {**fresh, "learner_seconds": record["learner_seconds"], "eval_seconds": self.eval_seconds}
+            record = {**fresh, **clocks}
         if self.unit == "epoch" or ran or last or logged:
             self.logger.log(record, step=self.global_step)
             self._logged_step = self.global_step
@@ -473,11 +477,17 @@ class BaseWorkspace:
         """Wall seconds the learner has spent over every start of the run (evaluations excluded)."""
         return (self._paused_at or time.monotonic()) - self._t_start
 
+    def learner_cpu_seconds(self) -> float:
+        """CPU seconds (user + system, every thread of this process) the learner has spent over every
+        start of the run, evaluations excluded: a training cost that the machine's load does not inflate."""
+        return (self._cpu_paused_at or time.process_time()) - self._cpu_start
+
     @contextmanager
     def _timed(self, part: str):
         """Runs an evaluation part with the learner's clock paused; records its time for the budget's
         reserve and the run's `eval_seconds`."""
         start = self._paused_at = time.monotonic()
+        cpu_start = self._cpu_paused_at = time.process_time()
         try:
             yield
         finally:
@@ -485,7 +495,8 @@ class BaseWorkspace:
             self._part_seconds[part] = seconds
             self.eval_seconds += seconds
             self._t_start += seconds
-            self._paused_at = None
+            self._cpu_start += time.process_time() - cpu_start
+            self._paused_at = self._cpu_paused_at = None
 
     def _over_time_budget(self) -> bool:
         """True once the learner's time plus the closing evaluation's passes the budget.
@@ -523,6 +534,7 @@ class BaseWorkspace:
     def state_dict(self) -> dict:
         """Counters, schedulers, generators: plain tensors and numbers."""
         state = {"global_step": self.global_step, "learner_seconds": self.learner_seconds(),
+                 "learner_cpu_seconds": self.learner_cpu_seconds(),
                  "eval_seconds": self.eval_seconds, "part_seconds": dict(self._part_seconds)}
         if getattr(self, "precision", None) is not None and self.precision.scaler is not None:
             state["grad_scaler"] = self.precision.scaler.state_dict()
@@ -532,6 +544,7 @@ class BaseWorkspace:
         self.global_step = int(state["global_step"])
         # Checkpoints from before the run-wide budget have no clock: their budget starts anew.
         self._t_start = time.monotonic() - float(state.get("learner_seconds", 0.0))
+        self._cpu_start = time.process_time() - float(state.get("learner_cpu_seconds", 0.0))
         self.eval_seconds = float(state.get("eval_seconds", 0.0))
         self._part_seconds = {str(k): float(v) for k, v in state.get("part_seconds", {}).items()}
         if getattr(self, "precision", None) is not None and self.precision.scaler is not None and "grad_scaler" in state:

@@ -63,6 +63,7 @@ def _budget_workspace(minutes: float, elapsed: float, parts: dict, **cadences) -
                           {"max_train_minutes": minutes, **cadences})
     ws.c, ws.dist = {"training": cfg}, DistributedInfo()
     ws._t_start, ws._part_seconds = time.monotonic() - elapsed, parts
+    ws._cpu_start = time.process_time()
     return ws
 
 
@@ -134,6 +135,28 @@ def test_evaluation_pauses_the_learners_clock_and_the_spent_time_is_saved():
     assert resumed._part_seconds == ws._part_seconds  # the closing evaluation's reserve too
     BaseWorkspace.load_state_dict(resumed, {**state, "learner_seconds": 61.0})
     assert resumed._over_time_budget()  # a resumed run spends only what is left
+
+
+def test_the_learners_cpu_clock_excludes_evaluations_and_is_saved():
+    ws = _budget_workspace(1, 0, {})
+    ws.eval_seconds, ws.global_step = 0.0, 3
+
+    def burn(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    burn(0.2)
+    with ws._timed("rollout"):
+        burn(0.5)  # an evaluation's CPU is not the learner's
+        assert ws.learner_cpu_seconds() == pytest.approx(0.2, abs=0.05)  # paused while it runs
+    assert ws.learner_cpu_seconds() == pytest.approx(0.2, abs=0.05)
+    state = BaseWorkspace.state_dict(ws)
+    assert state["learner_cpu_seconds"] == pytest.approx(0.2, abs=0.05)
+    resumed = _budget_workspace(1, 0, {})
+    BaseWorkspace.load_state_dict(resumed, state)
+    burn(0.1)
+    assert resumed.learner_cpu_seconds() == pytest.approx(0.3, abs=0.05)  # summed over the run's starts
 
 
 def test_a_resumed_run_gets_only_the_remaining_budget(store, tmp_path):
