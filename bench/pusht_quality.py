@@ -17,11 +17,16 @@ Methods, all on the same demos, backbone (--backbone: the experiments' 4.6M UNet
   ctm  CTM distillation of edm (experiment=pusht_state_cpu_ctm), warm-started from it, with the
        endpoint term (policy.endpoint_weight=0: Consistency Policy's loss)
   onestep  the same student on the endpoint term alone, lr 1e-3 (experiment=pusht_state_cpu_ctm_onestep)
+  onpolicy  onestep fine-tuned on its own rollouts' observations, labelled by edm
+       (experiment=pusht_state_cpu_onestep_onpolicy, workspace=onpolicy_distill)
 `--task image` trains edm and ctm on image PushT (96x96 frames, ResNet18: pusht_image_cpu_edm/_ctm).
 
-Budgets are stated in optimizer steps and CPU minutes of the training process (its user + system
-time, whatever the machine's load does to wall time); a student's budget is counted on top of its
-teacher's (`total_*` columns). Each trained method is evaluated at each of its inference budgets
+Budgets are stated in optimizer steps and the learner's CPU minutes (`learner_cpu_seconds` in the
+run's logs.jsonl: user + system time of training, evaluations excluded, whatever the machine's load
+does to wall time; runs from before that clock give their learner wall minutes); a student's budget
+is counted on top of its teacher's, and an on-policy run's on top of its student's (`total_*`).
+Runs trained elsewhere (e.g. by docs/one_step.md's commands) join the table with `--runs m=<dir>`.
+The closing "choice" table is the README's: one row per way to act, from this one run. Each trained method is evaluated at each of its inference budgets
 (network evaluations per chunk, NFE): 1 and 3 for the consistency students, the teachers at their
 full budget (DDIM-16, Heun 17 NFE) and at 3 NFE (what a short teacher chain gives without
 distillation). Latency: median ms per `predict_action` for one observation, 1 thread.
@@ -51,10 +56,12 @@ sys.path.insert(0, str(REPO))
 
 TASKS = {  # --task -> method -> experiment
     "state": {"dp": "pusht_state_cpu", "ct": "pusht_state_cpu_consistency", "cd": "pusht_state_cpu_distill",
-              "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm", "onestep": "pusht_state_cpu_ctm_onestep"},
+              "edm": "pusht_state_cpu_edm", "ctm": "pusht_state_cpu_ctm", "onestep": "pusht_state_cpu_ctm_onestep",
+              "onpolicy": "pusht_state_cpu_onestep_onpolicy"},
     "image": {"edm": "pusht_image_cpu_edm", "ctm": "pusht_image_cpu_ctm"},
 }
-TEACHER = {"cd": "dp", "ctm": "edm", "onestep": "edm"}
+TEACHER = {"cd": "dp", "ctm": "edm", "onestep": "edm", "onpolicy": "edm"}
+STARTS_FROM = {"onpolicy": "onestep"}  # the student run an on-policy run fine-tunes
 CHAIN3 = [80.0, 0.8, 0.2]  # the consistency chains' three levels
 # method -> [(label, NFE, policy attributes set before evaluating)]
 VARIANTS = {
@@ -65,8 +72,15 @@ VARIANTS = {
             ("Heun 3 NFE", 3, {"sampler": "heun", "num_inference_steps": 2})],
     "ctm": [("1 step", 1, {"inference_sigmas": [80.0]}), ("3 steps", 3, {"inference_sigmas": CHAIN3})],
     "onestep": [("1 step", 1, {"inference_sigmas": [80.0]})],  # no chain: the CTM term is off
+    "onpolicy": [("1 step", 1, {"inference_sigmas": [80.0]})],
 }
-DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20, "onestep": 45}
+DEFAULT_MINUTES = {"dp": 55, "ct": 55, "cd": 20, "edm": 55, "ctm": 20, "onestep": 45, "onpolicy": 60}
+# The README's choice table: (method, inference) -> how a user would name the way to act
+CHOICES = {("dp", "DDIM-16"): "Diffusion Policy: DDPM training, DDIM 16 steps",
+           ("edm", "Heun 17 NFE"): "EDM teacher, Heun sampler",
+           ("ctm", "3 steps"): "CTM student, 3 steps",
+           ("onestep", "1 step"): "one-step student (endpoint term)",
+           ("onpolicy", "1 step"): "one-step student + on-policy rounds"}
 # Backbones: "config" is what the experiment sets (state: a 4.6M UNet, batch 128, lr 3e-4; image:
 # the 1.1M UNet + ResNet18, batch 64, lr 1e-3 / 1e-4 for the student); "small" the quickstart's 1.1M
 # UNet (batch 64; lr 1e-3 for the methods trained from scratch, the students keep their experiments' lr), cheap
@@ -105,13 +119,18 @@ def parse_budget(text: str | None, default: dict) -> dict:
 def train(method: str, args, run_dir: Path, extra: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "train.py", f"experiment={TASKS[args.task][method]}", f"task.dataset.zarr_path={args.data}",
            f"training.max_train_minutes={args.minutes[method]}", f"hydra.run.dir={run_dir}",
-           "checkpoint.topk=1000", *extra, *args.overrides]  # keep every checkpoint: --last_k picks by time
-    backbone = BACKBONES[args.backbone]
-    cmd[4:4] = backbone["all"] + (backbone["scratch"] if method not in TEACHER else [])
-    if method in args.steps:
-        cmd.append(f"training.max_train_steps={int(args.steps[method])}")
-    if method in args.epochs:  # the LR schedule's length (cosine over num_epochs)
-        cmd.append(f"training.num_epochs={int(args.epochs[method])}")
+           "checkpoint.topk=1000", *extra]  # keep every checkpoint: --last_k picks by time
+    if method in STARTS_FROM:  # the policy is the student's: no backbone, epochs or supervised overrides
+        if method in args.steps:
+            cmd.append(f"training.num_steps={int(args.steps[method])}")
+    else:
+        backbone = BACKBONES[args.backbone]
+        cmd[4:4] = backbone["all"] + (backbone["scratch"] if method not in TEACHER else [])
+        cmd += args.overrides
+        if method in args.steps:
+            cmd.append(f"training.max_train_steps={int(args.steps[method])}")
+        if method in args.epochs:  # the LR schedule's length (cosine over num_epochs)
+            cmd.append(f"training.num_epochs={int(args.epochs[method])}")
     run_dir.mkdir(parents=True, exist_ok=True)
     return start(cmd, run_dir.parent / f"{method}.train.log")
 
@@ -120,6 +139,26 @@ def record_budget(run_dir: Path, wall: float, cpu: float) -> None:
     steps = max((r.get("global_step", 0) for r in read_logs(run_dir)), default=0)
     (REPO / run_dir / "budget.json").write_text(json.dumps({"wall_minutes": wall, "cpu_minutes": cpu,
                                                             "steps": steps}))
+
+
+def training_cost(run_dir: Path) -> dict:
+    """{"steps", "minutes", "clock"}: the run's optimizer steps and learner minutes from its logs.jsonl,
+    on the CPU clock when it logged one ("cpu"), else its learner wall clock ("wall")."""
+    logs = read_logs(run_dir)
+    if not logs:
+        raise SystemExit(f"{run_dir}: no logs.jsonl, so no training cost")
+    last = logs[-1]
+    clock = "cpu" if "learner_cpu_seconds" in last else "wall"
+    seconds = last.get("learner_cpu_seconds", last.get("learner_seconds", float("nan")))
+    return {"steps": max(r.get("global_step", 0) for r in logs), "minutes": seconds / 60, "clock": clock}
+
+
+def lineage(method: str) -> list[str]:
+    """The runs a method's policy needed, itself first: onpolicy -> onestep -> edm."""
+    chain = [method]
+    while (up := STARTS_FROM.get(chain[-1]) or TEACHER.get(chain[-1])) is not None:
+        chain.append(up)
+    return chain
 
 
 def read_logs(run_dir: Path) -> list[dict]:
@@ -139,8 +178,8 @@ def last_checkpoints(run_dir: Path, k: int) -> list[Path]:
     if k == 1:
         return [run_dir / "checkpoints" / "latest"]
 
-    def epoch(path: Path) -> int:
-        return int(path.name.split("-")[0].removeprefix("epoch="))
+    def epoch(path: Path) -> int:  # epoch=NNNN-... (supervised) or step=NNNN-... (on-policy rounds)
+        return int(path.name.split("-")[0].partition("=")[2])
 
     def weights(path: Path) -> str:
         return json.loads((path / "checksums.json").read_text())["model.safetensors"]
@@ -148,7 +187,8 @@ def last_checkpoints(run_dir: Path, k: int) -> list[Path]:
     from omegaconf import OmegaConf
 
     every = OmegaConf.load(run_dir / "checkpoints" / "latest" / "config.yaml").training.checkpoint_every
-    saved = sorted((run_dir / "checkpoints").glob("epoch=*"), key=epoch)[-k:]
+    saved = sorted([*(run_dir / "checkpoints").glob("epoch=*"), *(run_dir / "checkpoints").glob("step=*")],
+                   key=epoch)[-k:]
     gaps = {epoch(b) - epoch(a) for a, b in itertools.pairwise(saved)}
     # top-k retention deletes the worst-scoring checkpoints: a set with a hole, or without the final
     # weights, would be chosen by score, not by time
@@ -179,9 +219,8 @@ def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
                                                        "n_train_vis": 0, "n_envs": 10, "vector_env": "sync",
                                                        "device": "cpu"})
     runner = hydra.utils.instantiate(check_config(runner_cfg, "task.env_runner"), output_dir=str(out_dir))
-    # the env seeds fix the initial states; the policy's own noise comes from torch's global generator
-    # (the runner does not seed it), so seed it too: the same checkpoint then gets the same score
-    torch.manual_seed(0)
+    # the runner seeds each episode's initial state and the policy's sampling noise from the episode's
+    # seed, so this score is eval.py's on the same seeds
     t0 = time.process_time()
     log = runner.run(policy)
     eval_cpu = (time.process_time() - t0) / 60
@@ -275,26 +314,29 @@ def main():
         return not args.eval_only and not (done and (args.reuse or (m == "dp" and args.teacher)))
 
     extra = {"ct": [f"policy.total_steps={args.ct_total_steps}"] if args.ct_total_steps else []}
-    for stage in ([m for m in methods if m not in TEACHER], [m for m in methods if m in TEACHER]):
+    stages = ([m for m in methods if m not in TEACHER], [m for m in methods if m in TEACHER and m not in STARTS_FROM],
+              [m for m in methods if m in STARTS_FROM])
+    for stage in stages:
         todo = [m for m in stage if needs_training(m)]
         groups = [todo] if args.parallel else [[m] for m in todo]
         for group in groups:
             t = time.time()
             procs = {}
             for m in group:
-                teacher = [f"policy.teacher={runs[TEACHER[m]] / 'checkpoints' / 'latest'}"] if m in TEACHER else []
-                procs[m] = train(m, args, runs[m], extra.get(m, []) + teacher)
+                teacher = runs[TEACHER[m]] / "checkpoints" / "latest" if m in TEACHER else None
+                if m in STARTS_FROM:
+                    sources = [f"distill.student={runs[STARTS_FROM[m]] / 'checkpoints' / 'latest'}",
+                               f"distill.teacher={teacher}"]
+                else:
+                    sources = [f"policy.teacher={teacher}"] if teacher else []
+                procs[m] = train(m, args, runs[m], extra.get(m, []) + sources)
             for m, proc in procs.items():
                 cpu = wait(proc)
                 record_budget(runs[m], (time.time() - t) / 60, cpu)
 
     rows = []
     for m in methods:
-        budget_path = REPO / runs[m] / "budget.json"
-        budget = json.loads(budget_path.read_text()) if budget_path.exists() else {}
-        teacher_budget = {}
-        if m in TEACHER and (REPO / runs[TEACHER[m]] / "budget.json").exists():
-            teacher_budget = json.loads((REPO / runs[TEACHER[m]] / "budget.json").read_text())
+        costs = [training_cost(REPO / runs[up]) for up in lineage(m)]
         ckpts = last_checkpoints(REPO / runs[m], args.last_k)
         for label, nfe, settings in VARIANTS[m]:
             results = [evaluate(ckpt, settings, args.n_test, REPO / runs[m] / f"eval_{args.n_test}_{nfe}_{ckpt.name}")
@@ -303,11 +345,10 @@ def main():
             if len(ckpts) > 1:
                 result["checkpoints"] = {ckpt.name: r["mean_score"] for ckpt, r in zip(ckpts, results)}
             row = {"method": m, "experiment": experiments[m], "inference": label, "nfe": nfe, **result,
-                   "train_steps": budget.get("steps"), "train_cpu_minutes": budget.get("cpu_minutes"),
-                   "train_wall_minutes": budget.get("wall_minutes"), "teacher": TEACHER.get(m),
-                   "total_steps": (budget.get("steps") or 0) + (teacher_budget.get("steps") or 0),
-                   "total_cpu_minutes": (budget.get("cpu_minutes") or 0) + (teacher_budget.get("cpu_minutes") or 0),
-                   "curve": curve(runs[m])}
+                   "run": str(runs[m]), "train_steps": costs[0]["steps"], "train_cpu_minutes": costs[0]["minutes"],
+                   "cost_clocks": [c["clock"] for c in costs], "teacher": TEACHER.get(m),
+                   "total_steps": sum(c["steps"] for c in costs),
+                   "total_cpu_minutes": sum(c["minutes"] for c in costs), "curve": curve(runs[m])}
             if TEACHER.get(m) == "edm" and nfe == 1:  # the jump from the very noise the teacher solves from
                 row["one_step_error"] = one_step_error(ckpts[-1], REPO / runs[TEACHER[m]] / "checkpoints" / "latest",
                                                        args.data)
@@ -324,6 +365,19 @@ def main():
     (REPO / args.out).parent.mkdir(parents=True, exist_ok=True)
     (REPO / args.out).write_text(json.dumps(result, indent=2))
     print_table(result["rows"])
+    print_choices(result["rows"])
+
+
+def print_choices(rows: list[dict]) -> None:
+    """The README's choice table (markdown): one row per way to act that this run measured."""
+    chosen = [(CHOICES[(r["method"], r["inference"])], r) for r in rows if (r["method"], r["inference"]) in CHOICES]
+    if not chosen:
+        return
+    print("\n| way to act | score | network evaluations | ms per chunk (1 thread) | training CPU min (incl. teachers) |")
+    print("|---|---|---|---|---|")
+    for name, r in chosen:
+        print(f"| {name} | {r['mean_score']:.3f} | {r['nfe']} | {r['latency_ms']:.1f} | "
+              f"{r['total_cpu_minutes']:.1f} ({r['total_steps']:,} steps) |")
 
 
 def print_table(rows: list[dict]) -> None:

@@ -45,3 +45,31 @@ def test_last_k_refuses_a_set_that_top_k_retention_chose(tmp_path, epochs, lates
         pusht_quality.last_checkpoints(run, 2 if len(epochs) == 2 else 3)
     with pytest.raises(ValueError, match="last_k"):
         pusht_quality.last_checkpoints(run, 0)
+
+
+def test_last_k_reads_the_step_named_checkpoints_of_on_policy_rounds(tmp_path):
+    run = tmp_path / "onpolicy"
+    for name, weights in [("step=00001000-test_mean_score=0.800", "w1"), ("step=00002000-test_mean_score=0.700", "w2"),
+                          ("latest", "w2")]:
+        ckpt = run / "checkpoints" / name
+        ckpt.mkdir(parents=True)
+        (ckpt / "checksums.json").write_text(json.dumps({"model.safetensors": weights}))
+        (ckpt / "config.yaml").write_text("training:\n  checkpoint_every: 1000\n")
+    assert names(pusht_quality.last_checkpoints(run, 2)) == ["step=00001000", "step=00002000"]
+
+
+def test_training_cost_sums_the_lineage_on_the_cpu_clock_where_logged(tmp_path):
+    def logs(name: str, *records: dict) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return tmp_path / name
+
+    new = logs("new", {"global_step": 10, "learner_seconds": 120.0, "learner_cpu_seconds": 60.0},
+               {"global_step": 20, "learner_seconds": 240.0, "learner_cpu_seconds": 90.0})
+    old = logs("old", {"global_step": 5, "learner_seconds": 30.0})  # a run from before the CPU clock
+    assert pusht_quality.training_cost(new) == {"steps": 20, "minutes": 1.5, "clock": "cpu"}
+    assert pusht_quality.training_cost(old) == {"steps": 5, "minutes": 0.5, "clock": "wall"}
+    assert pusht_quality.lineage("onpolicy") == ["onpolicy", "onestep", "edm"]
+    assert pusht_quality.lineage("dp") == ["dp"]
+    with pytest.raises(SystemExit, match="no logs.jsonl"):
+        pusht_quality.training_cost(tmp_path / "missing")
