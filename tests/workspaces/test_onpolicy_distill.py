@@ -169,3 +169,27 @@ def test_a_stopped_and_resumed_run_equals_the_uninterrupted_one(store, checkpoin
     assert isinstance(BasePolicy.from_checkpoint(latest), ConsistencyCTMPolicy)
     eval_main([f"checkpoint={latest}", f"output_dir={tmp_path / 'eval'}", "device=cpu", "n_test=1", "max_steps=8"])
     assert "test/mean_score" in json.loads((tmp_path / "eval" / "eval_log.json").read_text())
+
+
+def test_a_round_on_camera_observations_pools_the_frames_the_student_acted_on(store, tmp_path):
+    """Image PushT (docs/one_step.md, "On cameras"): the pool holds the 96x96 frames and agent
+    positions of the student's rollouts, and a batch mixes them with demo windows of the same shapes."""
+    from policylab.common.checkpoint import save_checkpoint
+
+    cfg, student, _ = build("consistency_ctm", "pusht_image", None, store, teacher_dir=tmp_path)
+    ckpts = SimpleNamespace(student=save_checkpoint(tmp_path / "student", cfg, student), teacher=cfg.policy.teacher)
+    ws = OnPolicyDistillWorkspace(config(store, ckpts, "task=pusht_image"), tmp_path / "run")
+    ws.start_run()
+    try:
+        ws.build()
+        ws.start()
+        recorded = ws._record(0)
+        assert recorded["pool/episodes"] == 2 and set(ws.pool.obs) == {"image", "agent_pos"}
+        assert ws.pool.obs["image"].shape[1:] == (cfg.n_obs_steps, 3, 96, 96)
+        frames = ws.pool.obs["image"]
+        assert 0 <= frames.min() and frames.max() <= 1 and frames.std() > 0  # rendered frames, not blanks
+        metrics = ws.train_step()
+        assert metrics["pool_rows_in_batch"] == round(SHARE * BATCH) and np.isfinite(metrics["train_loss"])
+    finally:
+        ws.close()
+        ws.end_run()
