@@ -15,14 +15,14 @@ checksums cost: they are verified once, when a store is loaded into memory (`cop
 the batches above pay nothing; the load time and its verification share are printed.
 
     python bench/data_loading.py [--episodes 200] [--seconds 4] [--rounds 2] [--datasets lowdim,image]
-                                 [--out bench/results/data_loading.json]
+                                 [--out <json>]   (default: <bench root>/results/data_loading.json)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -32,6 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._paths import add_out_argument, write_json
 from policylab.data.datasets.base import make_dataloader
 from policylab.data.datasets.sequence import SequenceDataset
 from policylab.data.replay_buffer import ReplayBuffer
@@ -144,14 +148,18 @@ def checksum_cost(path: Path) -> dict:
             "crc32c_gb_s": mb / 1024 / verify_s}
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
     parser.add_argument("--datasets", default="lowdim,image", help="comma-separated subset of lowdim,image")
-    parser.add_argument("--out", default="bench/results/data_loading.json")
-    args = parser.parse_args()
+    add_out_argument(parser, "data_loading")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,9 +194,7 @@ def main():
                 results["image_copy_to_memory"] = copy_memory_ratio(path)
     results["machine"] = {"cpu_flags": cpu_flags(), "cores": os.cpu_count(), "episodes": args.episodes,
                           "seconds": args.seconds, "rounds": args.rounds}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     copy = results.get("image_copy_to_memory")
     if copy:
         print(f"\nimage store -> memory: raw {copy['raw_mb']:.0f} MB, peak {copy['peak_mb']:.0f} MB, "
@@ -203,7 +209,7 @@ def main():
         print(f"{name:8} {bs:5d} {dp:14.0f} {a:11.0f} {b:13.0f} {a_ratio:13.2f}x {b_ratio:15.1f}x")
     print(f"CPU flags: {results['machine']['cpu_flags']}")
     print(f"(targets: per-item >= 1x DP; vectorized >= 10x DP; one core; best of "
-          f"{args.rounds} alternating rounds; JSON in {out})")
+          f"{args.rounds} alternating rounds)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Pick-cube env speed: gym-hil's control step against `FastOpspace`, side by side in one run.
 
     python bench/env_speed.py [--seconds 30] [--rounds 6] [--image_size 96]
-                              [--out bench/results/env_speed.json]
+                              [--out <json>]   (default: <bench root>/results/env_speed.json)
 
 Variants (one env each, built once, so renderer set-up is not timed):
   gym-hil   PickCubeEnv(fast_control=False): gym-hil's `step` (Python opspace per 2 ms substep)
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._paths import add_out_argument, write_json
 from policylab.envs.pick_cube import PickCubeEnv
 
 EPISODE_STEPS = 100  # gym-hil's limit (MultiStepWrapper's in training)
@@ -120,13 +120,17 @@ def substep_profile(repeats: int = 2000) -> dict:
         env.close()
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per variant")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--image_size", type=int, default=96)
-    parser.add_argument("--out", default="bench/results/env_speed.json")
-    args = parser.parse_args()
+    add_out_argument(parser, "env_speed")  # a relative --out is relative to the checkout
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
 
     load_start = os.getloadavg()
     runners = {(obs, name): Runner(obs == "image", fast, args.image_size)
@@ -151,9 +155,7 @@ def main():
               "cpu_count": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
               "rows": rows, "fast_over_gym_hil": ratios, "substep_profile_us": profile,
               "physics_only_steps_per_s": physics_only}
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(REPO / args.out, result)
 
     load = lambda x: " ".join(f"{v:.2f}" for v in x)
     print(f"\nloadavg (1, 5, 15 min): start {load(load_start)}, end {load(load_end)}; "

@@ -1,7 +1,7 @@
 """HIL-ConRFT's actor on the robot stand-ins: control loop rate, takeover latency, weight publishing.
 
     python bench/hil_real_robot.py [--steps 150] [--takeovers 8] [--repeats 10] [--variants ...]
-                                   [--out bench/results/hil_real_robot.json]
+                                   [--out <json>]   (default: <bench root>/results/hil_real_robot.json)
 
 The stand-ins are the ones the real-robot tests use: the fake UR controller (RTDE over loopback,
 a 125 Hz servo loop in its own process), a librealsense recording played back at 30 fps (one
@@ -48,13 +48,13 @@ from omegaconf import OmegaConf, open_dict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._paths import add_out_argument, shown, write_json
 from policylab.common.safe_config import instantiate_trusted
 from policylab.data.normalizer import LinearNormalizer
 from policylab.real.testing.fake_spacenavd import FakeSpacenavd
 from policylab.real.testing.fake_ur import FakeURController, free_loopback_host
 from policylab.rl.actor import POLICY_EMBEDDING, EnvActor, policy_weights, run_episode
 from policylab.robot_apps.rl_env import build_real_rl_env
-from policylab.workspaces.rl_offline import policy_build_config
 
 # name -> (config overrides, the actor's `embed`: POLICY_EMBEDDING records the frozen encoder's features,
 #          the experiment preset whose `policy.image_head` the actor takes, or None)
@@ -81,6 +81,9 @@ def compose_task(extra: list[str], image_head_from: str | None = None):
 
 
 def build_policy(cfg) -> torch.nn.Module:
+    # imports diffusers: here, so that importing this script (tests/test_bench_outputs.py) stays cheap
+    from policylab.workspaces.rl_offline import policy_build_config
+
     policy = instantiate_trusted(policy_build_config(cfg.policy), "policy")
     meta = OmegaConf.to_container(cfg.task.shape_meta)
     data = {key: torch.randn(64, *attr["shape"]) for key, attr in meta["obs"].items() if attr.get("type") != "rgb"}
@@ -142,6 +145,8 @@ def loop_and_takeovers(policy, env, spacenavd, steps: int, takeovers: int, embed
 def publish_latency(cfg, policy, kwargs: dict, repeats: int, embed: bool) -> dict:
     import ray
 
+    from policylab.workspaces.rl_offline import policy_build_config
+
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task["rl_env"]["env_kwargs"] = kwargs
     actor = ray.remote(num_cpus=1)(EnvActor).remote(task, policy_build_config(cfg.policy), None, 2, 1, 10,
@@ -199,20 +204,24 @@ def print_table(result: dict, names: list[str]) -> None:
         print(f"{label:52s} " + " ".join(f"{c:>16s}" for c in cells))
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--takeovers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--out", default="bench/results/hil_real_robot.json")
-    args = parser.parse_args()
+    add_out_argument(parser, "hil_real_robot")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     import ray
 
     from policylab.real.testing.realsense_recording import make_recording
 
-    result: dict = {"args": vars(args), "cpu_count": os.cpu_count()}
+    result: dict = {"args": {**vars(args), "out": shown(args.out)}, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="pl") as tmp:
         recording = str(make_recording(Path(tmp) / "camera_0", camera_id=0, n_frames=60, depth=False))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -222,10 +231,8 @@ def main():
                 print(name, json.dumps(result[name]))
         finally:
             ray.shutdown()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print_table(result, args.variants)
-    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

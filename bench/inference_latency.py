@@ -18,15 +18,15 @@ threads), which a busy machine inflates far less than the wall time; "load" is t
 load average, since the CPU may be shared.
 
     python bench/inference_latency.py [--configs state image] [--seconds 10] [--threads N]
-                                      [--out bench/results/inference_latency.json]
+                                      [--out <json>]   (default: <bench root>/results/inference_latency.json)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -35,6 +35,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._paths import add_out_argument, write_json
+
 CONFIGS = {"state": ["experiment=dp_pusht_state_cnn"], "image": ["experiment=dp_pusht_image_cnn"]}
 CT_3 = "policy.inference_sigmas=[80.0,0.8,0.2]"  # one step from sigma_max, re-noised twice
 ROWS = [  # (config, name, overrides on top of the config, batch size)
@@ -159,13 +163,17 @@ def run_config(config: str, seconds: float, threads: int | None = None) -> list[
     return results
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seconds", type=float, default=10.0, help="time per row (at least 3 calls)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "inference_latency.json"))
-    args = parser.parse_args()
+    add_out_argument(parser, "inference_latency")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     results = []
     for config in args.configs:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
@@ -173,13 +181,11 @@ def main():
         for r in rows:
             print(f"{r['config']} {r['variant']}: {r['ms']:.0f} ms", flush=True)
         results += rows
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for r in results:  # speed-up over DDIM-16 of the same config and batch size
         ref = next((x for x in results if x["variant"] == "DDIM-16" and x["config"] == r["config"]
                     and x["batch_size"] == r["batch_size"]), None)
         r["x_vs_ddim16"] = ref["ms"] / r["ms"] if ref else None
-    out.write_text(json.dumps({"results": results, "torch": torch.__version__, "cpus": os.cpu_count()}, indent=2))
+    write_json(args.out, {"results": results, "torch": torch.__version__, "cpus": os.cpu_count()})
     print(f"\n{'config':6} {'variant':9} {'batch':>5} {'params':>7} {'NFE':>4} {'ms':>9} {'min ms':>9} {'ms/step':>8} "
           f"{'cpu ms':>9} {'vs DDIM-16':>10} {'calls':>5} {'weights':>7} {'load':>5}")
     for r in results:
@@ -188,7 +194,7 @@ def main():
         print(f"{r['config']:6} {r['variant']:9} {r['batch_size']:5d} {r['params_m']:6.1f}M {r['steps'] or 0:4d} "
               f"{r['ms']:9.1f} {r['min_ms']:9.1f} {per_step} {r['cpu_ms']:9.1f} {speedup} {r['calls']:5d} "
               f"{r['weights']:>7} {r['load_avg_1m']:5.1f}")
-    print(f"(ms per predict_action: median after one warm-up call; {results[0]['threads']} threads; JSON in {out})")
+    print(f"(ms per predict_action: median after one warm-up call; {results[0]['threads']} threads)")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,15 @@ is the median call, "min ms" the fastest; "load" is the 1-minute load average at
 case, since the CPU may be shared.
 
     python bench/octo_encoder.py [--sizes octo_small tiny] [--batches 1 32] [--seconds 10]
-                                 [--out bench/results/octo_encoder.json]
+                                 [--out <json>]   (default: <bench root>/results/octo_encoder.json)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -27,6 +27,10 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._paths import add_out_argument, write_json
 from policylab.models.octo import OctoModel, count_parameters, get_config
 from policylab.models.octo.model import example_inputs
 
@@ -79,22 +83,24 @@ def run_case(size: str, batch: int, seconds: float) -> dict:
     }
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["octo_small", "tiny"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum timed seconds per case")
-    parser.add_argument("--out", default="bench/results/octo_encoder.json")
-    args = parser.parse_args()
+    add_out_argument(parser, "octo_encoder")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     results = []
     for size in args.sizes:
         for batch in args.batches:
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 results.append(pool.submit(run_case, size, batch, args.seconds).result())
             print(f"done {size} batch {batch}: {results[-1]['ms_median']:.1f} ms", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cameras": CAMERAS, "window": WINDOW, "results": results}, indent=2) + "\n")
+    write_json(args.out, {"cameras": CAMERAS, "window": WINDOW, "results": results})
     print(
         f"\n{'size':11} {'params':>10} {'batch':>5} {'ms/encode':>10} {'min ms':>9} {'ms/sample':>10} "
         f"{'build MB':>9} {'peak MB':>8} {'load':>5}"
@@ -104,7 +110,7 @@ def main():
             f"{r['size']:11} {r['params']:10,d} {r['batch']:5d} {r['ms_median']:10.1f} {r['ms_min']:9.1f} "
             f"{r['ms_per_sample']:10.2f} {r['build_mb']:9.0f} {r['peak_mb']:8.0f} {r['load_average_1min']:5.1f}"
         )
-    print(f"(CPU, {results[0]['threads']} threads, window {WINDOW}, primary 256x256 + wrist 128x128; JSON in {out})")
+    print(f"(CPU, {results[0]['threads']} threads, window {WINDOW}, primary 256x256 + wrist 128x128)")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ Evaluations seed the policy's sampling noise (torch.manual_seed(0)), so a checkp
 reproducible; `--n_test 150 --last_k 3` gives the steadier measure (450 episodes a policy). For a
 one-step student the table adds its distance, in action units, from the teacher's sampler on the same noise.
 
-A long run (an hour or more on 2 cores); not part of CI. Writes bench/results/pusht_quality.json
-and prints the table. Goal: a one-step policy within 0.05 mean_score of its teacher.
+A long run (an hour or more on 2 cores); not part of CI. Writes the JSON (default
+<bench root>/results/pusht_quality.json; relative --out, --data, --run_root and --runs are relative to
+the checkout) and prints the table. Goal: a one-step policy within 0.05 mean_score of its teacher.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench._paths import add_out_argument, bench_dir, shown, write_json
 
 TASKS = {  # --task -> method -> experiment
     "state": {"dp": "pusht_state_cpu", "ct": "pusht_state_cpu_consistency", "cd": "pusht_state_cpu_distill",
@@ -266,7 +269,7 @@ def one_step_error(student_ckpt: Path, teacher_ckpt: Path, data: str, n: int = 5
             "teacher_vs_teacher": quantiles(act(teacher, 1), target)}
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="edm,ctm", help="comma-separated subset of the --task's methods")
     parser.add_argument("--episodes", type=int, default=150)
@@ -285,10 +288,17 @@ def main():
     parser.add_argument("--last_k", type=int, default=1,
                         help="score each variant as the mean over the run's last K saved checkpoints "
                              "(1: checkpoints/latest), which averages out one checkpoint's luck")
-    parser.add_argument("--data", default="data/pusht/pusht_expert.zarr")
-    parser.add_argument("--run_root", default="outputs/bench/pusht_quality")
-    parser.add_argument("--out", default="bench/results/pusht_quality.json")
+    parser.add_argument("--data", type=Path, default=bench_dir("pusht_quality") / "pusht_expert.zarr",
+                        help="the demos, generated there if missing (default: %(default)s)")
+    parser.add_argument("--run_root", type=Path, default=bench_dir("pusht_quality"),
+                        help="<run_root>/<method> is each method's run (default: %(default)s)")
+    add_out_argument(parser, "pusht_quality")
     parser.add_argument("overrides", nargs="*")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     experiments = TASKS[args.task]
@@ -296,21 +306,23 @@ def main():
         parser.error(f"unknown method(s) {sorted(unknown)} for --task {args.task}; known: {sorted(experiments)}")
     args.minutes, args.steps = parse_budget(args.minutes, DEFAULT_MINUTES), parse_budget(args.steps, {})
     args.epochs = parse_budget(args.epochs, {})
-    root = Path(args.run_root)
+    # a relative path is relative to the checkout, where train.py runs
+    root, args.data, args.out = REPO / args.run_root, REPO / args.data, REPO / args.out
     runs = {m: root / m for m in experiments}
     if args.teacher:
-        runs["dp"] = Path(args.teacher).parents[1]
+        runs["dp"] = REPO / Path(args.teacher).parents[1]
     for item in filter(None, (args.runs or "").split(",")):
         method, _, path = item.partition("=")
-        runs[method] = Path(path)
+        runs[method] = REPO / path
 
-    if not (REPO / args.data).exists():
+    if not args.data.exists():
+        root.mkdir(parents=True, exist_ok=True)
         gen = start([sys.executable, "-m", "policylab.data.generate.pusht", f"n={args.episodes}",
-                     f"out={args.data}", "seed=0"], REPO / "generate.log")
+                     f"out={args.data}", "seed=0"], root / "generate.log")
         wait(gen)
 
     def needs_training(m: str) -> bool:
-        done = (REPO / runs[m] / "checkpoints" / "latest").exists()
+        done = (runs[m] / "checkpoints" / "latest").exists()
         return not args.eval_only and not (done and (args.reuse or (m == "dp" and args.teacher)))
 
     extra = {"ct": [f"policy.total_steps={args.ct_total_steps}"] if args.ct_total_steps else []}
@@ -336,25 +348,25 @@ def main():
 
     rows = []
     for m in methods:
-        costs = [training_cost(REPO / runs[up]) for up in lineage(m)]
-        ckpts = last_checkpoints(REPO / runs[m], args.last_k)
+        costs = [training_cost(runs[up]) for up in lineage(m)]
+        ckpts = last_checkpoints(runs[m], args.last_k)
         for label, nfe, settings in VARIANTS[m]:
-            results = [evaluate(ckpt, settings, args.n_test, REPO / runs[m] / f"eval_{args.n_test}_{nfe}_{ckpt.name}")
+            results = [evaluate(ckpt, settings, args.n_test, runs[m] / f"eval_{args.n_test}_{nfe}_{ckpt.name}")
                        for ckpt in ckpts]
             result = {k: statistics.mean(r[k] for r in results) for k in results[0]}
             if len(ckpts) > 1:
                 result["checkpoints"] = {ckpt.name: r["mean_score"] for ckpt, r in zip(ckpts, results)}
             row = {"method": m, "experiment": experiments[m], "inference": label, "nfe": nfe, **result,
-                   "run": str(runs[m]), "train_steps": costs[0]["steps"], "train_cpu_minutes": costs[0]["minutes"],
+                   "run": shown(runs[m]), "train_steps": costs[0]["steps"], "train_cpu_minutes": costs[0]["minutes"],
                    "cost_clocks": [c["clock"] for c in costs], "teacher": TEACHER.get(m),
                    "total_steps": sum(c["steps"] for c in costs),
                    "total_cpu_minutes": sum(c["minutes"] for c in costs), "curve": curve(runs[m])}
             if TEACHER.get(m) == "edm" and nfe == 1:  # the jump from the very noise the teacher solves from
-                row["one_step_error"] = one_step_error(ckpts[-1], REPO / runs[TEACHER[m]] / "checkpoints" / "latest",
-                                                       args.data)
+                row["one_step_error"] = one_step_error(ckpts[-1], runs[TEACHER[m]] / "checkpoints" / "latest",
+                                                       str(args.data))
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
-    previous = json.loads((REPO / args.out).read_text()) if (REPO / args.out).exists() else {}
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     kept = [r for r in previous.get("rows", []) if r.get("method") not in methods and "nfe" in r]
     # rows of the earlier benchmark (one inference budget per method, before this table existed)
     earlier = previous.get("earlier_runs") or [r for r in previous.get("rows", []) if "nfe" not in r]
@@ -362,8 +374,7 @@ def main():
         row["backbone"], row["task"] = args.backbone, args.task
     result = {"episodes": args.episodes, "n_test": args.n_test, "last_k": args.last_k, "rows": kept + rows,
               "earlier_runs": earlier}
-    (REPO / args.out).parent.mkdir(parents=True, exist_ok=True)
-    (REPO / args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print_table(result["rows"])
     print_choices(result["rows"])
 

@@ -1,7 +1,7 @@
 """ConRFT throughput on pick-cube, state and images: learner updates, actor env steps, weight publishing.
 
     python bench/rl_throughput.py [--seconds 20] [--rounds 4] [--batch_size 256] [--image_rounds 1]
-                                  [--out bench/results/rl_throughput.json]
+                                  [--out <json>]   (default: <bench root>/results/rl_throughput.json)
 
 Three measurements, each comparing its variants side by side in rounds (on a shared machine,
 load changes hit every variant alike):
@@ -39,13 +39,13 @@ temporary directory). Prints a table last, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import torch
@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from bench._paths import add_out_argument, write_json
 from policylab.common.checkpoint import save_checkpoint
 from policylab.common.config import compose
 from policylab.common.shape_meta import ShapeMeta
@@ -68,13 +69,16 @@ from policylab.rl.actor import (
     policy_weights,
     run_episode,
 )
-from policylab.rl.conrft import ConRFT, ConRFTConfig
 from policylab.rl.transitions import TransitionSampler
 from policylab.rl.trunk_features import (
     episode_trunk_features,
     megabytes_per_1k_transitions,
 )
-from policylab.workspaces.rl_offline import OfflineRLWorkspace, policy_build_config
+
+# ConRFT and the RL workspaces import diffusers (over a second): imported where they are used, so that
+# importing this script (tests/test_bench_outputs.py) stays cheap
+if TYPE_CHECKING:
+    from policylab.workspaces.rl_offline import OfflineRLWorkspace
 
 OCTO = ["policy/obs_encoder=octo_tiny", "policy.obs_encoder.frozen=true"]
 # The image critics compared; "sft" reads the frozen Octo's stems from a checkpoint of the actor.
@@ -110,6 +114,8 @@ class Learner:
     """One ConRFT agent (a stage's loss weights) and its sampler; times `train_step`."""
 
     def __init__(self, ws: OfflineRLWorkspace, stage: str, threads: int, batch_size: int):
+        from policylab.rl.conrft import ConRFT, ConRFTConfig
+
         cfg = ws.cfg
         torch.manual_seed(0)
         stage_cfg = {**OmegaConf.to_container(cfg.conrft.common), **OmegaConf.to_container(cfg.conrft[stage])}
@@ -205,6 +211,8 @@ def trunk_cost(ws: OfflineRLWorkspace, store: Path, repeats: int = 3) -> dict:
 def publish_latency(ws: OfflineRLWorkspace, repeats: int) -> dict:
     import ray
 
+    from policylab.workspaces.rl_offline import policy_build_config
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         policy_cfg = policy_build_config(ws.cfg.policy)
@@ -227,7 +235,7 @@ def publish_latency(ws: OfflineRLWorkspace, repeats: int) -> dict:
         ray.shutdown()
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per variant")
     parser.add_argument("--rounds", type=int, default=4)
@@ -236,8 +244,14 @@ def main():
                         help="rounds that include the trained-R18 image learners (tens of seconds per update at "
                              "batch 256; 0: none)")
     parser.add_argument("--publish_repeats", type=int, default=20)
-    parser.add_argument("--out", default="bench/results/rl_throughput.json")
-    args = parser.parse_args()
+    add_out_argument(parser, "rl_throughput")
+    return parser
+
+
+def main():
+    from policylab.workspaces.rl_offline import OfflineRLWorkspace, policy_build_config
+
+    args = build_parser().parse_args()
     load_start = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,8 +305,7 @@ def main():
               "actor": actor_rows, "publish": publish, "trunk": trunk, "ratios": ratios,
               "loadavg_start": load_start, "loadavg_end": load_end, "cpu_count": os.cpu_count(),
               "torch": torch.__version__}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
 
     print(f"\nConRFT throughput on pick-cube, batch {args.batch_size} (load {load_start[0]:.2f} -> "
           f"{load_end[0]:.2f}, {os.cpu_count()} CPUs); image: 2 cameras 96x96, frozen Octo-tiny actor encoder "
@@ -315,7 +328,6 @@ def main():
               f"{cost['mb_per_1k_transitions']:.1f} MB per 1,000 transitions (float16 {cost['feature_shape']})")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Every simulated task end to end: expert, demo speed, env speed, and a tiny diffusion policy.
 
     python bench/tasks.py [--tasks pick_cube_lowdim,metaworld_push_lowdim,...] [--episodes 30]
-                          [--train_minutes 3] [--n_test 20] [--skip_train] [--out bench/results/tasks.json]
+                          [--train_minutes 3] [--n_test 20] [--skip_train] [--out <json>]
+                          [--data_dir <dir>] [--run_root <dir>]
+
+The JSON goes to <bench root>/results/tasks.json, the demos to <bench root>/tasks/data and each
+tiny DP's run to <bench root>/tasks/<task> unless given (relative paths: to the checkout).
 
 Per task:
   expert success   successes / attempts of its scripted expert (`python -m policylab.data.generate`,
@@ -33,6 +37,7 @@ import gymnasium as gym
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._paths import add_out_argument, bench_dir, write_json
 from policylab.data.generate.demos import DemoConfig, generate, load_task_config
 
 DEFAULT_TASKS = ["pick_cube_lowdim", "pick_cube_image", "metaworld_push_lowdim",
@@ -112,12 +117,11 @@ def bench_task(task: str, args, data_dir: Path, stores: dict) -> dict:
                          "demo_steps": stats["saved_steps"], "episodes": stats["saved"]}
     row.update(stores[store])
     if not args.skip_train:
-        row.update(train_tiny(task, store, args.train_minutes, args.n_test,
-                              REPO / "outputs" / "bench" / "tasks" / task, rgb))
+        row.update(train_tiny(task, store, args.train_minutes, args.n_test, REPO / args.run_root / task, rgb))
     return row
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     parser.add_argument("--episodes", type=int, default=30)
@@ -125,9 +129,16 @@ def main():
     parser.add_argument("--n_test", type=int, default=20)
     parser.add_argument("--env_seconds", type=float, default=5.0)
     parser.add_argument("--skip_train", action="store_true")
-    parser.add_argument("--data_dir", default="outputs/bench/tasks/data")
-    parser.add_argument("--out", default="bench/results/tasks.json")
-    args = parser.parse_args()
+    parser.add_argument("--data_dir", type=Path, default=bench_dir("tasks") / "data",
+                        help="the demos, emptied first (default: %(default)s)")
+    parser.add_argument("--run_root", type=Path, default=bench_dir("tasks"),
+                        help="<run_root>/<task> is each tiny DP's run (default: %(default)s)")
+    add_out_argument(parser, "tasks")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     data_dir = REPO / args.data_dir
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -136,10 +147,8 @@ def main():
         print(f"== {task}", flush=True)
         rows.append(bench_task(task, args, data_dir, stores))
         print(json.dumps(rows[-1]), flush=True)
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "data_dir")}
-    out.write_text(json.dumps({"settings": settings, "tiny_dp_overrides": TINY_DP, "rows": rows}, indent=2))
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "run_root")}
+    write_json(REPO / args.out, {"settings": settings, "tiny_dp_overrides": TINY_DP, "rows": rows})
 
     def fmt(value, spec):
         width = int(spec.split(".")[0].rstrip("dfs") or 0)

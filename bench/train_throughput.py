@@ -19,7 +19,9 @@ the wall time.
     python bench/train_throughput.py [--configs state image tiny] [--threads N] [--device cpu|cuda]
                                      [--variants eager compile bf16 auto fp16 compile+bf16 fused_adamw bf16+fused_adamw
                                                  channels_last threads=1]
-                                     [--steps N] [--emulate-avx2] [--out bench/results/train_throughput.json]
+                                     [--steps N] [--emulate-avx2] [--out <json>]
+
+The JSON goes to <bench root>/results/train_throughput.json unless --out is given.
 
 The CPU's flags that decide bf16/fp16 speed (avx2, avx512*, amx*) head the output and the JSON,
 with each case's `training.mixed_precision` verdict (policylab/common/precision.py): whether the
@@ -35,7 +37,6 @@ and CPU time as ratios to the first variant, with the loss of one fixed batch un
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -51,6 +52,10 @@ import psutil
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._paths import add_out_argument, write_json
+
 CONFIGS = {  # name -> (Hydra overrides, warm-up steps, measured steps per mode, store with images)
     "state": (["experiment=dp_pusht_state_cnn"], 1, 4, False),
     "image": (["experiment=dp_pusht_image_cnn"], 1, 3, True),
@@ -209,7 +214,7 @@ def speed_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx")) or f in ("bf16", "fphp"))
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--episodes", type=int, default=EPISODES)
@@ -220,16 +225,19 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="measured steps per mode (default: the config's)")
     parser.add_argument("--emulate-avx2", action="store_true",
                         help="run the cases as on an AVX2-only CPU (oneDNN and ATen capped at AVX2)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
-    args = parser.parse_args()
+    add_out_argument(parser, "train_throughput")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     if args.emulate_avx2:  # read by the spawned workers' oneDNN and ATen when they load
         os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
     flags = speed_flags()
     print(f"CPU flags: {' '.join(flags) or '(none found)'}" + ("; emulating AVX2 only" if args.emulate_avx2 else ""),
           flush=True)
-    # The data-loading bench's synthetic PushT store.
-    sys.path.insert(0, str(REPO / "bench"))
-    from data_loading import build_store
+    # the data-loading bench's synthetic PushT store
+    from bench.data_loading import build_store
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,12 +255,10 @@ def main():
                 results.append(result)
                 print(f"{name} {variant}: {result['samples_s_excl_data']:.1f} samples/s excl. data, "
                       f"loss {result['first_loss']:.5f}, {result['precision']}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "torch": torch.__version__, "cpus": os.cpu_count(),
-                               "cpu_flags": flags, "emulate_avx2": args.emulate_avx2,
-                               "cpu_capability": results[0]["cpu_capability"], "bf16_native": results[0]["bf16_native"],
-                               "bf16_why": results[0]["bf16_why"]}, indent=2))
+    write_json(args.out, {"results": results, "torch": torch.__version__, "cpus": os.cpu_count(),
+                          "cpu_flags": flags, "emulate_avx2": args.emulate_avx2,
+                          "cpu_capability": results[0]["cpu_capability"], "bf16_native": results[0]["bf16_native"],
+                          "bf16_why": results[0]["bf16_why"]})
     print(f"\n{'config':6} {'batch':>5} {'params':>7} | {'excl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | "
           f"{'incl. data: s/step':>18} {'(min)':>6} {'samples/s':>9} | {'cpu s excl':>10} {'data-only/s':>11} "
           f"{'step MB':>8} {'peak MB':>8} {'load':>5}")
@@ -263,7 +269,7 @@ def main():
               f"{r['data_only_samples_s']:11.0f} "
               f"{r['step_peak_delta_mb']:8.0f} {r['peak_rss_mb']:8.0f} {r['load_avg_1m']:5.1f}")
     print(f"(medians over {', '.join(str(r['steps']) for r in results)} steps; samples/s from the median; "
-          f"{results[0]['threads']} threads; JSON in {out})")
+          f"{results[0]['threads']} threads)")
     print(f"bf16 native: {results[0]['bf16_native']} ({results[0]['bf16_why']}); "
           f"torch CPU capability {results[0]['cpu_capability']}")
     if len(args.variants) > 1:
