@@ -4,7 +4,7 @@ inference budget on 50 test seeds, with latency per chunk and the learning curve
     python bench/pusht_quality.py [--methods edm,ctm] [--episodes 150] [--minutes edm=55,ctm=20]
                                   [--steps edm=4158] [--epochs edm=36] [--backbone config|small]
                                   [--task state|image]
-                                  [--parallel] [--reuse] [--eval_only] [--out <json>]
+                                  [--parallel] [--choice_only] [--reuse] [--eval_only] [--out <json>]
                                   [--n_test 50] [--last_k 1]
                                   [--teacher <dp run>/checkpoints/latest] [extra train.py overrides ...]
 
@@ -201,23 +201,30 @@ def last_checkpoints(run_dir: Path, k: int) -> list[Path]:
     return saved
 
 
-def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
-    """Mean score and success over `n_test` test seeds, and latency per chunk, with `settings` applied."""
-    import hydra
+def load_for_inference(ckpt: Path, settings: dict):
+    """(policy with `settings` applied, its run config), on one CPU thread."""
     import torch
-    from omegaconf import OmegaConf
 
     from policylab.common.checkpoint import load_config
-    from policylab.common.safe_config import check_config
     from policylab.policies.base import BasePolicy
 
     torch.set_num_threads(1)
-    cfg = load_config(ckpt)
     policy = BasePolicy.from_checkpoint(ckpt)
     for key, value in settings.items():
         if not hasattr(policy, key):
             raise AttributeError(f"{type(policy).__name__} has no inference setting {key!r}")
         setattr(policy, key, value)
+    return policy, load_config(ckpt)
+
+
+def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
+    """Mean score and success over `n_test` test seeds with `settings` applied, and the CPU minutes it took."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from policylab.common.safe_config import check_config
+
+    policy, cfg = load_for_inference(ckpt, settings)
     runner_cfg = OmegaConf.merge(cfg.task.env_runner, {"n_test": n_test, "n_train": 0, "n_test_vis": 0,
                                                        "n_train_vis": 0, "n_envs": 10, "vector_env": "sync",
                                                        "device": "cpu"})
@@ -226,7 +233,15 @@ def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
     # seed, so this score is eval.py's on the same seeds
     t0 = time.process_time()
     log = runner.run(policy)
-    eval_cpu = (time.process_time() - t0) / 60
+    return {"mean_score": float(log["test/mean_score"]), "success_rate": float(log["test/success_rate"]),
+            "eval_cpu_minutes": (time.process_time() - t0) / 60}
+
+
+def latency_ms(ckpt: Path, settings: dict) -> float:
+    """Median ms of `predict_action` for one observation (one action chunk), 1 thread, after 3 warm-ups."""
+    import torch
+
+    policy, cfg = load_for_inference(ckpt, settings)
     obs = {k: torch.rand(1, cfg.n_obs_steps, *v["shape"]) for k, v in policy.shape_meta["obs"].items()}
     times = []
     with torch.no_grad():
@@ -234,8 +249,18 @@ def evaluate(ckpt: Path, settings: dict, n_test: int, out_dir: Path) -> dict:
             t = time.perf_counter()
             policy.predict_action(obs, generator=torch.Generator().manual_seed(i))
             times.append(time.perf_counter() - t)
-    return {"mean_score": float(log["test/mean_score"]), "success_rate": float(log["test/success_rate"]),
-            "latency_ms": 1000 * statistics.median(times[3:]), "eval_cpu_minutes": eval_cpu}
+    return 1000 * statistics.median(times[3:])
+
+
+def score_all(jobs: list[tuple], workers: int) -> list[dict]:
+    """`evaluate(*job)` for each job, on `workers` processes (1 thread each) when more than one."""
+    if workers <= 1:
+        return [evaluate(*job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(evaluate, *zip(*jobs)))
 
 
 def one_step_error(student_ckpt: Path, teacher_ckpt: Path, data: str, n: int = 512) -> dict:
@@ -279,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="config")
     parser.add_argument("--task", choices=sorted(TASKS), default="state", help="state PushT or image PushT (96x96)")
     parser.add_argument("--ct_total_steps", type=int, default=None, help="steps over which ct's grid grows")
-    parser.add_argument("--parallel", action="store_true", help="train the teacher-free methods at once, 1 thread each")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the teacher-free methods at once, and score on 2 processes, 1 thread each")
+    parser.add_argument("--choice_only", action="store_true",
+                        help="evaluate only the README choice table's ways to act (e.g. not DDIM-3)")
     parser.add_argument("--teacher", default=None, help="an existing dp checkpoint: skip training dp")
     parser.add_argument("--reuse", action="store_true", help="do not retrain a method whose checkpoints/latest exists")
     parser.add_argument("--eval_only", action="store_true", help="evaluate what exists; train nothing")
@@ -346,26 +374,32 @@ def main():
                 cpu = wait(proc)
                 record_budget(runs[m], (time.time() - t) / 60, cpu)
 
+    # every (method, inference, checkpoint) scored first, in parallel with --parallel; then each
+    # variant's latency, one process alone, so no score run shares the CPU with a timing
+    variants = [(m, label, nfe, settings) for m in methods for label, nfe, settings in VARIANTS[m]
+                if not args.choice_only or (m, label) in CHOICES]
+    ckpts = {m: last_checkpoints(runs[m], args.last_k) for m in methods}
+    jobs = [(ckpt, settings, args.n_test, runs[m] / f"eval_{args.n_test}_{nfe}_{ckpt.name}")
+            for m, _, nfe, settings in variants for ckpt in ckpts[m]]
+    scores = iter(score_all(jobs, 2 if args.parallel else 1))
     rows = []
-    for m in methods:
+    for m, label, nfe, settings in variants:
         costs = [training_cost(runs[up]) for up in lineage(m)]
-        ckpts = last_checkpoints(runs[m], args.last_k)
-        for label, nfe, settings in VARIANTS[m]:
-            results = [evaluate(ckpt, settings, args.n_test, runs[m] / f"eval_{args.n_test}_{nfe}_{ckpt.name}")
-                       for ckpt in ckpts]
-            result = {k: statistics.mean(r[k] for r in results) for k in results[0]}
-            if len(ckpts) > 1:
-                result["checkpoints"] = {ckpt.name: r["mean_score"] for ckpt, r in zip(ckpts, results)}
-            row = {"method": m, "experiment": experiments[m], "inference": label, "nfe": nfe, **result,
-                   "run": shown(runs[m]), "train_steps": costs[0]["steps"], "train_cpu_minutes": costs[0]["minutes"],
-                   "cost_clocks": [c["clock"] for c in costs], "teacher": TEACHER.get(m),
-                   "total_steps": sum(c["steps"] for c in costs),
-                   "total_cpu_minutes": sum(c["minutes"] for c in costs), "curve": curve(runs[m])}
-            if TEACHER.get(m) == "edm" and nfe == 1:  # the jump from the very noise the teacher solves from
-                row["one_step_error"] = one_step_error(ckpts[-1], runs[TEACHER[m]] / "checkpoints" / "latest",
-                                                       str(args.data))
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+        results = [next(scores) for _ in ckpts[m]]
+        result = {k: statistics.mean(r[k] for r in results) for k in results[0]}
+        result["latency_ms"] = latency_ms(ckpts[m][-1], settings)
+        if len(ckpts[m]) > 1:
+            result["checkpoints"] = {ckpt.name: r["mean_score"] for ckpt, r in zip(ckpts[m], results)}
+        row = {"method": m, "experiment": experiments[m], "inference": label, "nfe": nfe, **result,
+               "run": shown(runs[m]), "train_steps": costs[0]["steps"], "train_cpu_minutes": costs[0]["minutes"],
+               "cost_clocks": [c["clock"] for c in costs], "teacher": TEACHER.get(m),
+               "total_steps": sum(c["steps"] for c in costs),
+               "total_cpu_minutes": sum(c["minutes"] for c in costs), "curve": curve(runs[m])}
+        if TEACHER.get(m) == "edm" and nfe == 1:  # the jump from the very noise the teacher solves from
+            row["one_step_error"] = one_step_error(ckpts[m][-1], runs[TEACHER[m]] / "checkpoints" / "latest",
+                                                   str(args.data))
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     kept = [r for r in previous.get("rows", []) if r.get("method") not in methods and "nfe" in r]
     # rows of the earlier benchmark (one inference budget per method, before this table existed)
