@@ -41,6 +41,7 @@ def train() -> None:
         argv = resume_argv(sys.argv[1:])
     except resume.ResumeRefused as err:
         raise SystemExit(f"error: {err}") from None
+    check_quoting(argv)
     argv += hydra_overrides_for_worker(argv)  # torchrun ranks > 0
     if not any(arg.startswith("hydra.output_subdir=") for arg in argv):
         argv.append(f"hydra.output_subdir={resume.pending_record_dir()}")  # .hydra/ once the start is accepted
@@ -68,6 +69,25 @@ def resume_argv(argv: list[str]) -> list[str]:
     if run_dir is None:
         return argv
     return resume.resume_overrides(run_dir, rest, _compose)
+
+
+def check_quoting(argv: list[str]) -> None:
+    """Refuse, with the fix, a value holding an unquoted '=': a top-k checkpoint folder such as
+    `distill.student=<run>/checkpoints/epoch=0012-test_mean_score=0.867`, which Hydra's grammar
+    rejects with only "mismatched input '='"."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-") or not sep or "=" not in value or value[:1] in "'\"":
+            continue
+        try:
+            parser.parse_override(arg)
+        except HydraException:  # Hydra raises its base class for a grammar error
+            raise SystemExit(f"error: the value of {key} holds an '=' ({value}): quote it for Hydra, "
+                             f"e.g. \"{key}='{value}'\"") from None
 
 
 def _compose(overrides: list[str]):

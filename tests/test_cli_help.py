@@ -59,3 +59,13 @@ def test_help_works_with_only_the_core(target, helps):
     result = helps[target]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "usage" in result.stdout.lower() or "key" in result.stdout.lower(), result.stdout[:500]
+
+
+def test_a_value_with_an_unquoted_equals_sign_is_refused_with_the_fix(tmp_path):
+    """A top-k checkpoint folder as a train.py value: Hydra alone says only "mismatched input '='"."""
+    from policylab.cli import check_quoting
+
+    folder = "outputs/s/checkpoints/epoch=0012-test_mean_score=0.867"
+    with pytest.raises(SystemExit, match=r"the value of distill.student holds an '='.*\"distill.student='outputs/s/"):
+        check_quoting([f"distill.student={folder}"])
+    check_quoting([f"distill.student='{folder}'", "training.seed=1", "--resume", "x", "+a=b"])  # quoted: accepted
