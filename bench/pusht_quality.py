@@ -102,13 +102,10 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def wait(proc: subprocess.Popen) -> float:
-    """Wait for `proc`; its CPU minutes (user + system, children included)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+def wait(proc: subprocess.Popen) -> None:
+    """Wait for `proc`; a failure stops the bench, naming the command."""
+    if proc.wait() != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, proc.args))}")
-    return (usage.ru_utime + usage.ru_stime) / 60
 
 
 def parse_budget(text: str | None, default: dict) -> dict:
@@ -136,12 +133,6 @@ def train(method: str, args, run_dir: Path, extra: list[str]) -> subprocess.Pope
             cmd.append(f"training.num_epochs={int(args.epochs[method])}")
     run_dir.mkdir(parents=True, exist_ok=True)
     return start(cmd, run_dir.parent / f"{method}.train.log")
-
-
-def record_budget(run_dir: Path, wall: float, cpu: float) -> None:
-    steps = max((r.get("global_step", 0) for r in read_logs(run_dir)), default=0)
-    (REPO / run_dir / "budget.json").write_text(json.dumps({"wall_minutes": wall, "cpu_minutes": cpu,
-                                                            "steps": steps}))
 
 
 def training_cost(run_dir: Path) -> dict:
@@ -360,7 +351,6 @@ def main():
         todo = [m for m in stage if needs_training(m)]
         groups = [todo] if args.parallel else [[m] for m in todo]
         for group in groups:
-            t = time.time()
             procs = {}
             for m in group:
                 teacher = runs[TEACHER[m]] / "checkpoints" / "latest" if m in TEACHER else None
@@ -370,9 +360,8 @@ def main():
                 else:
                     sources = [f"policy.teacher={teacher}"] if teacher else []
                 procs[m] = train(m, args, runs[m], extra.get(m, []) + sources)
-            for m, proc in procs.items():
-                cpu = wait(proc)
-                record_budget(runs[m], (time.time() - t) / 60, cpu)
+            for proc in procs.values():
+                wait(proc)  # the cost is read from each run's logs.jsonl (training_cost)
 
     # every (method, inference, checkpoint) scored first, in parallel with --parallel; then each
     # variant's latency, one process alone, so no score run shares the CPU with a timing
