@@ -1,17 +1,21 @@
 """A vectorized gymnasium runner: DP's PushT runner made task-agnostic.
 
 Every episode is one seed: train seeds `train_start_seed + i` (i < n_train), then test seeds
-`test_start_seed + i` (i < n_test). Seeds are run in chunks of `n_envs` parallel envs, each
-`MultiStepWrapper(VideoRecordingWrapper(gym.make(env_id, **env_kwargs)))`; the last chunk is
-padded with repeats of its last seed, whose results are dropped. An episode's score is its max
+`test_start_seed + i` (i < n_test). Each split's seeds are run in chunks of `n_envs` parallel
+envs, each `MultiStepWrapper(VideoRecordingWrapper(gym.make(env_id, **env_kwargs)))`; a split's
+last chunk is padded with repeats of its last seed, whose results are dropped. An episode's score is its max
 inner reward (DP's `sim_max_reward`); it succeeded if any inner step's info says `is_success`
 (or, for envs without that key, if its max reward reached `success_reward`).
 
 The policy's sampling noise is seeded from the episode seed: each env gets a `torch.Generator`
 seeded with its episode's seed at reset, and `predict_action(obs, generator=[one per env])` draws
-row b's noise from generator b alone. An episode's actions therefore depend on its seed and the
-policy only (not on `n_envs`, the chunk it ran in, or earlier runs): two evaluations of one
-checkpoint on the same seeds give the same scores. Policies whose `predict_action` takes no
+row b's noise from generator b alone: an episode's noise depends on its seed only (not on the
+chunk it ran in, earlier runs or torch's global generator). Two evaluations of one checkpoint on
+the same seeds with the same `n_envs` therefore give identical scores. Across different `n_envs`
+they agree to float rounding only: a network's output for one row moves by ~1e-7 (relative) with
+the batch around it (CPU matmul kernels are blocked by batch size), and a few chaotic episodes
+amplify that (450 PushT seeds: the mean moved by ~2e-4). Chunking each split on its own keeps the
+test episodes' chunks the same whatever `n_train` is. Policies whose `predict_action` takes no
 `generator` (stand-ins, remote clients) are called without one.
 """
 
@@ -153,15 +157,18 @@ class GymEnvRunner(EnvRunner):
         `{key: (n, To, ...)}` (what on-policy distillation records)."""
         env = self._get_env()
         results = []
-        n_chunks = -(-len(self.episodes) // self.n_envs)
+        # each split in its own chunks: a test episode's batch neighbours never depend on n_train
+        chunks = [part[i:i + self.n_envs] for split in SPLITS
+                  for part in [[e for e in self.episodes if e[0] == split]]
+                  for i in range(0, len(part), self.n_envs)]
+        n_chunks = len(chunks)
         # One bar for the whole evaluation, in inner env steps (n_chunks x max_steps), kept on screen
         # when done with the score: a bar per chunk showed 0% and vanished. Into a log file (no
         # terminal) it writes a line every 30 s at most, not one per refresh.
         interval = self.tqdm_interval_sec if sys.stderr.isatty() else max(self.tqdm_interval_sec, 30.0)
         with tqdm.tqdm(total=n_chunks * self.max_steps, desc=f"Eval {self.env_id}", unit="step",
                        mininterval=interval) as pbar:
-            for c in range(n_chunks):
-                chunk = self.episodes[c * self.n_envs:(c + 1) * self.n_envs]
+            for c, chunk in enumerate(chunks):
                 padded = chunk + [chunk[-1][:2] + (False,)] * (self.n_envs - len(chunk))
                 results += self._run_chunk(env, policy, padded, pbar, len(chunk), observe)[:len(chunk)]
                 pbar.update((c + 1) * self.max_steps - pbar.n)  # a chunk that ended early

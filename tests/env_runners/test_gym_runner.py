@@ -96,8 +96,8 @@ def test_sync_runner_metrics_and_videos(tmp_path):
     finally:
         runner.close()
     _check_pusht_metrics(log)
-    # 4 episodes in chunks of 2 envs, MAX_STEPS / TA policy calls each
-    assert policy.calls == 2 * MAX_STEPS // TA
+    # each split in its own chunks of 2 envs (1 train; 2 + 1 test), MAX_STEPS / TA policy calls each
+    assert policy.calls == 3 * MAX_STEPS // TA
 
 
 def test_async_runner_matches_sync(tmp_path):

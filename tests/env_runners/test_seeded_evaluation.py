@@ -38,16 +38,22 @@ class UnseededNoisyPolicy:
         return {"action": pos + 40 * torch.randn(pos.shape[0], TA, 2)}
 
 
-def trajectories(policy, tmp_path, n_envs: int, global_seed: int) -> tuple[dict, dict]:
-    """({seed: agent positions the policy saw (n, 2)}, metrics) of the 3 test episodes."""
+def trajectories(policy, tmp_path, n_envs: int, global_seed: int, n_train: int = 0,
+                 batches: list | None = None) -> tuple[dict, dict]:
+    """({seed: agent positions the policy saw (n, 2)}, metrics) of the 3 test episodes; `batches`
+    collects the seeds of each policy call."""
     runner = GymEnvRunner(str(tmp_path), env_id="policylab.envs.pusht:policylab/PushTKeypoints-v0",
                           env_kwargs={"legacy": True}, n_obs_steps=TO, n_action_steps=TA, max_steps=MAX_STEPS,
-                          n_train=0, n_test=len(SEEDS), n_envs=n_envs, n_test_vis=0, vector_env="sync")
+                          n_train=n_train, n_test=len(SEEDS), n_envs=n_envs, n_train_vis=0, n_test_vis=0,
+                          vector_env="sync")
     seen = {s: [] for s in SEEDS}
 
     def observe(seeds, obs):
+        if batches is not None:
+            batches.append(list(seeds))
         for seed, pos in zip(seeds, obs["agent_pos"][:, -1]):
-            seen[seed].append(pos)
+            if seed in seen:
+                seen[seed].append(pos)
 
     torch.manual_seed(global_seed)
     try:
@@ -83,3 +89,19 @@ def test_two_eval_runs_of_one_checkpoint_give_identical_scores(tmp_path):
         logs.append(json.loads((out / "eval_log.json").read_text()))
     assert logs[0] == logs[1] and set(logs[0]) >= {"test/sim_max_reward_100000", "test/sim_max_reward_100001"}
     assert np.isfinite(logs[0]["test/mean_score"])
+
+
+def test_a_test_episode_never_shares_a_batch_with_train_episodes(tmp_path):
+    """A network's output for one row moves at float rounding with the rows batched beside it, so the
+    test episodes run in their own chunks: their trajectories are the same whatever n_train is."""
+    store = make_pusht_store(tmp_path / "pusht.zarr", lengths=[20, 24])
+    _, policy, _ = build("diffusion_edm", "pusht_lowdim", None, store)
+    policy.eval()
+    alone, metrics = trajectories(policy, tmp_path / "a", n_envs=2, global_seed=0)
+    batches = []
+    beside, metrics_beside = trajectories(policy, tmp_path / "b", n_envs=2, global_seed=1, n_train=1,
+                                          batches=batches)
+    assert [set(b) <= set(SEEDS) or set(b) == {0} for b in batches] == [True] * len(batches)
+    assert any(set(b) == {0} for b in batches)  # the train episode ran, alone (its chunk padded)
+    assert all(torch.equal(alone[s], beside[s]) for s in SEEDS)
+    assert {k: v for k, v in metrics_beside.items() if k.startswith("test/")} == metrics
