@@ -120,7 +120,7 @@ def test_sweep_with_a_crashing_seed(tmp_path, capsys, monkeypatch):
     assert lines[0] == "[sweep] seed_42: started", lines
     assert any(re.fullmatch(r"\[sweep\] seed_42: running for 0m\d\ds, (nothing logged yet|step \d+.*)", line)
                for line in lines), lines
-    assert re.fullmatch(r"\[sweep\] seed_42: finished after \dm\d\ds, step \d+, epoch 2, test/mean_score "
+    assert re.fullmatch(r"\[sweep\] seed_42: finished after \d+m\d\ds, step \d+, epoch 2, test/mean_score "
                         r"\d\.\d{3} \([12]/2 done\)", lines[-1]), lines
     assert re.search(r"\[sweep\] seed_43: failed after .* \([12]/2 done\) \(.*decompression", out)
 

@@ -128,13 +128,13 @@ class Pusher:
         self.thread.join(3)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)  # two sessions of a few minutes each; slow only on a loaded machine
 def test_stage2_session_on_the_stand_ins(fake_ur, recordings, spacenavd, short_dir, sft, tmp_path):
     store, init = sft
     run_dir = tmp_path / "stage2"
     with Pusher(spacenavd):
         result = run_train(_session(fake_ur, recordings, spacenavd, store, init, run_dir, 45), env_extra=RL_ENV,
-                           timeout=300)
+                           timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     online = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr", mode="r")
     demos = ReplayBuffer.create_from_path(run_dir / "buffers" / "demos.zarr", mode="r")
@@ -154,7 +154,7 @@ def test_stage2_session_on_the_stand_ins(fake_ur, recordings, spacenavd, short_d
     first = online["action"][:]
     with FakeSpacenavd(os.path.join(short_dir, "again.sock")) as mouse, Pusher(mouse):  # one client per daemon
         more = run_train(_session(fake_ur, recordings, mouse, store, init, run_dir, 75, "training.resume=true"),
-                         env_extra=RL_ENV, timeout=300)
+                         env_extra=RL_ENV, timeout=600)
     assert more.returncode == 0, more.stderr[-4000:]
     again = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr", mode="r")
     assert again.n_steps >= 75 and again.n_episodes > online.n_episodes
