@@ -42,11 +42,18 @@ def train() -> None:
     except resume.ResumeRefused as err:
         raise SystemExit(f"error: {err}") from None
     check_quoting(argv)
-    argv += hydra_overrides_for_worker(argv)  # torchrun ranks > 0
+    extra = hydra_overrides_for_worker(argv)  # torchrun ranks > 0
     if not any(arg.startswith("hydra.output_subdir=") for arg in argv):
-        argv.append(f"hydra.output_subdir={resume.pending_record_dir()}")  # .hydra/ once the start is accepted
-    sys.argv = [sys.argv[0], *argv]
+        extra.append(f"hydra.output_subdir={resume.pending_record_dir()}")  # .hydra/ once the start is accepted
+    sys.argv = [sys.argv[0], *with_overrides(argv, extra)]
     _train()
+
+
+def with_overrides(argv: list[str], extra: list[str]) -> list[str]:
+    """`argv` with `extra` overrides placed before its first flag: after a flag such as `--cfg job`
+    Hydra's parser no longer takes overrides (`unrecognized arguments`)."""
+    first_flag = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    return [*argv[:first_flag], *extra, *argv[first_flag:]]
 
 
 def resume_argv(argv: list[str]) -> list[str]:

@@ -193,3 +193,18 @@ def test_a_round_on_camera_observations_pools_the_frames_the_student_acted_on(st
     finally:
         ws.close()
         ws.end_run()
+
+
+def test_debug_tiny_shortens_an_onpolicy_run_through_train_py(store, checkpoints, tmp_path):
+    """`debug=tiny` picks the workspace's short schedule (debug_workspace/tiny_onpolicy_distill.yaml):
+    2 rounds of 2 steps, 2 recorded rollouts each, a score and a checkpoint after each round."""
+    from tests.helpers import run_train, tiny
+
+    run_dir = tmp_path / "run"
+    result = run_train(tiny(store, run_dir, "workspace=onpolicy_distill", f"distill.student={checkpoints.student}",
+                            f"distill.teacher={checkpoints.teacher}", "training.device=cpu"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = read_logs(run_dir / "logs.jsonl")
+    assert [r["global_step"] for r in logs if "test/mean_score" in r] == [2, 4]
+    assert ReplayBuffer.create_from_path(run_dir / POOL, mode="r").n_episodes == 4
+    assert (run_dir / "checkpoints" / "latest" / "model.safetensors").exists()
