@@ -86,17 +86,21 @@ def test_stage1_resume_is_exact(store, sft, stage1, tmp_path):
     assert fresh.returncode != 0 and "holds no checkpoint" in fresh.stderr
 
 
-def online(store, run_dir, init, *extra):
+def online(store, run_dir, init, *extra, minutes: float = 5):
+    """`minutes`: the learner's time budget, a safety net for the runs that end at `max_env_steps`; on a
+    loaded machine a first run can spend 5 minutes, leaving its resumed run none."""
     return common(store, run_dir, "workspace=rl_online", "debug=tiny_rl", f"policy.init={init}",
                   "training.num_steps=100000", "training.training_starts=12", "training.publish_every=2",
                   "training.checkpoint_every=3",
-                  "training.max_train_minutes=5", "online.intervention.takeover_steps=4", *extra)
+                  f"training.max_train_minutes={minutes}", "online.intervention.takeover_steps=4", *extra)
 
 
+@pytest.mark.timeout(2400)  # a minute or two idle; far longer on a loaded machine
 def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
     run_dir = tmp_path / "online"
     result = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=40",
-                              "training.max_updates_per_env_step=0.5", "critic.hidden_dims=[8]"), env_extra=ENV)
+                              "training.max_updates_per_env_step=0.5", "critic.hidden_dims=[8]", minutes=30), env_extra=ENV,
+                       timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "critic config (this run's `critic` differs and is ignored)" in result.stdout  # Stage I's network
     logs = read_logs(run_dir / "logs.jsonl")
@@ -115,7 +119,8 @@ def test_stage2_trains_resumes_and_evaluates(store, stage1, tmp_path):
     assert len(updates) == len(set(updates)), "an update logged twice (the close-out after a wait re-logged it)"
 
     more = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=70",
-                            "training.resume=true"), env_extra=ENV)
+                            "training.resume=true", minutes=30), env_extra=ENV,
+                     timeout=1200)
     assert more.returncode == 0, more.stderr[-3000:]
     again = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr")
     assert again.n_episodes > first_episodes and again.n_steps >= 70
@@ -150,6 +155,7 @@ def two_ray_nodes(monkeypatch):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.timeout(2400)  # a minute or two idle; far longer on a loaded machine
 def test_stage2_actor_on_a_second_ray_node(store, stage1, two_ray_nodes, tmp_path):
     """`online.actor_resources` puts the actor on the second node; its episodes reach the learner's
     store and the weights the learner publishes reach the actor. Resources no node offers are refused."""
@@ -165,7 +171,7 @@ def test_stage2_actor_on_a_second_ray_node(store, stage1, two_ray_nodes, tmp_pat
     env = {**ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     result = run_train(online(store, run_dir, stage1 / "checkpoints" / "latest", "training.max_env_steps=84",
                               "training.publish_every=1", f"online.ray_address={cluster.address}",
-                              "online.actor_resources={actor_node: 1}"), env_extra=env)
+                              "online.actor_resources={actor_node: 1}", minutes=30), env_extra=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     episodes = [r for r in read_logs(run_dir / "logs.jsonl") if "episode/success" in r]
     stored = ReplayBuffer.create_from_path(run_dir / "buffers" / "online.zarr").n_episodes
