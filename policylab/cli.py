@@ -50,10 +50,11 @@ def train() -> None:
 
 
 def with_overrides(argv: list[str], extra: list[str]) -> list[str]:
-    """`argv` with `extra` overrides placed before its first flag: after a flag such as `--cfg job`
-    Hydra's parser no longer takes overrides (`unrecognized arguments`)."""
-    first_flag = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
-    return [*argv[:first_flag], *extra, *argv[first_flag:]]
+    """`argv` with `extra` placed right after its last override: Hydra's parser takes the overrides as
+    one run of positional arguments, so overrides split by a flag (`task=x --cfg job hydra.a=b`) fail
+    with `unrecognized arguments`. Without overrides, `extra` goes last (`--config-dir D hydra.a=b`)."""
+    last = max((i for i, arg in enumerate(argv) if "=" in arg and not arg.startswith("-")), default=len(argv) - 1)
+    return [*argv[:last + 1], *extra, *argv[last + 1:]]
 
 
 def resume_argv(argv: list[str]) -> list[str]:

@@ -69,3 +69,17 @@ def test_a_value_with_an_unquoted_equals_sign_is_refused_with_the_fix(tmp_path):
     with pytest.raises(SystemExit, match=r"the value of distill.student holds an '='.*\"distill.student='outputs/s/"):
         check_quoting([f"distill.student={folder}"])
     check_quoting([f"distill.student='{folder}'", "training.seed=1", "--resume", "x", "+a=b"])  # quoted: accepted
+
+
+def test_train_py_keeps_its_own_overrides_in_one_run_with_the_users():
+    """train.py adds `hydra.output_subdir=...`; Hydra's parser takes overrides as one run of positional
+    arguments, so it goes right after the user's last override, never after a flag's value."""
+    from policylab.cli import with_overrides
+
+    assert with_overrides(["task=x", "--cfg", "job"], ["a=1"]) == ["task=x", "a=1", "--cfg", "job"]
+    assert with_overrides(["--config-dir", "D", "task=x", "b=2"], ["a=1"]) == ["--config-dir", "D", "task=x", "b=2", "a=1"]
+    assert with_overrides(["--cfg", "job"], ["a=1"]) == ["--cfg", "job", "a=1"]
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "task=pusht_lowdim", "n_action_steps=5",
+                             "--cfg", "job"], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "n_action_steps: 5" in result.stdout
