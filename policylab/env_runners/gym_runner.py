@@ -3,9 +3,9 @@
 Every episode is one seed: train seeds `train_start_seed + i` (i < n_train), then test seeds
 `test_start_seed + i` (i < n_test). Each split's seeds are run in chunks of `n_envs` parallel
 envs, each `MultiStepWrapper(VideoRecordingWrapper(gym.make(env_id, **env_kwargs)))`; a split's
-last chunk is padded with repeats of its last seed, whose results are dropped. An episode's score is its max
-inner reward (DP's `sim_max_reward`); it succeeded if any inner step's info says `is_success`
-(or, for envs without that key, if its max reward reached `success_reward`).
+last chunk is padded with repeats of its last seed, whose results are dropped. An episode's score
+is its max inner reward (DP's `sim_max_reward`); it succeeded if any inner step's info says
+`is_success` (or, for envs without that key, if its max reward reached `success_reward`).
 
 The policy's sampling noise is seeded from the episode seed: each env gets a `torch.Generator`
 seeded with its episode's seed at reset, and `predict_action(obs, generator=[one per env])` draws
@@ -157,10 +157,10 @@ class GymEnvRunner(EnvRunner):
         `{key: (n, To, ...)}` (what on-policy distillation records)."""
         env = self._get_env()
         results = []
-        # each split in its own chunks: a test episode's batch neighbours never depend on n_train
-        chunks = [part[i:i + self.n_envs] for split in SPLITS
-                  for part in [[e for e in self.episodes if e[0] == split]]
-                  for i in range(0, len(part), self.n_envs)]
+        chunks = []  # each split in its own chunks: a test episode's batch neighbours never depend on n_train
+        for split in SPLITS:
+            part = [e for e in self.episodes if e[0] == split]
+            chunks += [part[i:i + self.n_envs] for i in range(0, len(part), self.n_envs)]
         n_chunks = len(chunks)
         # One bar for the whole evaluation, in inner env steps (n_chunks x max_steps), kept on screen
         # when done with the score: a bar per chunk showed 0% and vanished. Into a log file (no
